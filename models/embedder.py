@@ -1,0 +1,92 @@
+"""Inference facade over a loaded model: string ids and NumPy in, float32 vectors out.
+
+This is what the service and the index builder use; it knows nothing about HTTP. All methods
+run under ``torch.inference_mode`` and never mutate the model, so concurrent calls from worker
+threads are safe.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from models.artifacts import load_model, model_fingerprint
+from models.features import SURFACE_FIELD, FeatureSpec
+from models.item_encoder import FIRST_ITEM_ID, UNK_ID
+from models.recommender import Recommender
+from models.vocab import Vocab
+
+History = tuple[Sequence[str], Sequence[str]]  # (item ids, surfaces), oldest first
+
+
+class Embedder:
+    def __init__(
+        self, model: Recommender, spec: FeatureSpec, vocab: Vocab, config: Mapping[str, Any], fingerprint: str
+    ) -> None:
+        self.model = model.eval()
+        self.spec = spec
+        self.vocab = vocab
+        self.config = dict(config)
+        self.fingerprint = fingerprint
+        self.version = f"{config.get('name', 'model')}-{fingerprint[:12]}"
+        self.dim = model.dim
+        self.max_len = model.config.user.max_len
+        self.item_ids = vocab.item_ids  # (N,)
+        cat_fields = list(spec.categorical)
+        surface_col = model.item_cat[FIRST_ITEM_ID:, cat_fields.index(SURFACE_FIELD)].numpy()
+        surface_names = np.array(["", *spec.categorical[SURFACE_FIELD]], dtype=object)
+        self.item_surfaces = surface_names[surface_col]  # (N,)
+        self._item_vectors: np.ndarray | None = None
+
+    @classmethod
+    def from_dir(cls, directory: Path) -> Embedder:
+        model, spec, vocab, config = load_model(directory)
+        return cls(model, spec, vocab, config, model_fingerprint(directory))
+
+    @property
+    def metadata_fields(self) -> dict[str, str]:
+        return self.spec.fields
+
+    def item_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+        """Catalogue rows (M,) int64; -1 for ids the model does not know."""
+        return self.vocab.item_rows(item_ids)
+
+    def item_vectors(self) -> np.ndarray:
+        """Vectors of every catalogue item (N, D) float32, computed once and cached."""
+        if self._item_vectors is None:
+            with torch.inference_mode():
+                self._item_vectors = self.model.all_item_vectors().numpy().astype(np.float32)
+        return self._item_vectors
+
+    def user_vectors(self, histories: Sequence[History], batch_size: int = 256) -> np.ndarray:
+        """(B, D) float32 user vectors; unknown items and surfaces map to the UNK tokens."""
+        out = []
+        with torch.inference_mode():
+            for lo in range(0, len(histories), batch_size):
+                ids, surfaces, mask = self.vocab.batch(histories[lo : lo + batch_size], self.max_len)
+                out.append(self.model.user_vectors(ids, surfaces, mask).numpy())
+        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+
+    def embed_items(self, items: Sequence[tuple[str | None, str | None, Mapping[str, str]]]) -> np.ndarray:
+        """(B, D) float32 vectors from (item id or None, surface or None, metadata).
+
+        A known id adds its learnt id embedding; an unknown or absent id gets the metadata-only
+        (cold-start) vector. Unknown metadata field names raise ValueError.
+        """
+        if not items:
+            return np.zeros((0, self.dim), np.float32)
+        rows = []
+        for _, surface, features in items:
+            if SURFACE_FIELD in features:
+                raise ValueError(f"pass the surface as 'surface', not as a feature field: {features}")
+            rows.append({**features, SURFACE_FIELD: surface or ""})
+        cat, tokens = self.spec.encode_rows(rows)
+        known = self.vocab.item_rows([i if i is not None else "" for i, _, _ in items])
+        ids = torch.from_numpy(np.where(known >= 0, known + FIRST_ITEM_ID, UNK_ID))
+        with torch.inference_mode():
+            vecs = self.model.item_encoder(ids, cat, tokens)
+        return vecs.numpy().astype(np.float32)

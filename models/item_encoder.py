@@ -1,0 +1,72 @@
+"""Item encoder: item-id embedding plus metadata, in the user encoder's space.
+
+The metadata path follows the id-free item encoders of M2TRec (Shen et al., 2023): categorical
+fields (surface, category, brand...) are looked up, text fields are hashed bags of tokens, mean
+pooled. Departure: instead of dropping the id entirely we *add* an id embedding and train with
+id dropout (the id is replaced by the shared UNK id with probability ``id_dropout``), so the
+metadata path alone stays a good vector for cold-start items while warm items keep their
+memorised id embedding.
+
+Row layout of the id table: 0 = padding, 1 = UNK (unknown / dropped id), 2.. = catalogue items.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+PAD_ID = 0
+UNK_ID = 1
+FIRST_ITEM_ID = 2
+
+
+@dataclass
+class ItemEncoderConfig:
+    num_items: int  # catalogue size N; the id table has N + 2 rows
+    dim: int = 64
+    categorical_sizes: dict[str, int] = field(default_factory=dict)  # field -> vocab size incl. 0
+    num_text_fields: int = 0
+    text_buckets: int = 1 << 15
+    id_dropout: float = 0.1  # probability of replacing an id by UNK while training
+
+    def __post_init__(self) -> None:
+        if self.num_items < 1 or self.dim < 1:
+            raise ValueError(f"num_items and dim must be positive, got {self.num_items}, {self.dim}")
+        if not 0.0 <= self.id_dropout < 1.0:
+            raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
+
+
+class ItemEncoder(nn.Module):
+    def __init__(self, config: ItemEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        # sparse gradients: only the rows touched by a batch are updated (730k-row tables)
+        self.id_embedding = nn.Embedding(config.num_items + 2, d, padding_idx=PAD_ID, sparse=True)
+        self.categorical = nn.ModuleList(
+            nn.Embedding(size, d, padding_idx=0) for size in config.categorical_sizes.values()
+        )
+        self.text = nn.Embedding(config.text_buckets, d, padding_idx=0)
+        self.meta_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
+        nn.init.normal_(self.id_embedding.weight, std=0.02)
+        for emb in [*self.categorical, self.text]:
+            nn.init.normal_(emb.weight, std=0.02)
+        with torch.no_grad():
+            self.id_embedding.weight[PAD_ID].zero_()
+
+    def forward(self, ids: torch.Tensor, cat: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """ids (*S) int64, cat (*S, C) int64, tokens (*S, F, L) int64 -> (*S, D)."""
+        if self.training and self.config.id_dropout > 0:
+            drop = torch.rand(ids.shape, device=ids.device) < self.config.id_dropout
+            ids = torch.where(drop & (ids >= FIRST_ITEM_ID), torch.full_like(ids, UNK_ID), ids)
+        meta = torch.zeros((*ids.shape, self.config.dim), device=ids.device)  # (*S, D)
+        for c, emb in enumerate(self.categorical):
+            meta = meta + emb(cat[..., c])
+        if tokens.shape[-2] > 0:
+            tok = self.text(tokens)  # (*S, F, L, D)
+            present = (tokens > 0).unsqueeze(-1).float()  # (*S, F, L, 1)
+            pooled = (tok * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (*S, F, D)
+            meta = meta + pooled.sum(-2)
+        return self.id_embedding(ids) + self.meta_proj(meta)  # (*S, D)

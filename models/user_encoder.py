@@ -1,0 +1,81 @@
+"""Universal user encoder: a causal transformer over a user's cross-surface event sequence.
+
+SASRec (Kang & McAuley, ICDM 2018, "Self-Attentive Sequential Recommendation"): pre-norm
+self-attention blocks with a causal mask over the event sequence; the hidden state at position
+t predicts the item at t+1 and the last position is the user vector. As in universal user
+modelling (one sequence across every surface of the app, AutoCDSR's plain self-attention over
+the cross-domain sequence), each event token is
+
+    item vector (from the shared ItemEncoder) + surface embedding + position embedding.
+
+Departures from the paper: sequences are *left*-padded and positions count from the user's
+first real event, so padding never changes a real position's output (the last position is always
+index -1); a padding position attends only to itself so no row of the attention mask is empty.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+
+@dataclass
+class UserEncoderConfig:
+    num_surfaces: int  # surface vocabulary size incl. 0 = unknown surface
+    dim: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    max_len: int = 50  # events kept per user (most recent)
+    dropout: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.dim % self.num_heads:
+            raise ValueError(f"dim {self.dim} is not divisible by num_heads {self.num_heads}")
+        if self.max_len < 1 or self.num_layers < 1 or self.num_surfaces < 1:
+            raise ValueError(
+                f"max_len, num_layers and num_surfaces must be positive, got "
+                f"{self.max_len}, {self.num_layers}, {self.num_surfaces}"
+            )
+
+
+class UserEncoder(nn.Module):
+    def __init__(self, config: UserEncoderConfig) -> None:
+        super().__init__()
+        self.config = config
+        d = config.dim
+        self.surface_embedding = nn.Embedding(config.num_surfaces, d)
+        self.position_embedding = nn.Embedding(config.max_len, d)
+        self.dropout = nn.Dropout(config.dropout)
+        layer = nn.TransformerEncoderLayer(
+            d, config.num_heads, dim_feedforward=4 * d, dropout=config.dropout,
+            activation="gelu", batch_first=True, norm_first=True,
+        )
+        self.blocks = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
+        self.norm = nn.LayerNorm(d)
+        for emb in (self.surface_embedding, self.position_embedding):
+            nn.init.normal_(emb.weight, std=0.02)
+
+    def forward(self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Hidden state per position.
+
+        item_vecs (B, T, D) float, surfaces (B, T) int64, mask (B, T) bool (True = real event,
+        left-padded) -> (B, T, D). Position t only sees events at positions <= t.
+        """
+        b, t, _ = item_vecs.shape
+        if t > self.config.max_len:
+            raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
+        positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
+        x = item_vecs + self.surface_embedding(surfaces) + self.position_embedding(positions)
+        x = self.dropout(x * mask.unsqueeze(-1))  # (B, T, D)
+        causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()  # (T, T)
+        allowed = causal & mask.unsqueeze(1)  # (B, T, T): query i may see real key j <= i
+        allowed = allowed | torch.eye(t, dtype=torch.bool, device=mask.device)  # pads see themselves
+        blocked = (~allowed).repeat_interleave(self.config.num_heads, dim=0)  # (B*H, T, T)
+        h = self.blocks(x, mask=blocked)  # (B, T, D)
+        return self.norm(h)
+
+    def encode(self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """User vector from the last position: (B, T, D) inputs -> (B, D)."""
+        return self.forward(item_vecs, surfaces, mask)[:, -1]
