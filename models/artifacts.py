@@ -58,7 +58,9 @@ def save_model(
     }
     for kind, fields in (("cat", items.categorical), ("text", items.text)):
         for field_name, col in fields.items():
-            columns[f"{kind}:{field_name}"] = pa.array(np.asarray(col).astype(str).tolist(), pa.string())
+            columns[f"{kind}:{field_name}"] = pa.array(
+                np.asarray(col).astype(str).tolist(), pa.string()
+            )
     pq.write_table(pa.table(columns), directory / ITEMS_FILE)
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     save_file(state, str(directory / WEIGHTS_FILE))
@@ -113,7 +115,9 @@ def read_config(directory: Path) -> dict[str, Any]:
 
 def read_items(directory: Path) -> ItemTable:
     table = pq.read_table(Path(directory) / ITEMS_FILE)
-    cols = {name: np.array(table.column(name).to_pylist(), dtype=object) for name in table.column_names}
+    cols = {
+        name: np.array(table.column(name).to_pylist(), dtype=object) for name in table.column_names
+    }
     return ItemTable(
         item_id=cols["item_id"],
         surface=cols["surface"],

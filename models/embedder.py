@@ -25,7 +25,12 @@ History = tuple[Sequence[str], Sequence[str]]  # (item ids, surfaces), oldest fi
 
 class Embedder:
     def __init__(
-        self, model: Recommender, spec: FeatureSpec, vocab: Vocab, config: Mapping[str, Any], fingerprint: str
+        self,
+        model: Recommender,
+        spec: FeatureSpec,
+        vocab: Vocab,
+        config: Mapping[str, Any],
+        fingerprint: str,
     ) -> None:
         self.model = model.eval()
         self.spec = spec
@@ -67,11 +72,17 @@ class Embedder:
         out = []
         with torch.inference_mode():
             for lo in range(0, len(histories), batch_size):
-                ids, surfaces, mask = self.vocab.batch(histories[lo : lo + batch_size], self.max_len)
+                ids, surfaces, mask = self.vocab.batch(
+                    histories[lo : lo + batch_size], self.max_len
+                )
                 out.append(self.model.user_vectors(ids, surfaces, mask).numpy())
-        return np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+        return (
+            np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
+        )
 
-    def embed_items(self, items: Sequence[tuple[str | None, str | None, Mapping[str, str]]]) -> np.ndarray:
+    def embed_items(
+        self, items: Sequence[tuple[str | None, str | None, Mapping[str, str]]]
+    ) -> np.ndarray:
         """(B, D) float32 vectors from (item id or None, surface or None, metadata).
 
         A known id adds its learnt id embedding; an unknown or absent id gets the metadata-only
@@ -82,7 +93,9 @@ class Embedder:
         rows = []
         for _, surface, features in items:
             if SURFACE_FIELD in features:
-                raise ValueError(f"pass the surface as 'surface', not as a feature field: {features}")
+                raise ValueError(
+                    f"pass the surface as 'surface', not as a feature field: {features}"
+                )
             rows.append({**features, SURFACE_FIELD: surface or ""})
         cat, tokens = self.spec.encode_rows(rows)
         known = self.vocab.item_rows([i if i is not None else "" for i, _, _ in items])

@@ -131,5 +131,7 @@ def evaluate_popularity(
     counts += np.random.default_rng(seed + 1).uniform(0, 0.5, len(vocab))  # tie-break
     rows = vocab.item_rows(eval_set.target_item)
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
-    full, sampled = rank_targets(lambda idx: np.broadcast_to(counts, (len(idx), len(counts))), rows, negatives)
+    full, sampled = rank_targets(
+        lambda idx: np.broadcast_to(counts, (len(idx), len(counts))), rows, negatives
+    )
     return _report(eval_set, full, sampled, ks)

@@ -35,12 +35,17 @@ class FeatureSpec:
             raise ValueError(f"text_buckets must be >= 2, got {self.text_buckets}")
         if self.text_max_tokens < 1:
             raise ValueError(f"text_max_tokens must be >= 1, got {self.text_max_tokens}")
-        self._lookup = {name: {v: i + 1 for i, v in enumerate(vals)} for name, vals in self.categorical.items()}
+        self._lookup = {
+            name: {v: i + 1 for i, v in enumerate(vals)} for name, vals in self.categorical.items()
+        }
 
     @property
     def fields(self) -> dict[str, str]:
         """Field name -> "categorical" | "text"."""
-        return {**dict.fromkeys(self.categorical, "categorical"), **dict.fromkeys(self.text, "text")}
+        return {
+            **dict.fromkeys(self.categorical, "categorical"),
+            **dict.fromkeys(self.text, "text"),
+        }
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -51,7 +56,9 @@ class FeatureSpec:
         }
 
     @staticmethod
-    def from_table(table: ItemTable, *, text_buckets: int = 1 << 15, text_max_tokens: int = 32) -> FeatureSpec:
+    def from_table(
+        table: ItemTable, *, text_buckets: int = 1 << 15, text_max_tokens: int = 32
+    ) -> FeatureSpec:
         """Vocabularies for the table's categorical fields (the surface is one of them)."""
         columns = {SURFACE_FIELD: table.surface, **table.categorical}
         categorical = {
@@ -70,10 +77,14 @@ class FeatureSpec:
         """
         unknown = sorted({k for row in rows for k in row} - set(self.fields))
         if unknown:
-            raise ValueError(f"unknown metadata fields {unknown}; this model knows {sorted(self.fields)}")
+            raise ValueError(
+                f"unknown metadata fields {unknown}; this model knows {sorted(self.fields)}"
+            )
         names = list(self.categorical)
         cat = np.zeros((len(rows), len(names)), dtype=np.int64)  # (B, C)
-        tokens = np.zeros((len(rows), len(self.text), self.text_max_tokens), dtype=np.int64)  # (B, F, L)
+        tokens = np.zeros(
+            (len(rows), len(self.text), self.text_max_tokens), dtype=np.int64
+        )  # (B, F, L)
         for i, row in enumerate(rows):
             for c, name in enumerate(names):
                 cat[i, c] = self._lookup[name].get(str(row.get(name, "")), 0)

@@ -33,7 +33,9 @@ class ItemEncoderConfig:
 
     def __post_init__(self) -> None:
         if self.num_items < 1 or self.dim < 1:
-            raise ValueError(f"num_items and dim must be positive, got {self.num_items}, {self.dim}")
+            raise ValueError(
+                f"num_items and dim must be positive, got {self.num_items}, {self.dim}"
+            )
         if not 0.0 <= self.id_dropout < 1.0:
             raise ValueError(f"id_dropout must be in [0, 1), got {self.id_dropout}")
 

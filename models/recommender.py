@@ -36,12 +36,16 @@ class Recommender(nn.Module):
     item_cat: torch.Tensor
     item_tokens: torch.Tensor
 
-    def __init__(self, config: RecommenderConfig, item_cat: torch.Tensor, item_tokens: torch.Tensor) -> None:
+    def __init__(
+        self, config: RecommenderConfig, item_cat: torch.Tensor, item_tokens: torch.Tensor
+    ) -> None:
         """item_cat (N, C) and item_tokens (N, F, L): catalogue features in catalogue order."""
         super().__init__()
         n = config.item.num_items
         if item_cat.shape[0] != n or item_tokens.shape[0] != n:
-            raise ValueError(f"feature rows {item_cat.shape[0]}/{item_tokens.shape[0]} != num_items {n}")
+            raise ValueError(
+                f"feature rows {item_cat.shape[0]}/{item_tokens.shape[0]} != num_items {n}"
+            )
         self.config = config
         self.item_encoder = ItemEncoder(config.item)
         self.user_encoder = UserEncoder(config.user)
@@ -61,13 +65,17 @@ class Recommender(nn.Module):
 
     def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
         """Vectors of every catalogue item, in catalogue order: (N, D)."""
-        ids = torch.arange(FIRST_ITEM_ID, self.config.item.num_items + FIRST_ITEM_ID, device=self.item_cat.device)
+        ids = torch.arange(
+            FIRST_ITEM_ID, self.config.item.num_items + FIRST_ITEM_ID, device=self.item_cat.device
+        )
         return torch.cat([self.item_vectors(chunk) for chunk in ids.split(batch_size)])
 
     def hidden(self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-position user states: ids, surfaces, mask (B, T) -> (B, T, D)."""
         return self.user_encoder(self.item_vectors(ids), surfaces, mask)
 
-    def user_vectors(self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def user_vectors(
+        self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """User vectors from left-padded histories (B, T) -> (B, D)."""
         return self.hidden(ids, surfaces, mask)[:, -1]

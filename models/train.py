@@ -81,7 +81,9 @@ class TrainResult:
 def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureSpec, Vocab]:
     """An untrained model sized for the corpus's catalogue, surfaces and metadata."""
     spec = FeatureSpec.from_table(corpus.items, text_buckets=cfg.text_buckets)
-    surfaces = sorted(({str(s) for s in corpus.train.surface} | set(spec.categorical["surface"])) - {""})
+    surfaces = sorted(
+        ({str(s) for s in corpus.train.surface} | set(spec.categorical["surface"])) - {""}
+    )
     vocab = Vocab(corpus.items.item_id, surfaces)
     item_cat, item_tokens = spec.encode_table(corpus.items)
     config = RecommenderConfig(
@@ -161,7 +163,9 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     log_q = torch.from_numpy(np.log(q)).float()  # (N + 2,)
 
     sparse_params = [model.item_encoder.id_embedding.weight]
-    dense_params = [p for n, p in model.named_parameters() if n != "item_encoder.id_embedding.weight"]
+    dense_params = [
+        p for n, p in model.named_parameters() if n != "item_encoder.id_embedding.weight"
+    ]
     optimizers = [
         torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr),
         torch.optim.AdamW(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -169,13 +173,17 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     result = TrainResult(model, spec, vocab, cfg)
     steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
     started = time.perf_counter()
-    log.info("training on %d windows, %d items, %d steps/epoch", len(win_ids), n_items, steps_per_epoch)
+    log.info(
+        "training on %d windows, %d items, %d steps/epoch", len(win_ids), n_items, steps_per_epoch
+    )
     model.train()
     stop = False
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(win_ids))
         total, seen = 0.0, 0
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress)
+        bar = tqdm(
+            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress
+        )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
             ids = torch.from_numpy(win_ids[idx])  # (B, L+1)
@@ -184,7 +192,9 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             mask = inputs != PAD_ID  # (B, L)
             hidden = model.hidden(inputs, surfaces[:, :-1], mask)  # (B, L, D)
             keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
-            uniform = torch.from_numpy(rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives))
+            uniform = torch.from_numpy(
+                rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives)
+            )
             loss = sampled_softmax_loss(model, hidden[keep], targets[keep], uniform, log_q)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)

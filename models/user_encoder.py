@@ -49,21 +49,28 @@ class UserEncoder(nn.Module):
         self.position_embedding = nn.Embedding(config.max_len, d)
         self.dropout = nn.Dropout(config.dropout)
         layer = nn.TransformerEncoderLayer(
-            d, config.num_heads, dim_feedforward=4 * d, dropout=config.dropout,
-            activation="gelu", batch_first=True, norm_first=True,
+            d,
+            config.num_heads,
+            dim_feedforward=4 * d,
+            dropout=config.dropout,
+            activation="gelu",
+            batch_first=True,
+            norm_first=True,
         )
         self.blocks = nn.TransformerEncoder(layer, config.num_layers, enable_nested_tensor=False)
         self.norm = nn.LayerNorm(d)
         for emb in (self.surface_embedding, self.position_embedding):
             nn.init.normal_(emb.weight, std=0.02)
 
-    def forward(self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """Hidden state per position.
 
         item_vecs (B, T, D) float, surfaces (B, T) int64, mask (B, T) bool (True = real event,
         left-padded) -> (B, T, D). Position t only sees events at positions <= t.
         """
-        b, t, _ = item_vecs.shape
+        _b, t, _ = item_vecs.shape
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
@@ -71,11 +78,15 @@ class UserEncoder(nn.Module):
         x = self.dropout(x * mask.unsqueeze(-1))  # (B, T, D)
         causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()  # (T, T)
         allowed = causal & mask.unsqueeze(1)  # (B, T, T): query i may see real key j <= i
-        allowed = allowed | torch.eye(t, dtype=torch.bool, device=mask.device)  # pads see themselves
+        allowed = allowed | torch.eye(
+            t, dtype=torch.bool, device=mask.device
+        )  # pads see themselves
         blocked = (~allowed).repeat_interleave(self.config.num_heads, dim=0)  # (B*H, T, T)
         h = self.blocks(x, mask=blocked)  # (B, T, D)
         return self.norm(h)
 
-    def encode(self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def encode(
+        self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> torch.Tensor:
         """User vector from the last position: (B, T, D) inputs -> (B, D)."""
         return self.forward(item_vecs, surfaces, mask)[:, -1]

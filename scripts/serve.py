@@ -1,0 +1,11 @@
+"""`python scripts/serve.py` == `uniserve serve`; see `uniserve serve --help`."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from service.cli import main
+
+if __name__ == "__main__":
+    sys.exit(main(["serve", *sys.argv[1:]]))
