@@ -1,5 +1,9 @@
 """The two-tower model: a shared ItemEncoder feeding the UserEncoder, scored by inner product.
 
+User and item vectors are L2-normalised, so the served inner product is a cosine similarity in
+[-1, 1]; training divides it by a temperature. (Unit vectors also make inner-product HNSW search
+behave like the metric search it was designed for.)
+
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
 from ``items.parquet`` and the feature spec, so the weights file holds only learnt parameters).
 """
@@ -9,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.item_encoder import FIRST_ITEM_ID, ItemEncoder, ItemEncoderConfig
@@ -60,8 +65,10 @@ class Recommender(nn.Module):
         return self.config.item.dim
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Catalogue id-table rows (*S) int64 -> item vectors (*S, D)."""
-        return self.item_encoder(ids, self.item_cat[ids], self.item_tokens[ids])
+        """Catalogue id-table rows (*S) int64 -> unit-norm item vectors (*S, D)."""
+        return F.normalize(
+            self.item_encoder(ids, self.item_cat[ids], self.item_tokens[ids]), dim=-1
+        )
 
     def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
         """Vectors of every catalogue item, in catalogue order: (N, D)."""

@@ -1,9 +1,10 @@
 """Training: next-item prediction with a sampled softmax and log-q correction.
 
 Every position of a training window predicts the next event's item (SASRec). The softmax runs
-over a sampled candidate set, the batch's own targets (in-batch negatives, drawn roughly by
-popularity) plus ``num_negatives`` items drawn uniformly from the catalogue, with each logit
-corrected by ``-log q(item)``, the item's probability of being in the candidate set (Yi et al.,
+over the target plus one negative set shared by the batch: ``in_batch_negatives`` items drawn
+from the batch's own targets (so roughly by popularity) and ``num_negatives`` drawn uniformly
+from the catalogue, with each logit corrected by ``-log q(item)``, the item's probability of
+being drawn (Yi et al.,
 RecSys 2019, "Sampling-Bias-Corrected Neural Modeling"; mixed negatives as in Yang et al., WWW
 2020). That keeps a step's cost independent of the catalogue size, so KuaiRand's ~730k items
 train on two CPU cores. The id table gets sparse gradients and SparseAdam; the rest AdamW.
@@ -42,9 +43,11 @@ class TrainConfig:
     epochs: int = 3
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
-    sparse_lr: float = 3e-3  # id-embedding rows see few updates each: a larger step helps
+    sparse_lr: float = 1e-2  # id-embedding rows see few updates each: a larger step helps
     weight_decay: float = 0.01
     num_negatives: int = 1024  # uniform negatives per step, shared by the batch
+    in_batch_negatives: int = 1024  # negatives drawn from the batch's targets (~ popularity)
+    temperature: float = 0.05  # softmax temperature over cosine scores: lower = sharper
     seed: int = 0
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
     time_budget_s: float | None = None  # stop early after this much wall time
@@ -52,9 +55,18 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self) -> None:
-        for name in ("dim", "epochs", "batch_size", "num_negatives", "max_len"):
+        for name in (
+            "dim",
+            "epochs",
+            "batch_size",
+            "num_negatives",
+            "in_batch_negatives",
+            "max_len",
+        ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0 or self.sparse_lr <= 0:
             raise ValueError(f"learning rates must be positive, got {self.lr}, {self.sparse_lr}")
 
@@ -135,14 +147,23 @@ def sampled_softmax_loss(
     model: Recommender,
     queries: torch.Tensor,
     targets: torch.Tensor,
-    uniform: torch.Tensor,
+    negatives: torch.Tensor,
     log_q: torch.Tensor,
+    temperature: float,
 ) -> torch.Tensor:
-    """queries (M, D), targets (M,) id-table rows, uniform (K,) rows, log_q (N + 2,) -> scalar."""
-    candidates, inverse = torch.unique(torch.cat([targets, uniform]), return_inverse=True)  # (C,)
-    positives = inverse[: targets.shape[0]]  # (M,) column of each row's target
-    logits = queries @ model.item_vectors(candidates).T - log_q[candidates]  # (M, C)
-    return F.cross_entropy(logits, positives)
+    """Softmax over each row's target plus a shared negative set, every logit log-q corrected.
+
+    queries (M, D) unit-norm, targets (M,) id-table rows, negatives (K,) rows, log_q (N + 2,)
+    -> scalar. Cosine logits are divided by ``temperature`` before the correction.
+    A negative that happens to be the row's own target (an accidental hit) is masked out.
+    """
+    pos = (queries * model.item_vectors(targets)).sum(-1, keepdim=True) - log_q[
+        targets, None
+    ]  # (M, 1)
+    neg = queries @ model.item_vectors(negatives).T - log_q[negatives]  # (M, K)
+    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+    logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
+    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
 
 
 def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
@@ -158,8 +179,12 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     n_items = len(vocab)
     targets_all = win_ids[:, 1:][win_ids[:, 1:] >= FIRST_ITEM_ID]
     counts = np.bincount(targets_all, minlength=n_items + FIRST_ITEM_ID).astype(np.float64)
-    per_batch = len(targets_all) / len(win_ids) * min(cfg.batch_size, len(win_ids))
-    q = np.minimum(1.0, per_batch * counts / counts.sum() + min(1.0, cfg.num_negatives / n_items))
+    # probability that an item is among a step's negatives: drawn from the batch's targets
+    # (~ its training frequency) or uniformly from the catalogue
+    q = np.minimum(
+        1.0, cfg.in_batch_negatives * counts / counts.sum() + cfg.num_negatives / n_items
+    )
+    q = np.maximum(q, 1e-12)
     log_q = torch.from_numpy(np.log(q)).float()  # (N + 2,)
 
     sparse_params = [model.item_encoder.id_embedding.weight]
@@ -192,10 +217,14 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             mask = inputs != PAD_ID  # (B, L)
             hidden = model.hidden(inputs, surfaces[:, :-1], mask)  # (B, L, D)
             keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
-            uniform = torch.from_numpy(
-                rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives)
+            batch_targets = targets[keep]  # (M,)
+            in_batch = rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
+            uniform = rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives)
+            negatives = torch.cat([batch_targets[in_batch], torch.from_numpy(uniform)])  # (K,)
+            queries = F.normalize(hidden[keep], dim=-1)  # (M, D)
+            loss = sampled_softmax_loss(
+                model, queries, batch_targets, negatives, log_q, cfg.temperature
             )
-            loss = sampled_softmax_loss(model, hidden[keep], targets[keep], uniform, log_q)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,0 +1,1 @@
+"""uniserve's HTTP service: settings, app factory, routes, serving core, cache, event store."""

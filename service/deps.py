@@ -1,0 +1,74 @@
+"""Dependency aliases: how routes reach the long-lived resources the lifespan put on app.state."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import Depends, Request
+
+from service.cache import Cache
+from service.engine import Engine
+from service.errors import ErrorType, ServiceError
+from service.events import EventStore
+from service.metrics import Metrics
+from service.serving import ServingCore
+from service.settings import Settings
+from service.state import AppState
+
+
+def get_state(request: Request) -> AppState:
+    state: AppState = request.app.state.uniserve
+    return state
+
+
+StateDep = Annotated[AppState, Depends(get_state)]
+
+
+def get_settings(state: StateDep) -> Settings:
+    return state.settings
+
+
+def get_metrics(state: StateDep) -> Metrics:
+    return state.metrics
+
+
+def get_engine(state: StateDep) -> Engine:
+    """The loaded engine; 503 not_ready (with the reason) while there is none."""
+    if state.engine is None:
+        raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
+    return state.engine
+
+
+def get_cache(state: StateDep) -> Cache:
+    return state.cache
+
+
+def get_event_store(state: StateDep) -> EventStore:
+    return state.events
+
+
+SettingsDep = Annotated[Settings, Depends(get_settings)]
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+EngineDep = Annotated[Engine, Depends(get_engine)]
+CacheDep = Annotated[Cache, Depends(get_cache)]
+EventStoreDep = Annotated[EventStore, Depends(get_event_store)]
+
+
+def get_serving(
+    engine: EngineDep,
+    cache: CacheDep,
+    events: EventStoreDep,
+    settings: SettingsDep,
+    metrics: MetricsDep,
+) -> ServingCore:
+    """A ServingCore over the live engine (cheap: it only holds references)."""
+    return ServingCore(
+        engine,
+        cache,
+        events,
+        cache_ttl=settings.cache_ttl_seconds if settings.cache_enabled else 0.0,
+        on_cache=metrics.observe_cache,
+    )
+
+
+ServingDep = Annotated[ServingCore, Depends(get_serving)]

@@ -1,0 +1,211 @@
+"""The serving engine: a loaded model, the live index and the catalogue vectors, nothing of HTTP.
+
+Every torch or faiss call runs in a worker thread (`anyio.to_thread`), never on the event loop.
+Backpressure is explicit: at most `max_inflight` calls are admitted at once (queued for a worker
+thread or running); beyond that a call fails at once with `overloaded` instead of queueing.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import anyio
+import anyio.to_thread
+import numpy as np
+
+from index import ItemIndex, Manifest, load_current
+from models.embedder import Embedder
+from models.features import SURFACE_FIELD
+from service.errors import ErrorType, ServiceError
+
+T = TypeVar("T")
+
+History = tuple[Sequence[str], Sequence[str]]  # (item ids, surfaces), oldest first
+ItemSpec = tuple[str | None, str | None, Mapping[str, str]]  # (item id, surface, features)
+
+_SURFACE_MASKS_KEPT = 64  # distinct `surfaces` filters whose row masks are memoised
+
+
+class ArtifactMismatchError(Exception):
+    """The live index was not built from the loaded model (other fingerprint or dimension)."""
+
+
+def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -> None:
+    """Raise ArtifactMismatchError unless the index was built from this model's item vectors."""
+    problems = []
+    if manifest.model_fingerprint != embedder.fingerprint:
+        problems.append(
+            f"index was built for model fingerprint {manifest.model_fingerprint[:12]}... "
+            f"but the loaded model is {embedder.fingerprint[:12]}..."
+        )
+    if not (index.dim == manifest.dim == embedder.dim):
+        problems.append(
+            f"dimensions differ: index {index.dim}, manifest {manifest.dim}, model {embedder.dim}"
+        )
+    if index.metric != "ip":
+        problems.append(f"index metric is {index.metric!r}; the model scores by inner product")
+    if problems:
+        raise ArtifactMismatchError(
+            f"index version {manifest.version!r} does not match the model "
+            f"{embedder.version!r}: " + "; ".join(problems)
+        )
+
+
+class Engine:
+    def __init__(
+        self,
+        embedder: Embedder,
+        index: ItemIndex,
+        manifest: Manifest,
+        *,
+        max_inflight: int = 64,
+        worker_threads: int | None = None,
+    ) -> None:
+        check_compatible(embedder, index, manifest)
+        self.embedder = embedder
+        self.index = index
+        self.manifest = manifest
+        self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
+        self.max_inflight = max_inflight
+        self.worker_threads = worker_threads or min(max_inflight, os.cpu_count() or 1)
+        self.inflight = 0
+        self._limiter: anyio.CapacityLimiter | None = None  # made on first use, in the loop
+        self._surface_masks: dict[frozenset[str], np.ndarray] = {}
+
+    @classmethod
+    def load(cls, model_path: Path, index_root: Path, **kwargs: int) -> Engine:
+        """Load the model and the CURRENT index version (blocking: call from a thread)."""
+        embedder = Embedder.from_dir(model_path)
+        index, manifest = load_current(index_root)
+        return cls(embedder, index, manifest, **kwargs)
+
+    @property
+    def model_version(self) -> str:
+        return self.embedder.version
+
+    @property
+    def index_version(self) -> str:
+        return self.manifest.version
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    def warm_up(self) -> None:
+        """One dummy user embedding and one search, so the first request pays no lazy init."""
+        vec = self.embedder.user_vectors([([], [])])  # (1, D)
+        self.index.search(vec, 1)
+
+    # ------------------------------------------------------------------ threads + backpressure
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        if self.inflight >= self.max_inflight:
+            raise ServiceError(
+                ErrorType.OVERLOADED,
+                f"{self.inflight} requests are already being computed (max_inflight="
+                f"{self.max_inflight}); retry shortly",
+            )
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.worker_threads)
+        self.inflight += 1
+        try:
+            return await anyio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self._limiter
+            )
+        finally:
+            self.inflight -= 1
+
+    # ------------------------------------------------------------------ operations
+    async def user_vectors(self, histories: Sequence[History]) -> np.ndarray:
+        """(B, D) float32 user vectors; unknown item ids and surfaces map to UNK tokens."""
+        return await self._run(self.embedder.user_vectors, histories)
+
+    async def retrieve(
+        self,
+        user_vector: np.ndarray,
+        k: int,
+        *,
+        surfaces: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> tuple[list[str], np.ndarray]:
+        """Top-k item ids and scores (desc) among eligible items.
+
+        Eligible: surface in `surfaces` (all when None) and id not in `exclude` (unknown ids
+        ignored). The filter is applied inside the ANN search, so k items come back whenever at
+        least k items are eligible.
+        """
+        return await self._run(self._retrieve, user_vector, k, surfaces, list(exclude))
+
+    def _retrieve(
+        self, user_vector: np.ndarray, k: int, surfaces: Iterable[str] | None, exclude: list[str]
+    ) -> tuple[list[str], np.ndarray]:
+        allowed = self.allowed_rows(surfaces, exclude)  # (N,) bool or None
+        scores, rows = self.index.search(user_vector.reshape(1, -1), k, allowed=allowed)  # (1, k)
+        valid = rows[0] >= 0
+        return self.index.item_ids[rows[0][valid]].tolist(), scores[0][valid]
+
+    def allowed_rows(
+        self, surfaces: Iterable[str] | None, exclude: Sequence[str]
+    ) -> np.ndarray | None:
+        """(N,) bool mask of index rows passing the filters; None when every row passes."""
+        mask = None
+        if surfaces is not None:
+            key = frozenset(surfaces)
+            mask = self._surface_masks.get(key)
+            if mask is None:
+                mask = self.index.surface_mask(key)  # (N,)
+                if len(self._surface_masks) < _SURFACE_MASKS_KEPT:
+                    self._surface_masks[key] = mask
+        if exclude:
+            rows = self.index.row_of(exclude)  # (M,)
+            rows = rows[rows >= 0]
+            if rows.size:
+                mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
+                mask[rows] = False
+        return mask
+
+    async def rank(
+        self, user_vector: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        """Score candidates by inner product with the model's item vectors.
+
+        Returns (ids sorted by score desc, scores, unknown ids); duplicates are ranked once, ties
+        keep the candidates' order.
+        """
+        return await self._run(self._rank, user_vector, candidates)
+
+    def _rank(
+        self, user_vector: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        unique = list(dict.fromkeys(candidates))
+        rows = self.embedder.item_rows(unique)  # (M,)
+        known = rows >= 0
+        unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
+        ids = [c for c, ok in zip(unique, known, strict=True) if ok]
+        scores = self.item_vectors[rows[known]] @ user_vector  # (m,)
+        order = np.argsort(-scores, kind="stable")
+        return [ids[i] for i in order], scores[order], unknown
+
+    async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
+        """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
+        fields = set(self.embedder.metadata_fields) - {SURFACE_FIELD}
+        for i, (_, _, features) in enumerate(items):
+            if SURFACE_FIELD in features:
+                raise ServiceError(
+                    ErrorType.INVALID_INPUT,
+                    f"items[{i}].features: pass the surface as items[{i}].surface, not a feature",
+                )
+            unknown = sorted(set(features) - fields)
+            if unknown:
+                raise ServiceError(
+                    ErrorType.INVALID_INPUT,
+                    f"items[{i}].features: unknown field(s) {unknown}; "
+                    f"this model reads {sorted(fields)}",
+                )
+        try:
+            return await self._run(self.embedder.embed_items, items)
+        except ValueError as exc:  # the embedder's documented rejection of bad metadata
+            raise ServiceError(ErrorType.INVALID_INPUT, f"items: {exc}") from exc

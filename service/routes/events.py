@@ -1,0 +1,19 @@
+"""POST /v1/events: append events to a user's recent-event store (invalidates their cache)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.deps import ServingDep, SettingsDep
+from service.routes._json import json_bytes
+from service.schemas import ERROR_RESPONSES, EventsRequest, EventsResponse
+
+router = APIRouter(tags=["events"])
+
+
+@router.post("/v1/events", response_model=EventsResponse, responses=ERROR_RESPONSES)
+async def append_events(req: EventsRequest, serving: ServingDep, settings: SettingsDep) -> Response:
+    req.check_limits(settings)
+    events = [e.to_event() for e in req.events]
+    return json_bytes(await serving.record_events(req.user_id, events))

@@ -1,0 +1,22 @@
+"""GET /healthz (the process answers) and GET /readyz (model and index loaded and warmed)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from service.deps import EngineDep
+from service.schemas import ERROR_RESPONSES, Health, Readiness
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> Health:
+    return Health(status="ok")
+
+
+@router.get("/readyz", responses=ERROR_RESPONSES)
+async def readyz(engine: EngineDep) -> Readiness:
+    return Readiness(
+        status="ok", model_version=engine.model_version, index_version=engine.index_version
+    )

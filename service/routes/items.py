@@ -1,0 +1,20 @@
+"""POST /v1/items/embed: item embeddings from id and/or metadata (cold start for new items)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.deps import ServingDep, SettingsDep
+from service.routes._json import json_bytes
+from service.schemas import ERROR_RESPONSES, ItemEmbedRequest, ItemEmbedResponse
+
+router = APIRouter(tags=["items"])
+
+
+@router.post("/v1/items/embed", response_model=ItemEmbedResponse, responses=ERROR_RESPONSES)
+async def embed_items(
+    req: ItemEmbedRequest, serving: ServingDep, settings: SettingsDep
+) -> Response:
+    req.check_limits(settings)
+    return json_bytes(await serving.embed_items([item.to_spec() for item in req.items]))

@@ -1,0 +1,26 @@
+"""POST /v1/retrieve: top-k items for a user by ANN search, with filters inside the search."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.deps import ServingDep, SettingsDep
+from service.routes._json import json_bytes
+from service.schemas import ERROR_RESPONSES, RetrieveRequest, RetrieveResponse
+
+router = APIRouter(tags=["retrieval"])
+
+
+@router.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERROR_RESPONSES)
+async def retrieve(req: RetrieveRequest, serving: ServingDep, settings: SettingsDep) -> Response:
+    req.check_limits(settings)
+    body = await serving.retrieve(
+        req.user_id,
+        req.request_events(),
+        k=req.k,
+        surfaces=req.surfaces,
+        exclude=req.exclude,
+        exclude_seen=req.exclude_seen,
+    )
+    return json_bytes(body)

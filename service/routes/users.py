@@ -1,0 +1,18 @@
+"""POST /v1/users/embed: a user's embedding from their stored and/or given events."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.deps import ServingDep, SettingsDep
+from service.routes._json import json_bytes
+from service.schemas import ERROR_RESPONSES, UserEmbedRequest, UserEmbedResponse
+
+router = APIRouter(tags=["users"])
+
+
+@router.post("/v1/users/embed", response_model=UserEmbedResponse, responses=ERROR_RESPONSES)
+async def embed_user(req: UserEmbedRequest, serving: ServingDep, settings: SettingsDep) -> Response:
+    req.check_limits(settings)
+    return json_bytes(await serving.embed_user(req.user_id, req.request_events()))
