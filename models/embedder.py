@@ -19,9 +19,7 @@ from models.artifacts import load_model, model_fingerprint
 from models.features import SURFACE_FIELD, FeatureSpec
 from models.item_encoder import FIRST_ITEM_ID, UNK_ID
 from models.recommender import Recommender
-from models.vocab import Vocab
-
-History = tuple[Sequence[str], Sequence[str]]  # (item ids, surfaces), oldest first
+from models.vocab import History, Ids, Vocab
 
 
 class Embedder:
@@ -57,7 +55,7 @@ class Embedder:
     def metadata_fields(self) -> dict[str, str]:
         return self.spec.fields
 
-    def item_rows(self, item_ids: Sequence[str]) -> np.ndarray:
+    def item_rows(self, item_ids: Ids) -> np.ndarray:
         """Catalogue rows (M,) int64; -1 for ids the model does not know."""
         return self.vocab.item_rows(item_ids)
 

@@ -14,9 +14,12 @@ import torch
 
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, UNK_ID
 
+Ids = Sequence[str] | np.ndarray  # string ids, as a list or an object array
+History = tuple[Ids, Ids]  # (item ids, surfaces), oldest first
+
 
 class Vocab:
-    def __init__(self, item_ids: Sequence[str], surfaces: Sequence[str]) -> None:
+    def __init__(self, item_ids: Ids, surfaces: Sequence[str]) -> None:
         self.item_ids = np.asarray(item_ids, dtype=object)  # (N,) catalogue order
         self.surfaces = list(surfaces)
         self._items = {str(x): i for i, x in enumerate(self.item_ids)}
@@ -44,7 +47,7 @@ class Vocab:
         return np.fromiter((get(str(s), 0) for s in surfaces), dtype=np.int64)
 
     def batch(
-        self, histories: Sequence[tuple[Sequence[str], Sequence[str]]], max_len: int
+        self, histories: Sequence[History], max_len: int
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Left-padded (ids, surfaces, mask), each (B, T), keeping the last ``max_len`` events."""
         encoded = [

@@ -1,0 +1,130 @@
+"""Build an ItemIndex from item vectors with faiss.index_factory (inner product)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import faiss
+import numpy as np
+
+from index.item_index import (
+    ItemIndex,
+    check_item_ids,
+    check_metric,
+    check_surfaces,
+    index_kind,
+    unwrap_index,
+)
+
+EF_CONSTRUCTION = 200  # HNSW graph quality at build time (faiss default is 40)
+MAX_TRAIN_POINTS_PER_CENTROID = 256  # cap on the training sample, as faiss k-means does
+MIN_POINTS_PER_LIST = 39  # below this faiss k-means warns; centroids would be noise
+PQ_CENTROIDS = 256  # 8-bit product quantizer codebooks: 256 centroids per sub-quantizer
+
+
+def build_index(
+    vectors: np.ndarray,
+    item_ids: Sequence[str] | np.ndarray,
+    surfaces: Sequence[str] | np.ndarray | None = None,
+    *,
+    index_type: str = "HNSW32",
+    metric: str = "ip",
+    seed: int = 0,
+    search_params: dict[str, int] | None = None,
+    train_size: int | None = None,
+) -> ItemIndex:
+    """Build an inner-product index of `index_type` over `vectors` (N, D), row r = item_ids[r].
+
+    Trainable indexes (IVF, PQ) are trained on a sample of at most `train_size` rows drawn with
+    `seed` (default: 256 points per centroid, capped at N); k-means seeds are set from `seed` too,
+    so IVF/PQ builds are reproducible. `search_params` default to efSearch 128 for HNSW and
+    nprobe min(nlist, 32) for IVF.
+    """
+    check_metric(metric)
+    x = _check_vectors(vectors)  # (N, D)
+    n, dim = x.shape
+    ids = check_item_ids(item_ids, n)  # (N,)
+    surf = check_surfaces(surfaces, n)  # (N,)
+    try:
+        index = faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as e:
+        raise ValueError(f"faiss cannot make index_type {index_type!r} for dim {dim}: {e}") from e
+    kind = index_kind(index)
+    if kind == "hnsw":
+        hnsw_index, _ = unwrap_index(index)
+        hnsw_index.hnsw.efConstruction = EF_CONSTRUCTION
+    if kind == "ivf":
+        nlist = faiss.extract_index_ivf(index).nlist
+        if n < MIN_POINTS_PER_LIST * nlist:
+            raise ValueError(
+                f"index_type {index_type!r} has {nlist} IVF lists but only {n} vectors; IVF "
+                f"needs {MIN_POINTS_PER_LIST}+ vectors per list, so use at most "
+                f"{n // MIN_POINTS_PER_LIST} lists (or Flat / HNSW for so few items)"
+            )
+    _configure_training(index, seed)
+    if not index.is_trained:
+        sample = _training_sample(x, index, seed, train_size)  # (T, D)
+        try:
+            index.train(sample)
+        except RuntimeError as e:
+            raise ValueError(
+                f"training {index_type!r} on {sample.shape[0]} vectors failed: {e}"
+            ) from e
+    index.add(x)
+    return ItemIndex(
+        index, ids, surf, index_type=index_type, metric=metric, search_params=search_params
+    )
+
+
+def _check_vectors(vectors: np.ndarray) -> np.ndarray:
+    """Return `vectors` as a C-contiguous (N, D) float32 array; ValueError when unusable."""
+    try:
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"vectors must be a float array, got {type(vectors).__name__}") from e
+    if x.ndim != 2:
+        raise ValueError(f"vectors must be 2-D (N, D), got shape {x.shape}")
+    if x.shape[0] == 0 or x.shape[1] == 0:
+        raise ValueError(f"vectors must be non-empty, got shape {x.shape}")
+    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    if bad.size:
+        raise ValueError(
+            f"vectors contain {bad.size} rows with NaN or inf, e.g. rows {bad[:5].tolist()}"
+        )
+    return x
+
+
+def _configure_training(index: faiss.Index, seed: int) -> None:
+    """Seed every k-means training runs (IVF coarse quantizer, PQ codebooks).
+
+    Also turns off polysemous training of PQ codes: it only serves Hamming-distance
+    pre-filtering, which this service does not use, and it dominates PQ training time.
+    """
+    ivf: Any = faiss.try_extract_index_ivf(index)
+    if ivf is not None:
+        ivf.cp.seed = seed
+        ivf = faiss.downcast_index(ivf)
+    for owner in (ivf, faiss.downcast_index(index)):
+        pq = getattr(owner, "pq", None)
+        if pq is not None:
+            pq.cp.seed = seed
+        if hasattr(owner, "do_polysemous_training"):
+            owner.do_polysemous_training = False
+
+
+def _training_sample(
+    x: np.ndarray, index: faiss.Index, seed: int, train_size: int | None
+) -> np.ndarray:
+    """A seeded sample of rows of x (N, D) for training; returns (T, D)."""
+    n = x.shape[0]
+    if train_size is None:
+        ivf = faiss.try_extract_index_ivf(index)
+        centroids = max(PQ_CENTROIDS, ivf.nlist if ivf is not None else 0)
+        train_size = MAX_TRAIN_POINTS_PER_CENTROID * centroids
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
+        raise ValueError(f"train_size must be a positive int, got {train_size!r}")
+    if train_size >= n:
+        return x
+    rows = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))  # (T,)
+    return x[rows]

@@ -1,0 +1,220 @@
+"""Atomic publication of index versions under an index root, and loading them back.
+
+Layout: `<root>/versions/<version>/{index.faiss, items.parquet, index_meta.json, manifest.json}`
+and `<root>/CURRENT`, a text file naming the live version. A version is assembled in a
+`versions/.tmp-*` directory, every file fsynced, `manifest.json` written last, then the directory
+is renamed into place and CURRENT replaced atomically. A published version is never modified.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import secrets
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from index.item_index import ItemIndex
+from index.manifest import (
+    FORMAT_VERSION,
+    IndexIntegrityError,
+    Manifest,
+    NoIndexError,
+    sha256_file,
+)
+
+VERSIONS_DIR = "versions"
+CURRENT_FILE = "CURRENT"
+MANIFEST_FILE = "manifest.json"
+TMP_PREFIX = ".tmp-"
+STALE_TMP_SECONDS = 3600  # a .tmp-* dir older than this is a crashed publish: removed on prune
+_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def publish(
+    index: ItemIndex,
+    root: Path,
+    *,
+    model_fingerprint: str,
+    model_version: str,
+    recall_at_10: float | None = None,
+    keep: int = 3,
+    extra: dict[str, Any] | None = None,
+) -> Manifest:
+    """Write `index` as a new version under `root`, make it CURRENT, prune old versions.
+
+    Returns the new version's manifest. `keep` newest versions survive pruning, plus the live one.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    root = Path(root)
+    versions = root / VERSIONS_DIR
+    versions.mkdir(parents=True, exist_ok=True)
+    now = datetime.now(UTC)
+    version = f"{now:%Y%m%dT%H%M%S%fZ}-{secrets.token_hex(3)}"
+    tmp = versions / f"{TMP_PREFIX}{version}"
+    tmp.mkdir()
+    try:
+        names = index.save(tmp)
+        files = {}
+        for name in names:
+            _fsync_file(tmp / name)
+            files[name] = sha256_file(tmp / name)
+        manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            version=version,
+            model_fingerprint=model_fingerprint,
+            model_version=model_version,
+            dim=index.dim,
+            metric=index.metric,
+            count=index.count,
+            index_type=index.index_type,
+            search_params=dict(index.search_params),
+            recall_at_10=None if recall_at_10 is None else float(recall_at_10),
+            files=files,
+            created_at=now.isoformat(timespec="seconds").replace("+00:00", "Z"),
+            extra=dict(extra or {}),
+        )
+        _write_durably(tmp / MANIFEST_FILE, manifest.to_json())
+        _fsync_dir(tmp)
+        os.rename(tmp, versions / version)
+        _fsync_dir(versions)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    set_current(root, version)
+    prune_versions(root, keep=keep)
+    return manifest
+
+
+def current_version(root: Path) -> str | None:
+    """The version CURRENT names, or None when there is no CURRENT."""
+    try:
+        name = (Path(root) / CURRENT_FILE).read_text().strip()
+    except FileNotFoundError:
+        return None
+    return name or None
+
+
+def list_versions(root: Path) -> list[str]:
+    """Complete versions (those with a manifest.json) under `root`, oldest first."""
+    versions = Path(root) / VERSIONS_DIR
+    if not versions.is_dir():
+        return []
+    return sorted(
+        p.name
+        for p in versions.iterdir()
+        if not p.name.startswith(".") and (p / MANIFEST_FILE).is_file()
+    )
+
+
+def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
+    """Load one version; with `verify`, check every file's sha256 against the manifest first."""
+    directory = _version_dir(root, version)
+    manifest_path = directory / MANIFEST_FILE
+    if not manifest_path.is_file():
+        raise IndexIntegrityError(f"version {version!r} has no {MANIFEST_FILE}")
+    manifest = Manifest.from_json(manifest_path.read_text())
+    if manifest.version != version:
+        raise IndexIntegrityError(f"manifest of {version!r} names version {manifest.version!r}")
+    if verify:
+        for name, expected in sorted(manifest.files.items()):
+            path = directory / name
+            if Path(name).name != name or not path.is_file():
+                raise IndexIntegrityError(f"file {name!r} of version {version!r} is missing")
+            actual = sha256_file(path)
+            if actual != expected:
+                raise IndexIntegrityError(
+                    f"file {name!r} of version {version!r} has sha256 {actual}, "
+                    f"manifest says {expected}"
+                )
+    index = ItemIndex.load(directory)
+    found = (index.dim, index.count, index.metric, index.index_type)
+    stated = (manifest.dim, manifest.count, manifest.metric, manifest.index_type)
+    if found != stated:
+        raise IndexIntegrityError(
+            f"version {version!r} holds (dim, count, metric, type) {found}, manifest says {stated}"
+        )
+    return index, manifest
+
+
+def load_current(root: Path, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
+    """Load the version CURRENT names; NoIndexError when there is none."""
+    version = current_version(root)
+    if version is None:
+        raise NoIndexError(f"no {CURRENT_FILE} pointer under {str(root)!r}")
+    return load_version(root, version, verify=verify)
+
+
+def set_current(root: Path, version: str) -> None:
+    """Atomically point CURRENT at `version` (which must be a complete published version)."""
+    root = Path(root)
+    if not (_version_dir(root, version) / MANIFEST_FILE).is_file():
+        raise NoIndexError(f"version {version!r} is not a complete version under {str(root)!r}")
+    tmp = root / f"{CURRENT_FILE}.tmp-{secrets.token_hex(4)}"
+    try:
+        _write_durably(tmp, version + "\n")
+        os.replace(tmp, root / CURRENT_FILE)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(root)
+
+
+def prune_versions(root: Path, *, keep: int = 3) -> list[str]:
+    """Delete all but the newest `keep` versions, never the live one; drop stale temp files.
+
+    Returns the names of the versions removed.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
+        raise ValueError(f"keep must be an int >= 1, got {keep!r}")
+    versions = Path(root) / VERSIONS_DIR
+    if not versions.is_dir():
+        return []
+    doomed = list_versions(root)[:-keep]
+    live = current_version(root)
+    removed = [v for v in doomed if v != live]
+    for version in removed:
+        shutil.rmtree(versions / version)
+    cutoff = time.time() - STALE_TMP_SECONDS
+    for path in versions.iterdir():
+        if path.name.startswith(TMP_PREFIX) and path.stat().st_mtime < cutoff:
+            shutil.rmtree(path, ignore_errors=True)
+    for path in Path(root).glob(f"{CURRENT_FILE}.tmp-*"):
+        if path.stat().st_mtime < cutoff:
+            path.unlink(missing_ok=True)
+    return removed
+
+
+def _version_dir(root: Path, version: str) -> Path:
+    """The directory of `version`; NoIndexError when the name is malformed or absent."""
+    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
+        raise NoIndexError(f"{version!r} is not a valid version name")
+    directory = Path(root) / VERSIONS_DIR / version
+    if not directory.is_dir():
+        raise NoIndexError(f"version {version!r} does not exist under {str(root)!r}")
+    return directory
+
+
+def _write_durably(path: Path, text: str) -> None:
+    """Write `text` to `path` and fsync it."""
+    with open(path, "w", encoding="utf-8") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

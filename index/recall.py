@@ -1,0 +1,49 @@
+"""Recall of an ItemIndex against exact (brute-force) inner-product search."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from index.item_index import ItemIndex
+
+QUERY_CHUNK = 256  # queries scored at once: bounds the (chunk, N) score matrix
+
+
+def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows of the k largest inner products per query, best first: (B, k) int64.
+
+    `vectors` is (N, D), `queries` (B, D); k must not exceed N.
+    """
+    v = np.asarray(vectors, dtype=np.float32)  # (N, D)
+    q = np.asarray(queries, dtype=np.float32)  # (B, D)
+    if v.ndim != 2 or q.ndim != 2 or v.shape[1] != q.shape[1]:
+        raise ValueError(f"need vectors (N, D) and queries (B, D), got {v.shape} and {q.shape}")
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= v.shape[0]:
+        raise ValueError(f"k must be an int in [1, {v.shape[0]}], got {k!r}")
+    out = np.empty((q.shape[0], k), dtype=np.int64)  # (B, k)
+    for start in range(0, q.shape[0], QUERY_CHUNK):
+        scores = q[start : start + QUERY_CHUNK] @ v.T  # (b, N)
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (b, k) unordered
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        out[start : start + QUERY_CHUNK] = np.take_along_axis(top, order, axis=1)
+    return out
+
+
+def recall_at_k(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    k: int = 10,
+    params: Mapping[str, int] | None = None,
+) -> float:
+    """Mean over queries of |ANN top-k ∩ exact top-k| / k; `vectors` are the index's rows (N, D)."""
+    if np.shape(vectors)[0] != index.count:
+        raise ValueError(f"got {np.shape(vectors)[0]} vectors for an index of {index.count} rows")
+    _, ann = index.search(queries, k, params=params)  # (B, k)
+    exact = exact_topk(vectors, queries, k)  # (B, k)
+    if ann.shape[0] == 0:
+        raise ValueError("recall needs at least one query, got none")
+    hits = [np.intersect1d(a[a >= 0], e).size for a, e in zip(ann, exact, strict=True)]
+    return float(np.mean(hits) / k)

@@ -1,0 +1,1 @@
+"""uniserve models: user/item encoders, training, evaluation, artifacts, data loaders."""
