@@ -5,7 +5,10 @@ fields (surface, category, brand...) are looked up, text fields are hashed bags 
 pooled. Departure: instead of dropping the id entirely we *add* an id embedding and train with
 id dropout (the id is replaced by the shared UNK id with probability ``id_dropout``), so the
 metadata path alone stays a good vector for cold-start items while warm items keep their
-memorised id embedding.
+memorised id embedding. The item vector is the plain sum of the id embedding and the field
+embeddings, all initialised at the same small scale, so neither path drowns the other at the
+start of training (a normalising projection of the metadata made every item of a surface look
+alike and stalled training).
 
 Row layout of the id table: 0 = padding, 1 = UNK (unknown / dropped id), 2.. = catalogue items.
 """
@@ -51,7 +54,6 @@ class ItemEncoder(nn.Module):
             nn.Embedding(size, d, padding_idx=0) for size in config.categorical_sizes.values()
         )
         self.text = nn.Embedding(config.text_buckets, d, padding_idx=0)
-        self.meta_proj = nn.Sequential(nn.LayerNorm(d), nn.Linear(d, d))
         nn.init.normal_(self.id_embedding.weight, std=0.02)
         for emb in [*self.categorical, self.text]:
             nn.init.normal_(emb.weight, std=0.02)
@@ -71,4 +73,4 @@ class ItemEncoder(nn.Module):
             present = (tokens > 0).unsqueeze(-1).float()  # (*S, F, L, 1)
             pooled = (tok * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (*S, F, D)
             meta = meta + pooled.sum(-2)
-        return self.id_embedding(ids) + self.meta_proj(meta)  # (*S, D)
+        return self.id_embedding(ids) + meta  # (*S, D)

@@ -65,10 +65,13 @@ class Recommender(nn.Module):
         return self.config.item.dim
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Catalogue id-table rows (*S) int64 -> unit-norm item vectors (*S, D)."""
-        return F.normalize(
-            self.item_encoder(ids, self.item_cat[ids], self.item_tokens[ids]), dim=-1
-        )
+        """Catalogue id-table rows (*S) int64 -> unit-norm item vectors (*S, D).
+
+        Each distinct id is encoded once: batches repeat padding and popular items a lot.
+        """
+        uniq, inverse = torch.unique(ids, return_inverse=True)  # (U,), (*S)
+        vecs = self.item_encoder(uniq, self.item_cat[uniq], self.item_tokens[uniq])  # (U, D)
+        return F.normalize(vecs, dim=-1)[inverse]
 
     def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
         """Vectors of every catalogue item, in catalogue order: (N, D)."""

@@ -47,7 +47,7 @@ class TrainConfig:
     weight_decay: float = 0.01
     num_negatives: int = 1024  # uniform negatives per step, shared by the batch
     in_batch_negatives: int = 1024  # negatives drawn from the batch's targets (~ popularity)
-    temperature: float = 0.05  # softmax temperature over cosine scores: lower = sharper
+    temperature: float = 0.1  # softmax temperature over cosine scores: lower = sharper
     seed: int = 0
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
     time_budget_s: float | None = None  # stop early after this much wall time
@@ -157,10 +157,9 @@ def sampled_softmax_loss(
     -> scalar. Cosine logits are divided by ``temperature`` before the correction.
     A negative that happens to be the row's own target (an accidental hit) is masked out.
     """
-    pos = (queries * model.item_vectors(targets)).sum(-1, keepdim=True) - log_q[
-        targets, None
-    ]  # (M, 1)
-    neg = queries @ model.item_vectors(negatives).T - log_q[negatives]  # (M, K)
+    pos = (queries * model.item_vectors(targets)).sum(-1, keepdim=True) / temperature  # (M, 1)
+    neg = queries @ model.item_vectors(negatives).T / temperature  # (M, K)
+    pos, neg = pos - log_q[targets, None], neg - log_q[negatives]
     neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
     return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))

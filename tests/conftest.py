@@ -1,8 +1,8 @@
 """Shared fixtures: small real artifacts made once per session, and the real app over them.
 
 The API tests drive `service.app.create_app` through its lifespan with httpx's ASGITransport; the
-model and index are real (trained briefly on the shipped sample, indexed and published by
-`service.bootstrap.ensure_artifacts`), never mocked. `service` is imported inside the fixtures so other suites do not
+model and index are real (the embedded default: trained on the shipped sample, indexed and
+published by `service.bootstrap.ensure_artifacts`), never mocked. `service` is imported inside the fixtures so other suites do not
 pay for torch and faiss at collection.
 """
 
@@ -44,23 +44,15 @@ def anyio_backend() -> str:
 
 @pytest.fixture(scope="session")
 def uniserve_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data_dir holding a small real model trained on the shipped sample and its index.
+    """A data_dir made exactly as the embedded default's first start makes it.
 
-    The model trains for a couple of steps only (the API tests check behaviour, not quality);
-    `ensure_artifacts` then finds the model and builds and publishes the index, as at first start.
+    `ensure_artifacts` trains the default model on the shipped sample (seconds) and builds and
+    publishes its index; the API tests and the sample training test share the result.
     """
-    from models.data import load_corpus
-    from models.train import TrainConfig
     from service.bootstrap import ensure_artifacts
-    from service.pipeline import train_to_dir
     from service.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("uniserve-data"))
-    tiny = TrainConfig(
-        dim=32, num_layers=1, max_len=20, batch_size=32, num_negatives=64, in_batch_negatives=32,
-        text_buckets=1024, max_steps=2, progress=False,
-    )  # fmt: skip
-    train_to_dir(load_corpus(settings.sample), tiny, settings.model_path, evaluate=False)
     ensure_artifacts(settings)
     return settings.data_dir
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from models.artifacts import load_model, model_fingerprint, save_model
+from models.artifacts import load_model, model_fingerprint, read_config, save_model
 from models.corpus import Corpus, EvalSet, ItemTable, Sequences
 from models.embedder import Embedder
 from models.evaluate import evaluate_model, evaluate_popularity, metrics_from_ranks
@@ -203,3 +203,16 @@ def test_metrics_from_ranks_matches_definitions() -> None:
     m = metrics_from_ranks(ranks, ks=(10,))
     assert m["recall@10"] == pytest.approx(3 / 6)
     assert m["ndcg@10"] == pytest.approx((1 + 1 / np.log2(3) + 1 / np.log2(11)) / 6)
+
+
+def test_embedded_default_training_on_the_sample_beats_most_popular(uniserve_data_dir) -> None:
+    """The model `uniserve serve` trains on first start (session fixture) learns the sample:
+    loss falls and test Recall@10 (full ranking) beats the most-popular baseline."""
+    config = read_config(uniserve_data_dir / "model")
+    losses = config["training"]["epoch_losses"]
+    assert losses[-1] < losses[0]
+    metrics = config["metrics"]
+    assert metrics["split"] == "test" and metrics["model"]["all"]["n"] == 400
+    model, pop = metrics["model"]["all"]["full"], metrics["most_popular"]["all"]["full"]
+    assert model["recall@10"] > pop["recall@10"]
+    assert model["ndcg@10"] > pop["ndcg@10"]
