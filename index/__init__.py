@@ -1,12 +1,15 @@
-"""FAISS item index: build, filtered thread-safe search, recall, manifest, atomic publish."""
+"""FAISS item index: build, filtered thread-safe search, recall, tuning, gate, atomic publish."""
 
-from index.build import build_index
+from index.build import build_index, faiss_gpus
+from index.gate import check_servable, check_vectors_finite, gate_build
 from index.item_index import ItemIndex
 from index.manifest import (
     FORMAT_VERSION,
     IndexIntegrityError,
+    IndexRejectedError,
     Manifest,
     NoIndexError,
+    RejectReason,
     sha256_file,
 )
 from index.publish import (
@@ -14,27 +17,45 @@ from index.publish import (
     list_versions,
     load_current,
     load_version,
+    open_version,
+    previous_version,
     prune_versions,
     publish,
+    rollback,
     set_current,
+    verify_version,
 )
 from index.recall import exact_topk, recall_at_k
+from index.tune import DEFAULT_TARGET_RECALL, TuneResult, tune_search_params
 
 __all__ = [
+    "DEFAULT_TARGET_RECALL",
     "FORMAT_VERSION",
     "IndexIntegrityError",
+    "IndexRejectedError",
     "ItemIndex",
     "Manifest",
     "NoIndexError",
+    "RejectReason",
+    "TuneResult",
     "build_index",
+    "check_servable",
+    "check_vectors_finite",
     "current_version",
     "exact_topk",
+    "faiss_gpus",
+    "gate_build",
     "list_versions",
     "load_current",
     "load_version",
+    "open_version",
+    "previous_version",
     "prune_versions",
     "publish",
     "recall_at_k",
+    "rollback",
     "set_current",
     "sha256_file",
+    "tune_search_params",
+    "verify_version",
 ]

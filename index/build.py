@@ -1,7 +1,14 @@
-"""Build an ItemIndex from item vectors with faiss.index_factory (inner product)."""
+"""Build an ItemIndex from item vectors with faiss.index_factory (inner product).
+
+The GPU path is chosen at run time: when the installed faiss reports GPUs, IVF k-means assigns
+points with a GPU flat index (faiss's `clustering_index`), and the index itself stays a CPU index,
+ready to save and serve. Without GPUs (faiss-cpu, or none visible) everything runs on the CPU.
+HNSW graphs are always built on the CPU.
+"""
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,6 +29,19 @@ MAX_TRAIN_POINTS_PER_CENTROID = 256  # cap on the training sample, as faiss k-me
 MIN_POINTS_PER_LIST = 39  # below this faiss k-means warns; centroids would be noise
 PQ_CENTROIDS = 256  # 8-bit product quantizer codebooks: 256 centroids per sub-quantizer
 
+log = logging.getLogger(__name__)
+
+
+def faiss_gpus() -> int:
+    """GPUs the installed faiss can use (0 for faiss-cpu builds or when none is visible)."""
+    get_num_gpus = getattr(faiss, "get_num_gpus", None)
+    if get_num_gpus is None:
+        return 0
+    try:
+        return int(get_num_gpus())
+    except RuntimeError:
+        return 0
+
 
 def build_index(
     vectors: np.ndarray,
@@ -33,13 +53,14 @@ def build_index(
     seed: int = 0,
     search_params: dict[str, int] | None = None,
     train_size: int | None = None,
+    use_gpu: bool | None = None,
 ) -> ItemIndex:
     """Build an inner-product index of `index_type` over `vectors` (N, D), row r = item_ids[r].
 
     Trainable indexes (IVF, PQ) are trained on a sample of at most `train_size` rows drawn with
     `seed` (default: 256 points per centroid, capped at N); k-means seeds are set from `seed` too,
     so IVF/PQ builds are reproducible. `search_params` default to efSearch 128 for HNSW and
-    nprobe min(nlist, 32) for IVF.
+    nprobe min(nlist, 32) for IVF. `use_gpu` None means: when faiss reports GPUs.
     """
     check_metric(metric)
     x = _check_vectors(vectors)  # (N, D)
@@ -65,12 +86,17 @@ def build_index(
     _configure_training(index, seed)
     if not index.is_trained:
         sample = _training_sample(x, index, seed, train_size)  # (T, D)
+        gpu_assigner = _gpu_clustering_index(index, use_gpu)  # kept alive while training
         try:
             index.train(sample)
         except RuntimeError as e:
             raise ValueError(
                 f"training {index_type!r} on {sample.shape[0]} vectors failed: {e}"
             ) from e
+        finally:
+            if gpu_assigner is not None:
+                ivf: Any = faiss.extract_index_ivf(index)
+                ivf.clustering_index = None  # the index is saved and served without it
     index.add(x)
     return ItemIndex(
         index, ids, surf, index_type=index_type, metric=metric, search_params=search_params
@@ -111,6 +137,24 @@ def _configure_training(index: faiss.Index, seed: int) -> None:
             pq.cp.seed = seed
         if hasattr(owner, "do_polysemous_training"):
             owner.do_polysemous_training = False
+
+
+def _gpu_clustering_index(index: faiss.Index, use_gpu: bool | None) -> faiss.Index | None:
+    """Put IVF k-means assignment on the GPUs when asked to (None: when faiss reports any).
+
+    Returns the GPU flat index given to faiss as `clustering_index`, or None (CPU k-means).
+    """
+    ivf: Any = faiss.try_extract_index_ivf(index)
+    gpus = faiss_gpus()
+    if ivf is None or use_gpu is False or (use_gpu is None and gpus == 0):
+        return None
+    if gpus == 0:
+        raise ValueError("use_gpu=True but the installed faiss reports no GPU")
+    flat = faiss.IndexFlat(ivf.d, ivf.metric_type)  # same metric as the coarse quantizer
+    gpu_index = faiss.index_cpu_to_all_gpus(flat)
+    ivf.clustering_index = gpu_index
+    log.info("IVF k-means on %d GPU(s); the index stays on the CPU for serving", gpus)
+    return gpu_index
 
 
 def _training_sample(

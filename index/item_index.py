@@ -226,6 +226,13 @@ class ItemIndex:
         scores[rows < 0] = -np.inf  # faiss pads with -FLT_MAX
         return scores, rows
 
+    def set_search_params(self, params: Mapping[str, int]) -> None:
+        """Replace the default per-call parameters (e.g. with tuned ones).
+
+        For the build job only, before the index is shared: serving threads never call this.
+        """
+        self.search_params = self._check_params(params)
+
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         try:
             q = np.ascontiguousarray(queries, dtype=np.float32)

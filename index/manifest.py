@@ -11,13 +11,38 @@ import hashlib
 import json
 import os
 from dataclasses import asdict, dataclass, field, fields
+from enum import StrEnum
 from typing import Any
 
 FORMAT_VERSION = 1
 _CHUNK_BYTES = 1 << 20  # 1 MiB per read when hashing
 
 
-class IndexIntegrityError(Exception):
+class RejectReason(StrEnum):
+    """Why an index version was refused: a closed set, used as a metric label."""
+
+    NOT_FOUND = "not_found"  # no CURRENT, or it names a version that does not exist
+    IO = "io"  # a file could not be read (permissions, disk)
+    MISSING_MANIFEST = "missing_manifest"  # files but no manifest.json: an unfinished version
+    INTEGRITY = "integrity"  # sha256 mismatch, missing file, malformed manifest, files disagree
+    EMPTY = "empty"  # no items, or an empty version directory
+    DIMENSION = "dimension"  # vector dimension differs from the model's
+    METRIC = "metric"  # not the inner product the model scores with
+    NAN = "nan"  # NaN or inf vectors
+    RECALL = "recall"  # recall@10 below the target (build-time gate)
+    MODEL_MISMATCH = "model_mismatch"  # built for another model, and that model is not at hand
+    INTERNAL = "internal"  # an unexpected error while loading (a bug: see the log)
+
+
+class IndexRejectedError(Exception):
+    """An index version is unusable; `reason` says why (one of RejectReason)."""
+
+    def __init__(self, message: str, reason: RejectReason = RejectReason.INTEGRITY) -> None:
+        super().__init__(message)
+        self.reason = RejectReason(reason)
+
+
+class IndexIntegrityError(IndexRejectedError):
     """An index version is damaged: a file is missing or tampered with, or its manifest is bad."""
 
 
@@ -94,7 +119,7 @@ def _check_types(data: dict[str, Any]) -> None:
         "model_version": lambda v: isinstance(v, str),
         "dim": lambda v: _is_int(v) and v > 0,
         "metric": lambda v: isinstance(v, str),
-        "count": lambda v: _is_int(v) and v > 0,
+        "count": lambda v: _is_int(v) and v >= 0,  # 0 parses, so loaders can say "empty"
         "index_type": lambda v: isinstance(v, str) and v != "",
         "search_params": lambda v: (
             isinstance(v, dict) and all(isinstance(k, str) and _is_int(x) for k, x in v.items())

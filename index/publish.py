@@ -4,6 +4,11 @@ Layout: `<root>/versions/<version>/{index.faiss, items.parquet, index_meta.json,
 and `<root>/CURRENT`, a text file naming the live version. A version is assembled in a
 `versions/.tmp-*` directory, every file fsynced, `manifest.json` written last, then the directory
 is renamed into place and CURRENT replaced atomically. A published version is never modified.
+
+Loading verifies before it reads: `verify_version` parses the manifest and checks the sha256 of
+every file it lists; only then does `open_version` hand the files to `faiss.read_index`. A
+crashed publish leaves a `.tmp-*` directory (never listed as a version) or a complete version
+that CURRENT does not name; either way CURRENT keeps naming the last complete version.
 """
 
 from __future__ import annotations
@@ -21,8 +26,10 @@ from index.item_index import ItemIndex
 from index.manifest import (
     FORMAT_VERSION,
     IndexIntegrityError,
+    IndexRejectedError,
     Manifest,
     NoIndexError,
+    RejectReason,
     sha256_file,
 )
 
@@ -111,16 +118,29 @@ def list_versions(root: Path) -> list[str]:
     )
 
 
-def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
-    """Load one version; with `verify`, check every file's sha256 against the manifest first."""
+def verify_version(root: Path, version: str) -> Manifest:
+    """Parse `version`'s manifest and check every file's sha256; read nothing else.
+
+    Raises NoIndexError when the version does not exist, IndexRejectedError (with a reason)
+    when it is empty, unfinished, damaged or unreadable.
+    """
     directory = _version_dir(root, version)
     manifest_path = directory / MANIFEST_FILE
-    if not manifest_path.is_file():
-        raise IndexIntegrityError(f"version {version!r} has no {MANIFEST_FILE}")
-    manifest = Manifest.from_json(manifest_path.read_text())
-    if manifest.version != version:
-        raise IndexIntegrityError(f"manifest of {version!r} names version {manifest.version!r}")
-    if verify:
+    try:
+        if not manifest_path.is_file():
+            if not any(directory.iterdir()):
+                raise IndexIntegrityError(
+                    f"version {version!r} is an empty directory", RejectReason.EMPTY
+                )
+            raise IndexIntegrityError(
+                f"version {version!r} has no {MANIFEST_FILE} (an unfinished publish?)",
+                RejectReason.MISSING_MANIFEST,
+            )
+        manifest = Manifest.from_json(manifest_path.read_text())
+        if manifest.version != version:
+            raise IndexIntegrityError(f"manifest of {version!r} names version {manifest.version!r}")
+        if manifest.count == 0:
+            raise IndexIntegrityError(f"version {version!r} holds no items", RejectReason.EMPTY)
         for name, expected in sorted(manifest.files.items()):
             path = directory / name
             if Path(name).name != name or not path.is_file():
@@ -131,14 +151,40 @@ def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[Item
                     f"file {name!r} of version {version!r} has sha256 {actual}, "
                     f"manifest says {expected}"
                 )
+    except OSError as e:
+        raise IndexRejectedError(f"cannot read version {version!r}: {e}", RejectReason.IO) from e
+    return manifest
+
+
+def open_version(root: Path, manifest: Manifest) -> ItemIndex:
+    """Read the index of a version whose files `verify_version` has checked.
+
+    Raises IndexIntegrityError when the files disagree with each other or with the manifest.
+    """
+    directory = _version_dir(root, manifest.version)
     index = ItemIndex.load(directory)
     found = (index.dim, index.count, index.metric, index.index_type)
     stated = (manifest.dim, manifest.count, manifest.metric, manifest.index_type)
     if found != stated:
         raise IndexIntegrityError(
-            f"version {version!r} holds (dim, count, metric, type) {found}, manifest says {stated}"
+            f"version {manifest.version!r} holds (dim, count, metric, type) {found}, "
+            f"manifest says {stated}"
         )
-    return index, manifest
+    return index
+
+
+def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
+    """Load one version; with `verify`, check every file's sha256 against the manifest first."""
+    if verify:
+        manifest = verify_version(root, version)
+    else:
+        path = _version_dir(root, version) / MANIFEST_FILE
+        if not path.is_file():
+            raise IndexIntegrityError(
+                f"version {version!r} has no {MANIFEST_FILE}", RejectReason.MISSING_MANIFEST
+            )
+        manifest = Manifest.from_json(path.read_text())
+    return open_version(root, manifest), manifest
 
 
 def load_current(root: Path, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
@@ -162,6 +208,33 @@ def set_current(root: Path, version: str) -> None:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(root)
+
+
+def previous_version(root: Path, before: str | None = None) -> str:
+    """The newest complete version older than `before` (default: CURRENT) whose files verify.
+
+    Damaged versions are skipped. Raises NoIndexError when there is none.
+    """
+    live = before if before is not None else current_version(root)
+    older = [v for v in list_versions(root) if live is None or v < live]
+    for version in reversed(older):
+        try:
+            verify_version(root, version)
+        except IndexRejectedError:
+            continue
+        return version
+    raise NoIndexError(f"no valid version older than {live!r} under {str(root)!r}")
+
+
+def rollback(root: Path, *, to: str | None = None) -> str:
+    """Point CURRENT at `to` (default: the previous valid version) after verifying its files.
+
+    Returns the version CURRENT now names.
+    """
+    target = to if to is not None else previous_version(root)
+    verify_version(root, target)
+    set_current(root, target)
+    return target
 
 
 def prune_versions(root: Path, *, keep: int = 3) -> list[str]:

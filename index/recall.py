@@ -8,7 +8,8 @@ import numpy as np
 
 from index.item_index import ItemIndex
 
-QUERY_CHUNK = 256  # queries scored at once: bounds the (chunk, N) score matrix
+QUERY_CHUNK = 256  # queries scored at once at most
+SCORE_BUDGET = 1 << 24  # entries of one (chunk, N) score matrix: 64 MiB of float32 at most
 
 
 def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
@@ -23,11 +24,12 @@ def exact_topk(vectors: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray:
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= v.shape[0]:
         raise ValueError(f"k must be an int in [1, {v.shape[0]}], got {k!r}")
     out = np.empty((q.shape[0], k), dtype=np.int64)  # (B, k)
-    for start in range(0, q.shape[0], QUERY_CHUNK):
-        scores = q[start : start + QUERY_CHUNK] @ v.T  # (b, N)
+    chunk = max(1, min(QUERY_CHUNK, SCORE_BUDGET // v.shape[0]))  # 22 queries for 730k items
+    for start in range(0, q.shape[0], chunk):
+        scores = q[start : start + chunk] @ v.T  # (b, N)
         top = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # (b, k) unordered
         order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-        out[start : start + QUERY_CHUNK] = np.take_along_axis(top, order, axis=1)
+        out[start : start + chunk] = np.take_along_axis(top, order, axis=1)
     return out
 
 
@@ -37,12 +39,20 @@ def recall_at_k(
     queries: np.ndarray,
     k: int = 10,
     params: Mapping[str, int] | None = None,
+    *,
+    exact: np.ndarray | None = None,
 ) -> float:
-    """Mean over queries of |ANN top-k ∩ exact top-k| / k; `vectors` are the index's rows (N, D)."""
+    """Mean over queries of |ANN top-k ∩ exact top-k| / k; `vectors` are the index's rows (N, D).
+
+    `exact` may pass `exact_topk(vectors, queries, k)` computed once for several calls.
+    """
     if np.shape(vectors)[0] != index.count:
         raise ValueError(f"got {np.shape(vectors)[0]} vectors for an index of {index.count} rows")
     _, ann = index.search(queries, k, params=params)  # (B, k)
-    exact = exact_topk(vectors, queries, k)  # (B, k)
+    if exact is None:
+        exact = exact_topk(vectors, queries, k)  # (B, k)
+    elif exact.shape != ann.shape:
+        raise ValueError(f"exact top-k has shape {exact.shape}, the search gave {ann.shape}")
     if ann.shape[0] == 0:
         raise ValueError("recall needs at least one query, got none")
     hits = [np.intersect1d(a[a >= 0], e).size for a, e in zip(ann, exact, strict=True)]

@@ -13,7 +13,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from models.artifacts import load_model, model_fingerprint
 from models.features import SURFACE_FIELD, FeatureSpec
@@ -100,5 +99,5 @@ class Embedder:
         known = self.vocab.item_rows([i if i is not None else "" for i, _, _ in items])
         ids = torch.from_numpy(np.where(known >= 0, known + FIRST_ITEM_ID, UNK_ID))
         with torch.inference_mode():
-            vecs = F.normalize(self.model.item_encoder(ids, cat, tokens), dim=-1)
+            vecs = self.model.finish_item_vectors(self.model.item_encoder(ids, cat, tokens))
         return vecs.numpy().astype(np.float32)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from models.corpus import Corpus, EvalSet
+from models.item_encoder import FIRST_ITEM_ID
 from models.recommender import Recommender
 from models.vocab import Vocab
 
@@ -114,6 +115,29 @@ def evaluate_model(
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
     full, sampled = rank_targets(lambda idx: users[idx] @ items.T, rows, negatives)
     return _report(eval_set, full, sampled, ks)
+
+
+@torch.inference_mode()
+def sampled_metrics(
+    model: Recommender,
+    vocab: Vocab,
+    eval_set: EvalSet,
+    *,
+    ks: Sequence[int] = (10,),
+    num_negatives: int = 100,
+    seed: int = 0,
+) -> dict[str, float]:
+    """The sampled protocol alone, without scoring the whole catalogue: cheap enough to run
+    after every training epoch (model selection on the validation split)."""
+    users = torch.from_numpy(user_vectors_for(model, vocab, eval_set))  # (U, D)
+    rows = vocab.item_rows(eval_set.target_item)
+    negatives = sample_negatives(rows, len(vocab), num_negatives, seed)  # (U, K)
+    candidates = np.concatenate([np.maximum(rows, 0)[:, None], negatives], axis=1)  # (U, 1 + K)
+    items = model.item_vectors(torch.from_numpy(candidates + FIRST_ITEM_ID))  # (U, 1 + K, D)
+    scores = torch.einsum("ud,ukd->uk", users, items).numpy()  # (U, 1 + K)
+    ranks = (scores[:, 1:] >= scores[:, :1]).sum(1).astype(np.float64)
+    ranks[rows < 0] = np.inf
+    return metrics_from_ranks(ranks, ks)
 
 
 def evaluate_popularity(

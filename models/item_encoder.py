@@ -33,6 +33,8 @@ class ItemEncoderConfig:
     num_text_fields: int = 0
     text_buckets: int = 1 << 15
     id_dropout: float = 0.1  # probability of replacing an id by UNK while training
+    normalize: bool = True  # unit-norm item vectors (cosine scores); False lets an item's norm
+    # carry how broadly relevant it is (popularity), at the price of a less metric-like index
 
     def __post_init__(self) -> None:
         if self.num_items < 1 or self.dim < 1:

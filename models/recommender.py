@@ -1,7 +1,8 @@
 """The two-tower model: a shared ItemEncoder feeding the UserEncoder, scored by inner product.
 
-User and item vectors are L2-normalised, so the served inner product is a cosine similarity in
-[-1, 1]; training divides it by a temperature. (Unit vectors also make inner-product HNSW search
+User vectors are L2-normalised and so, by default, are item vectors: the served inner product is
+then a cosine similarity in [-1, 1]; training divides it by a temperature. With
+``ItemEncoderConfig.normalize`` off, item norms are free and can encode popularity. (Unit vectors also make inner-product HNSW search
 behave like the metric search it was designed for.)
 
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
@@ -71,7 +72,11 @@ class Recommender(nn.Module):
         """
         uniq, inverse = torch.unique(ids, return_inverse=True)  # (U,), (*S)
         vecs = self.item_encoder(uniq, self.item_cat[uniq], self.item_tokens[uniq])  # (U, D)
-        return F.normalize(vecs, dim=-1)[inverse]
+        return self.finish_item_vectors(vecs)[inverse]
+
+    def finish_item_vectors(self, vecs: torch.Tensor) -> torch.Tensor:
+        """Item-encoder output (*S, D) -> served item vectors (unit norm unless configured off)."""
+        return F.normalize(vecs, dim=-1) if self.config.item.normalize else vecs
 
     def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
         """Vectors of every catalogue item, in catalogue order: (N, D)."""

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from models.corpus import Corpus, Sequences
+from models.evaluate import sampled_metrics
 from models.features import FeatureSpec
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, ItemEncoderConfig
 from models.recommender import Recommender, RecommenderConfig
@@ -40,6 +41,7 @@ class TrainConfig:
     max_len: int = 50  # events per training window and per served user
     dropout: float = 0.1
     id_dropout: float = 0.1  # trains the metadata (cold-start) path and the UNK token
+    normalize_items: bool = True  # cosine scores; False: item norms may encode popularity
     epochs: int = 3
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
@@ -52,6 +54,7 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
     time_budget_s: float | None = None  # stop early after this much wall time
     text_buckets: int = 1 << 15
+    select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10 (sampled)
     progress: bool = True
 
     def __post_init__(self) -> None:
@@ -60,11 +63,12 @@ class TrainConfig:
             "epochs",
             "batch_size",
             "num_negatives",
-            "in_batch_negatives",
             "max_len",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.in_batch_negatives < 0:
+            raise ValueError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0 or self.sparse_lr <= 0:
@@ -78,6 +82,8 @@ class TrainResult:
     vocab: Vocab
     config: TrainConfig
     epoch_losses: list[float] = field(default_factory=list)
+    valid_ndcg: list[float] = field(default_factory=list)  # sampled NDCG@10 after each epoch
+    best_epoch: int | None = None  # 1-based epoch whose weights were kept
     steps: int = 0
     seconds: float = 0.0
 
@@ -85,6 +91,8 @@ class TrainResult:
         return {
             "config": asdict(self.config),
             "epoch_losses": [round(x, 5) for x in self.epoch_losses],
+            "valid_ndcg@10_sampled": [round(x, 5) for x in self.valid_ndcg],
+            "best_epoch": self.best_epoch,
             "steps": self.steps,
             "seconds": round(self.seconds, 2),
         }
@@ -106,6 +114,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             num_text_fields=len(spec.text),
             text_buckets=spec.text_buckets,
             id_dropout=cfg.id_dropout,
+            normalize=cfg.normalize_items,
         ),
         UserEncoderConfig(
             num_surfaces=vocab.num_surfaces,
@@ -202,6 +211,8 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     )
     model.train()
     stop = False
+    select = cfg.select_on_valid and len(corpus.valid) > 0
+    best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(cfg.epochs):
         order = rng.permutation(len(win_ids))
         total, seen = 0.0, 0
@@ -242,8 +253,18 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         bar.close()
         result.epoch_losses.append(total / max(seen, 1))
         log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
+        if select:
+            ndcg = sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+            model.train()
+            result.valid_ndcg.append(ndcg)
+            log.info("epoch %d: valid NDCG@10 (sampled) %.4f", epoch + 1, ndcg)
+            if best_state is None or ndcg > max(result.valid_ndcg[:-1]):
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+                result.best_epoch = epoch + 1
         if stop:
             break
+    if best_state is not None:
+        model.load_state_dict(best_state)
     model.eval()
     result.seconds = time.perf_counter() - started
     return result

@@ -21,9 +21,7 @@ log = logging.getLogger(__name__)
 
 # Small and quick: the sample has a few hundred users; 15 epochs are ~100 steps (well under a
 # minute on two cores). The time budget caps a slow machine.
-EMBEDDED_TRAIN = TrainConfig(
-    dim=64, num_layers=2, max_len=50, epochs=15, batch_size=64, time_budget_s=120.0
-)
+EMBEDDED_TRAIN = TrainConfig(dim=64, num_layers=2, max_len=50, epochs=15, batch_size=64)
 
 
 def ensure_artifacts(settings: Settings, *, progress: bool = False) -> None:

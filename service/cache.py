@@ -3,7 +3,8 @@
 Values are opaque bytes (serialised responses, raw float32 vectors) so any backend can hold them.
 Keys are built only by `cache_key`, which folds in the model version, the index version and the
 user's event watermark: a model or index swap, or new events for the user, can never be answered
-from an old entry. Redis comes in a later release behind the same interface.
+from an old entry. `service.redis_cache.RedisCache` implements the same interface in Redis;
+either may raise on `get` / `set`, which callers treat as a miss.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""`uniserve` command line: train, evaluate, build-index, serve.
+"""`uniserve` command line: train, evaluate, build-index, rollback, serve.
 
 Each subcommand parses its flags and calls one function of `service.pipeline`, `models` or the
 app factory; nothing here holds logic worth testing on its own.
@@ -32,6 +32,11 @@ def _train(args: argparse.Namespace) -> int:
         epochs=args.epochs,
         batch_size=args.batch_size,
         num_negatives=args.negatives,
+        in_batch_negatives=args.in_batch_negatives,
+        temperature=args.temperature,
+        dropout=args.dropout,
+        id_dropout=args.id_dropout,
+        normalize_items=not args.no_normalize_items,
         lr=args.lr,
         seed=args.seed,
         max_steps=args.max_steps,
@@ -92,31 +97,67 @@ def _build_index(args: argparse.Namespace) -> int:
     from models.data import load_corpus
     from service.pipeline import build_and_publish
 
+    fixed = {
+        name: value
+        for name, value in (("efSearch", args.ef_search), ("nprobe", args.nprobe))
+        if value is not None
+    }
     corpus = load_corpus(args.data) if args.data else None
     manifest = build_and_publish(
         Path(args.model),
         Path(args.index_root),
         index_type=args.type,
         corpus=corpus,
+        catalog=Path(args.catalog) if args.catalog else None,
         keep=args.keep,
         seed=args.seed,
+        target_recall=args.target_recall,
+        search_params=fixed or None,
+        n_queries=args.recall_queries,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
     )
+    extra = manifest.extra
     print(
         json.dumps(
             {
                 "version": manifest.version,
                 "count": manifest.count,
-                "recall_at_10": manifest.recall_at_10,
+                "index_type": manifest.index_type,
+                "search_params": manifest.search_params,
+                "recall_at_10": round(manifest.recall_at_10 or 0.0, 4),
+                **{
+                    k: extra[k]
+                    for k in (
+                        "encode_device",
+                        "faiss_gpus",
+                        "encode_seconds",
+                        "build_seconds",
+                        "tune_seconds",
+                        "total_seconds",
+                    )
+                },
             }
         )
     )
     return 0
 
 
+def _rollback(args: argparse.Namespace) -> int:
+    from index import current_version, rollback
+
+    root = Path(args.index_root)
+    before = current_version(root)
+    after = rollback(root, to=args.to)
+    print(json.dumps({"current": after, "previous": before}))
+    return 0
+
+
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
-    from service.app import create_app
 
+    from service.app import create_app
     from service.bootstrap import ensure_artifacts
     from service.settings import Settings
 
@@ -148,11 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     p.add_argument("--max-len", type=int, default=50, help="events per user kept (default 50)")
-    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
     p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
     p.add_argument("--negatives", type=int, default=1024, help="uniform negatives per step")
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--in-batch-negatives", type=int, default=1024,
+        help="negatives drawn from the batch's own targets (0 = uniform negatives only)",
+    )  # fmt: skip
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (cosine)")
+    p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
+    p.add_argument(
+        "--id-dropout", type=float, default=0.1, help="item-id dropout (cold-start path)"
+    )
+    p.add_argument(
+        "--no-normalize-items", action="store_true",
+        help="let item vector norms vary (popularity) instead of unit-norm cosine scoring",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
@@ -164,15 +218,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--data", default="sample", help=DATA_HELP)
-    p.add_argument("--split", choices=["test", "valid"], default="test")
+    p.add_argument(
+        "--split", choices=["test", "valid"], default="test", help="split to evaluate on"
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the 100 sampled negatives")
     p.set_defaults(func=_evaluate)
 
-    p = sub.add_parser("build-index", help="encode the catalogue, build a FAISS index, publish it")
+    p = sub.add_parser(
+        "build-index",
+        help="encode the catalogue, build a FAISS index, tune it, gate it, publish it",
+        description="The batch rebuild: encode the catalogue (CUDA when torch sees a GPU), build "
+        "the index (IVF k-means on GPUs when faiss reports any), pick the cheapest efSearch / "
+        "nprobe meeting --target-recall, refuse an index that fails the gate (exit 3, nothing "
+        "published), else publish a new version atomically and prune old ones.",
+    )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--index-root", required=True, help="index root (versions/ + CURRENT)")
     p.add_argument(
         "--type", default="HNSW32", help="faiss index_factory string: Flat, HNSW32, IVF1024,PQ16..."
+    )
+    p.add_argument(
+        "--catalog",
+        default=None,
+        help="items.parquet of the generic format to index (item_id, surface, metadata; items "
+        "the model never saw get cold-start vectors); default: the model's own vocabulary",
     )
     p.add_argument(
         "--data",
@@ -181,10 +250,59 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: a sample of item vectors)",
     )
     p.add_argument(
-        "--keep", type=int, default=3, help="index versions kept (the live one always is)"
+        "--target-recall",
+        type=float,
+        default=0.95,
+        help="recall@10 against exact search the index must reach (default 0.95); the cheapest "
+        "efSearch / nprobe meeting it is recorded in the manifest",
     )
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        help="fix HNSW efSearch instead of tuning it (the recall gate still applies)",
+    )
+    p.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        help="fix IVF nprobe instead of tuning it (the recall gate still applies)",
+    )
+    p.add_argument(
+        "--recall-queries",
+        type=int,
+        default=1000,
+        help="held-out query vectors recall is measured on (default 1000)",
+    )
+    p.add_argument(
+        "--keep",
+        type=int,
+        default=3,
+        help="newest index versions kept (default 3); the live one is never deleted",
+    )
+    p.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default="auto",
+        help="where to encode: auto = CUDA when torch sees a GPU (and faiss GPUs when faiss "
+        "reports any), cpu = CPU only for both",
+    )
+    p.add_argument(
+        "--batch-size", type=int, default=65536, help="items encoded per batch (default 65536)"
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of IVF/PQ training and query sample")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build_index)
+
+    p = sub.add_parser(
+        "rollback",
+        help="point CURRENT at the previous valid index version",
+        description="Point CURRENT at the newest version older than the live one whose files "
+        "match their manifest (or at --to). Services watching the index root swap to it.",
+    )
+    p.add_argument("--index-root", required=True, help="index root (versions/ + CURRENT)")
+    p.add_argument("--to", default=None, help="version to make CURRENT instead of the previous")
+    p.set_defaults(func=_rollback)
 
     p = sub.add_parser(
         "serve", help="serve the HTTP API (trains and indexes the sample on first start)"
@@ -201,13 +319,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-bootstrap", action="store_true", help="never train/build at start; serve what exists"
     )
-    p.add_argument("--log-level", default="info")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=_serve)
     return parser
 
 
+EXIT_ERROR = 2  # bad arguments or inputs
+EXIT_REFUSED = 3  # the index was refused (gate, or a damaged version); nothing was changed
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    from index import NoIndexError
+    from index import IndexRejectedError, NoIndexError
     from models.artifacts import ModelArtifactError
 
     args = build_parser().parse_args(argv)
@@ -216,9 +338,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         return int(args.func(args))
+    except IndexRejectedError as exc:
+        what = "nothing was published" if args.command == "build-index" else "CURRENT unchanged"
+        print(f"uniserve {args.command}: refused ({exc.reason}): {exc}; {what}", file=sys.stderr)
+        return EXIT_REFUSED
     except (ValueError, FileNotFoundError, ModelArtifactError, NoIndexError) as exc:
         print(f"uniserve {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ from service.engine import Engine
 from service.errors import ErrorType, ServiceError
 from service.events import EventStore
 from service.metrics import Metrics
+from service.reloader import Reloader
 from service.serving import ServingCore
 from service.settings import Settings
 from service.state import AppState
@@ -54,12 +55,23 @@ CacheDep = Annotated[Cache, Depends(get_cache)]
 EventStoreDep = Annotated[EventStore, Depends(get_event_store)]
 
 
+def get_reloader(state: StateDep) -> Reloader:
+    """The engine swapper the lifespan made; 503 not_ready before the lifespan ran."""
+    if state.reloader is None:
+        raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
+    return state.reloader
+
+
+ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
+
+
 def get_serving(
     engine: EngineDep,
     cache: CacheDep,
     events: EventStoreDep,
     settings: SettingsDep,
     metrics: MetricsDep,
+    state: StateDep,
 ) -> ServingCore:
     """A ServingCore over the live engine (cheap: it only holds references)."""
     return ServingCore(
@@ -68,6 +80,8 @@ def get_serving(
         events,
         cache_ttl=settings.cache_ttl_seconds if settings.cache_enabled else 0.0,
         on_cache=metrics.observe_cache,
+        flights=state.flights,
+        budget=state.redis.budget if state.redis is not None else None,
     )
 
 

@@ -3,21 +3,26 @@
 Every torch or faiss call runs in a worker thread (`anyio.to_thread`), never on the event loop.
 Backpressure is explicit: at most `max_inflight` calls are admitted at once (queued for a worker
 thread or running); beyond that a call fails at once with `overloaded` instead of queueing.
+
+An engine is immutable: a model and an index (with its manifest) checked to belong together. A
+hot swap builds a whole new engine and replaces the one reference the app holds; a request takes
+that reference once, so it finishes on the version it started with. Engines an app swaps in
+share one `Admission`, so the in-flight bound holds across a swap.
 """
 
 from __future__ import annotations
 
 import functools
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from pathlib import Path
 from typing import TypeVar
 
 import anyio
 import anyio.to_thread
 import numpy as np
 
-from index import ItemIndex, Manifest, load_current
+from index import IndexRejectedError, ItemIndex, Manifest, RejectReason
 from models.embedder import Embedder
 from models.features import SURFACE_FIELD
 from service.errors import ErrorType, ServiceError
@@ -30,29 +35,74 @@ ItemSpec = tuple[str | None, str | None, Mapping[str, str]]  # (item id, surface
 _SURFACE_MASKS_KEPT = 64  # distinct `surfaces` filters whose row masks are memoised
 
 
-class ArtifactMismatchError(Exception):
-    """The live index was not built from the loaded model (other fingerprint or dimension)."""
+class ArtifactMismatchError(IndexRejectedError):
+    """The index was not built from the loaded model (other fingerprint, dimension or metric)."""
 
 
 def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -> None:
     """Raise ArtifactMismatchError unless the index was built from this model's item vectors."""
-    problems = []
+    problems: list[tuple[RejectReason, str]] = []
     if manifest.model_fingerprint != embedder.fingerprint:
         problems.append(
-            f"index was built for model fingerprint {manifest.model_fingerprint[:12]}... "
-            f"but the loaded model is {embedder.fingerprint[:12]}..."
+            (
+                RejectReason.MODEL_MISMATCH,
+                f"index was built for model fingerprint {manifest.model_fingerprint[:12]}... "
+                f"but the loaded model is {embedder.fingerprint[:12]}...",
+            )
         )
     if not (index.dim == manifest.dim == embedder.dim):
         problems.append(
-            f"dimensions differ: index {index.dim}, manifest {manifest.dim}, model {embedder.dim}"
+            (
+                RejectReason.DIMENSION,
+                f"dimensions differ: index {index.dim}, manifest {manifest.dim}, "
+                f"model {embedder.dim}",
+            )
         )
     if index.metric != "ip":
-        problems.append(f"index metric is {index.metric!r}; the model scores by inner product")
+        problems.append(
+            (
+                RejectReason.METRIC,
+                f"index metric is {index.metric!r}; the model scores by inner product",
+            )
+        )
     if problems:
         raise ArtifactMismatchError(
             f"index version {manifest.version!r} does not match the model "
-            f"{embedder.version!r}: " + "; ".join(problems)
+            f"{embedder.version!r}: " + "; ".join(text for _, text in problems),
+            problems[0][0],
         )
+
+
+class Admission:
+    """At most `max_inflight` engine calls at once, across every engine an app swaps in.
+
+    A call is admitted (then queued for one of `worker_threads` threads, or running) or refused
+    at once with `overloaded`; it never waits for admission.
+    """
+
+    def __init__(self, max_inflight: int = 64, worker_threads: int | None = None) -> None:
+        self.max_inflight = max_inflight
+        self.worker_threads = worker_threads or min(max_inflight, os.cpu_count() or 1)
+        self.inflight = 0
+        self._limiter: anyio.CapacityLimiter | None = None  # made on first use, in the loop
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        """Run `fn(*args)` in a worker thread, or raise `overloaded` when the bound is reached."""
+        if self.inflight >= self.max_inflight:
+            raise ServiceError(
+                ErrorType.OVERLOADED,
+                f"{self.inflight} requests are already being computed (max_inflight="
+                f"{self.max_inflight}); retry shortly",
+            )
+        if self._limiter is None:
+            self._limiter = anyio.CapacityLimiter(self.worker_threads)
+        self.inflight += 1
+        try:
+            return await anyio.to_thread.run_sync(
+                functools.partial(fn, *args), limiter=self._limiter
+            )
+        finally:
+            self.inflight -= 1
 
 
 class Engine:
@@ -64,24 +114,29 @@ class Engine:
         *,
         max_inflight: int = 64,
         worker_threads: int | None = None,
+        admission: Admission | None = None,
     ) -> None:
+        """`admission` is shared with the engine this one replaces; a new one when None."""
         check_compatible(embedder, index, manifest)
         self.embedder = embedder
         self.index = index
         self.manifest = manifest
         self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
-        self.max_inflight = max_inflight
-        self.worker_threads = worker_threads or min(max_inflight, os.cpu_count() or 1)
-        self.inflight = 0
-        self._limiter: anyio.CapacityLimiter | None = None  # made on first use, in the loop
+        self.admission = admission or Admission(max_inflight, worker_threads)
+        self.loaded_at = time.time()  # when this engine was built (epoch seconds)
         self._surface_masks: dict[frozenset[str], np.ndarray] = {}
 
-    @classmethod
-    def load(cls, model_path: Path, index_root: Path, **kwargs: int) -> Engine:
-        """Load the model and the CURRENT index version (blocking: call from a thread)."""
-        embedder = Embedder.from_dir(model_path)
-        index, manifest = load_current(index_root)
-        return cls(embedder, index, manifest, **kwargs)
+    @property
+    def inflight(self) -> int:
+        return self.admission.inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        self.admission.inflight = value
+
+    @property
+    def max_inflight(self) -> int:
+        return self.admission.max_inflight
 
     @property
     def model_version(self) -> str:
@@ -102,21 +157,7 @@ class Engine:
 
     # ------------------------------------------------------------------ threads + backpressure
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        if self.inflight >= self.max_inflight:
-            raise ServiceError(
-                ErrorType.OVERLOADED,
-                f"{self.inflight} requests are already being computed (max_inflight="
-                f"{self.max_inflight}); retry shortly",
-            )
-        if self._limiter is None:
-            self._limiter = anyio.CapacityLimiter(self.worker_threads)
-        self.inflight += 1
-        try:
-            return await anyio.to_thread.run_sync(
-                functools.partial(fn, *args), limiter=self._limiter
-            )
-        finally:
-            self.inflight -= 1
+        return await self.admission.run(fn, *args)
 
     # ------------------------------------------------------------------ operations
     async def user_vectors(self, histories: Sequence[History]) -> np.ndarray:

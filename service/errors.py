@@ -24,9 +24,13 @@ class ErrorType(StrEnum):
     UNKNOWN_USER = "unknown_user"
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
+    UNAUTHORIZED = "unauthorized"  # an admin route without the right bearer token
+    FORBIDDEN = "forbidden"  # admin routes are off: no admin token is configured
+    INDEX_REJECTED = "index_rejected"  # a reload or rollback refused the index version
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
+    BACKEND_UNAVAILABLE = "backend_unavailable"  # a store the request needs (Redis) is down
     INTERNAL = "internal"
 
 
@@ -39,11 +43,17 @@ def status_code(error_type: ErrorType) -> int:
             return 404
         case ErrorType.METHOD_NOT_ALLOWED:
             return 405
+        case ErrorType.UNAUTHORIZED:
+            return 401
+        case ErrorType.FORBIDDEN:
+            return 403
+        case ErrorType.INDEX_REJECTED:
+            return 409
         case ErrorType.TOO_LARGE:
             return 413
         case ErrorType.OVERLOADED:
             return 429
-        case ErrorType.NOT_READY:
+        case ErrorType.NOT_READY | ErrorType.BACKEND_UNAVAILABLE:
             return 503
         case ErrorType.INTERNAL:
             return 500
@@ -60,10 +70,13 @@ def _error_type_of_status(status: int) -> ErrorType:
 class ServiceError(Exception):
     """An expected failure with a type from the closed set and a message for the caller."""
 
-    def __init__(self, error_type: ErrorType, message: str) -> None:
+    def __init__(
+        self, error_type: ErrorType, message: str, headers: Mapping[str, str] | None = None
+    ) -> None:
         super().__init__(message)
         self.error_type = error_type
         self.message = message
+        self.headers = headers  # e.g. WWW-Authenticate on 401
 
     @property
     def status_code(self) -> int:
@@ -115,7 +128,7 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
 
 async def _service_error(_: Request, exc: Exception) -> Response:
     error = cast(ServiceError, exc)
-    return error_response(error.error_type, error.message)
+    return error_response(error.error_type, error.message, headers=error.headers)
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

@@ -1,8 +1,9 @@
 """Recent-event store: each user's latest events, bounded in length, users and idle time.
 
-`EventStore` is the interface the pipeline uses; `InProcessEventStore` keeps everything in this
-process (the embedded default). A shared Redis store comes in a later release behind the same
-interface.
+`EventStore` is the interface the serving core uses; `InProcessEventStore` keeps everything in
+this process (the embedded default); `service.redis_events.RedisEventStore` keeps it in Redis,
+shared by every replica. A store that cannot be reached raises `EventStoreUnavailable`: an
+append is never dropped silently.
 
 Watermarks: every append gives the user a new watermark taken from one store-wide counter, so a
 watermark is never reused, not even after the user was evicted and came back. Cache keys carry
@@ -25,17 +26,21 @@ class Event:
     ts: float | None = None  # caller's timestamp (seconds), informational; order is arrival order
 
 
+class EventStoreUnavailable(ConnectionError):
+    """The store could not be reached: nothing was read, and an append may not have happened."""
+
+
 class EventStore(Protocol):
     async def append(self, user_id: str, events: Iterable[Event]) -> tuple[int, int]:
-        """Append events (oldest first); return (events now stored, the user's new watermark)."""
+        """Append events (oldest first); return (events now stored, the user's new watermark).
+
+        Raises EventStoreUnavailable when the append cannot be confirmed.
+        """
         ...
 
-    async def recent(self, user_id: str) -> list[Event]:
-        """The user's stored events, oldest first; [] for an unknown or expired user."""
-        ...
-
-    async def watermark(self, user_id: str) -> int:
-        """The user's current watermark; 0 for an unknown or expired user."""
+    async def read(self, user_id: str) -> tuple[list[Event], int]:
+        """The user's stored events (oldest first) and their watermark, read together;
+        ([], 0) for an unknown or expired user. Raises EventStoreUnavailable."""
         ...
 
 
@@ -111,3 +116,8 @@ class InProcessEventStore:
         self._expire(self._clock())
         entry = self._users.get(user_id)
         return entry.watermark if entry is not None else 0
+
+    async def read(self, user_id: str) -> tuple[list[Event], int]:
+        self._expire(self._clock())
+        entry = self._users.get(user_id)
+        return (list(entry.events), entry.watermark) if entry is not None else ([], 0)

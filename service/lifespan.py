@@ -3,7 +3,9 @@
 When artifacts are missing or unusable the app still starts, not ready: `/readyz` and every data
 route answer 503 `not_ready` with a message saying what is wrong and which command fixes it.
 With `bootstrap` on, missing artifacts are first made by `service.bootstrap.ensure_artifacts`
-(a small model trained on the shipped sample, and an index built from it).
+(a small model trained on the shipped sample, and an index built from it). The engine is loaded
+by `service.reloader.open_engine`, as every later reload is; while the app runs, the reloader's
+watcher polls CURRENT every `index_poll_seconds` and swaps new versions in.
 """
 
 from __future__ import annotations
@@ -12,12 +14,14 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import anyio
 import anyio.to_thread
 from fastapi import FastAPI
 
-from index import IndexIntegrityError, NoIndexError
+from index import IndexIntegrityError, IndexRejectedError, NoIndexError
 from models.artifacts import ModelArtifactError
-from service.engine import ArtifactMismatchError, Engine
+from service.engine import Admission, ArtifactMismatchError, Engine
+from service.reloader import Reloader, created_timestamp, open_engine
 from service.settings import Settings
 from service.state import AppState
 
@@ -30,25 +34,18 @@ FIX_MISSING = (
 FIX_INDEX = "publish an index built from the loaded model with `uniserve build-index`"
 
 # Artifact problems that bootstrap can repair; anything else is reported as is.
-_REPAIRABLE = (ModelArtifactError, NoIndexError, IndexIntegrityError, ArtifactMismatchError)
+_REPAIRABLE = (ModelArtifactError, NoIndexError, IndexRejectedError)
 
 
-def _load_once(settings: Settings) -> Engine:
-    engine = Engine.load(
-        settings.model_path, settings.index_path, max_inflight=settings.max_inflight
-    )
-    engine.warm_up()
-    return engine
-
-
-def load_engine(settings: Settings) -> Engine:
+def load_engine(settings: Settings, admission: Admission | None = None) -> Engine:
     """Load, check and warm the engine (blocking); bootstrap first when allowed and needed."""
     if settings.torch_threads is not None:
         import torch
 
         torch.set_num_threads(settings.torch_threads)
+    admission = admission or Admission(settings.max_inflight)
     try:
-        return _load_once(settings)
+        return open_engine(settings, admission)
     except _REPAIRABLE as exc:
         if not settings.bootstrap:
             raise
@@ -56,7 +53,7 @@ def load_engine(settings: Settings) -> Engine:
     from service.bootstrap import ensure_artifacts  # trains: only imported when needed
 
     ensure_artifacts(settings)
-    return _load_once(settings)
+    return open_engine(settings, admission)
 
 
 def not_ready_reason(exc: Exception) -> str:
@@ -67,13 +64,16 @@ def not_ready_reason(exc: Exception) -> str:
         return f"the live index is damaged: {exc}; {FIX_INDEX}"
     if isinstance(exc, ArtifactMismatchError):
         return f"{exc}; {FIX_INDEX}"
+    if isinstance(exc, IndexRejectedError):
+        return f"the live index was refused ({exc.reason.value}): {exc}; {FIX_INDEX}"
     return f"loading the model and index failed: {exc!r}; see the service log"
 
 
 async def load_into(state: AppState) -> None:
     """Load the engine in a worker thread and publish it on `state` (or the reason it failed)."""
+    admission = state.reloader.admission if state.reloader is not None else None
     try:
-        engine = await anyio.to_thread.run_sync(load_engine, state.settings)
+        engine = await anyio.to_thread.run_sync(load_engine, state.settings, admission)
     except Exception as exc:
         state.engine = None
         state.not_ready_reason = not_ready_reason(exc)
@@ -85,6 +85,7 @@ async def load_into(state: AppState) -> None:
     state.engine = engine
     state.not_ready_reason = ""
     state.metrics.index_items.set(engine.index.count)
+    state.metrics.index_created.set(created_timestamp(engine.manifest))
     log.info(
         "ready: model %s, index %s (%s, %d items, dim %d)",
         engine.model_version,
@@ -98,11 +99,19 @@ async def load_into(state: AppState) -> None:
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.uniserve
-    state.metrics.inflight.set_function(lambda: state.engine.inflight if state.engine else 0)
+    reloader = state.reloader = Reloader(state)
+    state.metrics.inflight.set_function(lambda: reloader.admission.inflight)
+    await state.open_backends()  # Redis down is logged, never fatal
     await load_into(state)
     try:
-        yield
+        async with anyio.create_task_group() as background:
+            if state.settings.index_poll_seconds > 0:
+                background.start_soon(reloader.watch)
+            yield
+            background.cancel_scope.cancel()
     finally:
         state.engine = None
         state.not_ready_reason = "the service is shutting down"
         state.metrics.index_items.set(0)
+        state.metrics.index_created.set(0)
+        await state.close_backends()

@@ -8,10 +8,14 @@ from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+from index.manifest import RejectReason
+
 UNMATCHED_ROUTE = "unmatched"
 
 # Request latency buckets in seconds: sub-millisecond cache hits up to multi-second overloads.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+# Redis call latency buckets: sub-millisecond round trips up to the 1 s timeout ceiling.
+REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0)
 
 
 def status_class(status: int) -> str:
@@ -50,6 +54,43 @@ class Metrics:
             "Model/index calls admitted and not yet finished (queued or running).",
             registry=self.registry,
         )
+        self.index_reloads = Counter(
+            "uniserve_index_reloads_total",
+            "Index versions swapped in after startup (reload, watcher or rollback).",
+            registry=self.registry,
+        )
+        self.index_reload_failures = Counter(
+            "uniserve_index_reload_failures_total",
+            "Index versions refused by a reload, by reason; the old version kept serving.",
+            ["reason"],
+            registry=self.registry,
+        )
+        for reason in RejectReason:  # every reason exported from the start, at 0
+            self.index_reload_failures.labels(reason.value)
+        self.index_created = Gauge(
+            "uniserve_index_created_timestamp_seconds",
+            "Creation time of the live index version (age = now - this); 0 while not ready.",
+            registry=self.registry,
+        )
+        self.redis_calls = Counter(
+            "uniserve_redis_calls_total",
+            "Redis calls by operation and result: ok, timeout, connection, corrupt, error, or "
+            "skipped without a call (breaker_open, budget_spent).",
+            ["op", "result"],
+            registry=self.registry,
+        )
+        self.redis_latency = Histogram(
+            "uniserve_redis_duration_seconds",
+            "Latency of Redis calls that were made, by operation (failed ones included).",
+            ["op"],
+            buckets=REDIS_BUCKETS,
+            registry=self.registry,
+        )
+        self.redis_breaker = Gauge(
+            "uniserve_redis_breaker_state",
+            "Redis circuit breaker: 0 closed, 1 half-open (next call probes), 2 open.",
+            registry=self.registry,
+        )
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, status_class(status)).inc()
@@ -57,3 +98,8 @@ class Metrics:
 
     def observe_cache(self, op: str, result: str) -> None:
         self.cache.labels(op, result).inc()
+
+    def observe_redis(self, op: str, result: str, seconds: float | None) -> None:
+        self.redis_calls.labels(op, result).inc()
+        if seconds is not None:
+            self.redis_latency.labels(op).observe(seconds)

@@ -13,12 +13,22 @@ from typing import Any
 
 import numpy as np
 
-from index import Manifest, build_index, publish, recall_at_k
+from index import (
+    DEFAULT_TARGET_RECALL,
+    Manifest,
+    build_index,
+    check_vectors_finite,
+    faiss_gpus,
+    gate_build,
+    publish,
+    tune_search_params,
+)
 from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
 from models.evaluate import evaluate_model, evaluate_popularity
 from models.train import TrainConfig, train
+from service.catalog import ENCODE_BATCH, encode_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -67,17 +77,22 @@ def _data_summary(corpus: Corpus) -> dict[str, Any]:
 
 
 def recall_queries(
-    embedder: Embedder, corpus: Corpus | None, n: int = RECALL_QUERIES, seed: int = 0
-) -> np.ndarray:
-    """Held-out query vectors: real user vectors from validation histories when a corpus is
-    given, else a sample of item vectors. (Q, D) float32."""
+    embedder: Embedder,
+    corpus: Corpus | None,
+    n: int = RECALL_QUERIES,
+    seed: int = 0,
+    items: np.ndarray | None = None,
+) -> tuple[np.ndarray, str]:
+    """Held-out query vectors (Q, D) float32 and where they come from: real user vectors from
+    the corpus's validation histories when a corpus is given, else a sample of item vectors
+    (`items`, default the model's)."""
     rng = np.random.default_rng(seed)
     if corpus is not None and len(corpus.valid):
         pick = rng.choice(len(corpus.valid), size=min(n, len(corpus.valid)), replace=False)
         histories = [corpus.valid.history.sequence(int(i)) for i in np.sort(pick)]
-        return embedder.user_vectors(histories)
-    items = embedder.item_vectors()
-    return items[rng.choice(len(items), size=min(n, len(items)), replace=False)]
+        return embedder.user_vectors(histories), f"validation users of {corpus.name}"
+    pool = embedder.item_vectors() if items is None else items
+    return pool[rng.choice(len(pool), size=min(n, len(pool)), replace=False)], "item vectors"
 
 
 def build_and_publish(
@@ -86,28 +101,91 @@ def build_and_publish(
     *,
     index_type: str = "HNSW32",
     corpus: Corpus | None = None,
+    catalog: Path | None = None,
     keep: int = 3,
     seed: int = 0,
+    target_recall: float = DEFAULT_TARGET_RECALL,
+    search_params: dict[str, int] | None = None,
+    n_queries: int = RECALL_QUERIES,
+    device: str = "auto",
+    batch_size: int = ENCODE_BATCH,
+    progress: bool = False,
 ) -> Manifest:
-    """Encode the model's catalogue, build a FAISS index, measure recall@10, publish it."""
+    """The batch rebuild: encode the catalogue, build, tune, gate, publish.
+
+    Encodes `catalog` (an items.parquet; default the model's vocabulary) on `device` ("auto":
+    CUDA when torch sees one), builds `index_type` (IVF k-means on GPUs when faiss reports any),
+    picks the cheapest efSearch / nprobe whose recall@10 against exact search on held-out
+    queries meets `target_recall` (or measures the fixed `search_params`), and runs the gate.
+    A refused index raises IndexRejectedError and nothing is published. Timings, devices and
+    the tuning sweep go in the manifest's `extra`, with the model directory, so the service can
+    load this index's model when it is not the one it serves.
+    """
     started = time.perf_counter()
+    model_dir = Path(model_dir).resolve()
     embedder = Embedder.from_dir(model_dir)
-    vectors = embedder.item_vectors()  # (N, D)
-    index = build_index(
-        vectors, embedder.item_ids, embedder.item_surfaces, index_type=index_type, seed=seed
+    log.info("encoding %s", catalog or f"the vocabulary of {embedder.version}")
+    encoded = encode_catalogue(
+        embedder, catalog, device=device, batch_size=batch_size, progress=progress
     )
-    queries = recall_queries(embedder, corpus, seed=seed)
-    recall = recall_at_k(index, vectors, queries, k=10)
-    log.info("index %s over %d items: recall@10 %.4f", index_type, index.count, recall)
+    vectors = encoded.vectors  # (N, D)
+    check_vectors_finite(vectors)
+
+    t0 = time.perf_counter()
+    gpus = 0 if device == "cpu" else faiss_gpus()
+    log.info("building %s over %d items (faiss GPUs: %d)", index_type, len(vectors), gpus)
+    index = build_index(
+        vectors,
+        encoded.item_ids,
+        encoded.surfaces,
+        index_type=index_type,
+        seed=seed,
+        use_gpu=gpus > 0,
+    )
+    build_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    queries, query_source = recall_queries(embedder, corpus, n_queries, seed, items=vectors)
+    tuned = tune_search_params(
+        index,
+        vectors,
+        queries,
+        target_recall=target_recall,
+        candidates=None if search_params is None else [search_params],
+    )
+    tune_seconds = time.perf_counter() - t0
+    log.info(
+        "search params %s: recall@10 %.4f on %d %s (target %.2f)",
+        tuned.params or "exhaustive",
+        tuned.recall,
+        len(queries),
+        query_source,
+        target_recall,
+    )
+    gate_build(
+        index, dim=embedder.dim, recall=tuned.recall, target=target_recall, params=tuned.params
+    )
+    index.set_search_params(tuned.params)
     return publish(
         index,
         Path(index_root),
         model_fingerprint=embedder.fingerprint,
         model_version=embedder.version,
-        recall_at_10=recall,
+        recall_at_10=tuned.recall,
         keep=keep,
         extra={
-            "build_seconds": round(time.perf_counter() - started, 2),
+            "model_dir": str(model_dir),
+            "catalog": encoded.source,
+            "cold_start_items": encoded.cold_start,
+            "encode_device": encoded.device,
+            "faiss_gpus": gpus,
+            "encode_seconds": round(encoded.seconds, 2),
+            "build_seconds": round(build_seconds, 2),
+            "tune_seconds": round(tune_seconds, 2),
+            "total_seconds": round(time.perf_counter() - started, 2),
             "recall_queries": len(queries),
+            "query_source": query_source,
+            "tuning": tuned.to_json(),
+            "seed": seed,
         },
     )

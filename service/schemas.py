@@ -212,6 +212,7 @@ class RankResponse(_Strict):
     items: list[ScoredItem]  # score descending, each known candidate once
     unknown: list[str]  # candidates not in the model's catalogue
     model_version: str
+    index_version: str  # the model+index pair that served the request
 
 
 class ItemEmbedResponse(_Strict):
@@ -230,6 +231,18 @@ class IndexInfo(_Strict):
     search_params: dict[str, int]
     recall_at_10: float | None
     created_at: str
+    age_seconds: float  # since the index version was created (built)
+    loaded_at: str  # when this process swapped it in, ISO-8601 UTC
+
+
+class SwapResponse(_Strict):
+    """Answer of POST /admin/reload and POST /admin/rollback."""
+
+    changed: bool  # false: the version asked for was already live
+    index_version: str  # live now
+    model_version: str
+    previous_index_version: str | None
+    previous_model_version: str | None
 
 
 class Health(_Strict):

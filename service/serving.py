@@ -4,12 +4,19 @@
 bodies: it assembles the user's history (stored events, then the request's), looks results up in
 the cache under `cache_key`, computes misses with the `Engine`, and serialises the result once,
 so a cache hit is served as stored bytes. The cache fails open: an error is a miss, never a 5xx.
+Concurrent identical misses compute once (`SingleFlight` around lookup + compute + store).
+
+Each public operation runs inside one `budget()` scope (the Redis link's per-request time
+budget when Redis is configured, nothing otherwise). When the event store is unreachable, a
+request that brings its own events is answered from those alone (uncached); one that relies on
+stored events, and every event write, fails with `backend_unavailable` (503).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +26,8 @@ import orjson
 from service.cache import Cache, cache_key
 from service.engine import Engine, ItemSpec
 from service.errors import ErrorType, ServiceError
-from service.events import Event, EventStore
+from service.events import Event, EventStore, EventStoreUnavailable
+from service.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +43,7 @@ class UserHistory:
     request_events: Sequence[Event]
     events: Sequence[Event]  # stored events, then the request's, oldest first
     watermark: int  # the user's event watermark when the stored events were read (0: none)
+    cacheable: bool = True  # False when the stored events could not be read (store down)
 
     def model_input(self) -> tuple[list[str], list[str]]:
         """(item ids, surfaces) as the embedder takes them."""
@@ -57,12 +66,16 @@ class ServingCore:
         *,
         cache_ttl: float,
         on_cache: Callable[[str, str], None] | None = None,
+        flights: SingleFlight[bytes] | None = None,
+        budget: Callable[[], AbstractContextManager[object]] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
         self.events = events
         self.cache_ttl = cache_ttl
         self._on_cache = on_cache or (lambda op, result: None)
+        self.flights = flights if flights is not None else SingleFlight()  # share across requests
+        self._budget = budget or nullcontext
 
     # ------------------------------------------------------------------ history
     async def history(self, user_id: str | None, events: Sequence[Event] | None) -> UserHistory:
@@ -76,11 +89,17 @@ class ServingCore:
             if not request_events:
                 raise ServiceError(ErrorType.INVALID_INPUT, "give a user_id, events, or both")
             return UserHistory(None, request_events, request_events, 0)
-        # Watermark first: if events land in between, the result is keyed under the older
-        # watermark, which the next request no longer uses. The other order could cache stale
-        # results under the new watermark.
-        watermark = await self.events.watermark(user_id)
-        stored = await self.events.recent(user_id)
+        try:
+            stored, watermark = await self.events.read(user_id)  # read together: consistent
+        except EventStoreUnavailable as exc:
+            if not request_events:
+                raise ServiceError(
+                    ErrorType.BACKEND_UNAVAILABLE,
+                    f"user {user_id!r}'s stored events cannot be read now ({exc}); retry "
+                    "shortly or send the events with the request",
+                ) from exc
+            log.debug("event store down: serving %r from the request's events only", user_id)
+            return UserHistory(user_id, request_events, request_events, 0, cacheable=False)
         if not stored and not request_events:
             raise ServiceError(
                 ErrorType.UNKNOWN_USER,
@@ -90,11 +109,22 @@ class ServingCore:
         return UserHistory(user_id, request_events, [*stored, *request_events], watermark)
 
     async def record_events(self, user_id: str, events: Sequence[Event]) -> bytes:
-        stored, _ = await self.events.append(user_id, events)
+        with self._budget():
+            try:
+                stored, _ = await self.events.append(user_id, events)
+            except EventStoreUnavailable as exc:
+                raise ServiceError(
+                    ErrorType.BACKEND_UNAVAILABLE,
+                    f"events were not stored ({exc}); retry shortly (a retry after a timeout "
+                    "may store them twice)",
+                ) from exc
         return to_json({"user_id": user_id, "stored": stored})
 
     # ------------------------------------------------------------------ cache (fails open)
-    def _key(self, op: str, history: UserHistory, **params: Any) -> str:
+    def _key(self, op: str, history: UserHistory, **params: Any) -> str | None:
+        """The cache key of `op` for this history, or None when it must not be cached."""
+        if not history.cacheable:
+            return None
         return cache_key(
             op,
             model_version=self.engine.model_version,
@@ -103,11 +133,19 @@ class ServingCore:
             params={**history.key_params(), **params},
         )
 
-    async def _lookup(self, op: str, key: str) -> bytes | None:
+    async def _lookup(
+        self, op: str, key: str, valid: Callable[[bytes], bool] | None = None
+    ) -> bytes | None:
         if self.cache_ttl <= 0:
             return None
         try:
             value = await self.cache.get(key)
+            if value is not None and valid is not None and not valid(value):
+                raise ValueError(f"cached {op} value has an unexpected shape ({len(value)} B)")
+        except ConnectionError as exc:  # backend down (already logged by it): a miss
+            log.debug("cache get failed (%s); treating as a miss", exc)
+            self._on_cache(op, "error")
+            return None
         except Exception:
             log.warning("cache get failed; treating as a miss", exc_info=True)
             self._on_cache(op, "error")
@@ -120,23 +158,52 @@ class ServingCore:
             return
         try:
             await self.cache.set(key, value, self.cache_ttl)
+        except ConnectionError as exc:
+            log.debug("cache set failed (%s); result not cached", exc)
         except Exception:
             log.warning("cache set failed; result not cached", exc_info=True)
+
+    async def _cached(
+        self,
+        op: str,
+        key: str | None,
+        compute: Callable[[], Awaitable[bytes]],
+        valid: Callable[[bytes], bool] | None = None,
+    ) -> bytes:
+        """The cached value under `key`, else `compute()` stored there; concurrent callers with
+        the same key share one lookup and one computation. key None: compute, cache nothing."""
+        if key is None:
+            return await compute()
+
+        async def lookup_or_compute() -> bytes:
+            if (hit := await self._lookup(op, key, valid)) is not None:
+                return hit
+            value = await compute()
+            await self._store(key, value)
+            return value
+
+        return await self.flights.do(key, lookup_or_compute)
 
     # ------------------------------------------------------------------ operations
     async def user_vector(self, history: UserHistory) -> np.ndarray:
         """(D,) float32 user vector, cached per history."""
-        key = self._key("user_vector", history)
-        raw = await self._lookup("user_vector", key)
-        if raw is not None and len(raw) == 4 * self.engine.dim:
-            return np.frombuffer(raw, dtype=np.float32)
-        vector = (await self.engine.user_vectors([history.model_input()]))[0]  # (D,)
-        await self._store(key, vector.tobytes())
-        return vector
+
+        async def compute() -> bytes:
+            vector = (await self.engine.user_vectors([history.model_input()]))[0]  # (D,)
+            return bytes(vector.astype(np.float32, copy=False).tobytes())
+
+        raw = await self._cached(
+            "user_vector",
+            self._key("user_vector", history),
+            compute,
+            valid=lambda raw: len(raw) == 4 * self.engine.dim,
+        )
+        return np.frombuffer(raw, dtype=np.float32)
 
     async def embed_user(self, user_id: str | None, events: Sequence[Event] | None) -> bytes:
-        history = await self.history(user_id, events)
-        vector = await self.user_vector(history)
+        with self._budget():
+            history = await self.history(user_id, events)
+            vector = await self.user_vector(history)
         return to_json({"embedding": vector, "model_version": self.engine.model_version})
 
     async def retrieve(
@@ -149,51 +216,59 @@ class ServingCore:
         exclude: Sequence[str] = (),
         exclude_seen: bool = False,
     ) -> bytes:
-        history = await self.history(user_id, events)
-        surface_set = sorted(set(surfaces)) if surfaces is not None else None
-        excluded = set(exclude)
-        key = self._key(
-            "retrieve",
-            history,
-            k=k,
-            surfaces=surface_set,
-            exclude=sorted(excluded),
-            seen=exclude_seen,
-        )
-        if (hit := await self._lookup("retrieve", key)) is not None:
-            return hit
-        if exclude_seen:
-            excluded.update(e.item_id for e in history.events)
-        vector = await self.user_vector(history)
-        ids, scores = await self.engine.retrieve(vector, k, surfaces=surface_set, exclude=excluded)
-        body = to_json(
-            {
-                "items": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)],
-                "model_version": self.engine.model_version,
-                "index_version": self.engine.index_version,
-            }
-        )
-        await self._store(key, body)
-        return body
+        with self._budget():
+            history = await self.history(user_id, events)
+            surface_set = sorted(set(surfaces)) if surfaces is not None else None
+            excluded = set(exclude)
+            key = self._key(
+                "retrieve",
+                history,
+                k=k,
+                surfaces=surface_set,
+                exclude=sorted(excluded),
+                seen=exclude_seen,
+            )
+
+            async def compute() -> bytes:
+                skip = excluded | {e.item_id for e in history.events} if exclude_seen else excluded
+                vector = await self.user_vector(history)
+                ids, scores = await self.engine.retrieve(
+                    vector, k, surfaces=surface_set, exclude=skip
+                )
+                return to_json(
+                    {
+                        "items": [
+                            {"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)
+                        ],
+                        "model_version": self.engine.model_version,
+                        "index_version": self.engine.index_version,
+                    }
+                )
+
+            return await self._cached("retrieve", key, compute)
 
     async def rank(
         self, user_id: str | None, events: Sequence[Event] | None, candidates: Sequence[str]
     ) -> bytes:
-        history = await self.history(user_id, events)
-        key = self._key("rank", history, candidates=list(candidates))
-        if (hit := await self._lookup("rank", key)) is not None:
-            return hit
-        vector = await self.user_vector(history)
-        ids, scores, unknown = await self.engine.rank(vector, candidates)
-        body = to_json(
-            {
-                "items": [{"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)],
-                "unknown": unknown,
-                "model_version": self.engine.model_version,
-            }
-        )
-        await self._store(key, body)
-        return body
+        with self._budget():
+            history = await self.history(user_id, events)
+
+            async def compute() -> bytes:
+                vector = await self.user_vector(history)
+                ids, scores, unknown = await self.engine.rank(vector, candidates)
+                return to_json(
+                    {
+                        "items": [
+                            {"item_id": i, "score": s} for i, s in zip(ids, scores, strict=True)
+                        ],
+                        "unknown": unknown,
+                        "model_version": self.engine.model_version,
+                        "index_version": self.engine.index_version,
+                    }
+                )
+
+            key = self._key("rank", history, candidates=list(candidates))
+            return await self._cached("rank", key, compute)
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> bytes:
         vectors = await self.engine.embed_items(items)  # (B, D)

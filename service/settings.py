@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, field_validator
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Hard ceilings: a setting above these would let one request or one user pin unbounded memory.
@@ -66,12 +66,68 @@ class Settings(BaseSettings):
     events_ttl_seconds: Annotated[float, Field(gt=0.0)] = 7 * 24 * 3600.0
     events_max_users: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
 
-    # Used by a later release (shared cache and event store in Redis); ignored for now.
+    # Redis: set redis_url (redis://[user:password@]host:port/db, rediss:// for TLS, unix://)
+    # to keep the result cache and the recent-event store in Redis, shared by every replica and
+    # surviving restarts; unset (or empty) = the in-process versions above. With Redis,
+    # cache_max_entries and events_max_users do not apply: Redis's maxmemory bounds memory.
     redis_url: str | None = None
+    # redis_timeout_ms: the most one request spends waiting on Redis, all its calls together
+    # (each call gets what is left; after a failed call the request skips Redis). Shorter: a
+    # stalled Redis costs each request less; too short: a healthy but busy Redis turns hits into
+    # misses. redis_connect_timeout_ms: to open a new connection (also within that budget).
+    redis_timeout_ms: Annotated[int, Field(ge=1, le=1000)] = 50
+    redis_connect_timeout_ms: Annotated[int, Field(ge=1, le=1000)] = 50
+    # Pooled connections per process; more allow more concurrent calls, each one costs Redis a
+    # client slot. Calls beyond wait for a free connection (within their budget).
+    redis_max_connections: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # Prepended to every Redis key (e.g. "staging:"), so deployments can share one Redis.
+    redis_key_prefix: Annotated[str, Field(max_length=64, pattern=r"^[A-Za-z0-9_.:{}-]*$")] = ""
+    # Circuit breaker: after breaker_failures consecutive failed Redis calls, stop calling Redis
+    # for breaker_reset_seconds, then let one probe call through. Fewer failures / a longer reset:
+    # an outage costs fewer timeouts, but a blip disables the cache sooner and for longer.
+    breaker_failures: Annotated[int, Field(ge=1, le=1000)] = 5
+    breaker_reset_seconds: Annotated[float, Field(gt=0.0, le=3600.0)] = 5.0
 
     # Intra-op threads for torch; None keeps torch's default (all cores). Fewer threads per call
     # leave cores to concurrent requests; more make a single large call faster.
     torch_threads: Annotated[int | None, Field(ge=1, le=1024)] = None
+
+    # Hot swap: how often CURRENT under the index root is checked for a new version (0 = never;
+    # reload with POST /admin/reload). Shorter: replicas follow a publish sooner, for one small
+    # file read per poll.
+    index_poll_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0
+    # Bearer token of the /admin routes (reload, rollback); unset = they answer 403. At least 16
+    # characters: a short token can be guessed.
+    admin_token: SecretStr | None = None
+
+    @field_validator("index_poll_seconds")
+    @classmethod
+    def _poll(cls, value: float) -> float:
+        if 0.0 < value < 0.1:
+            raise ValueError(f"must be 0 (no polling) or at least 0.1 s, got {value}")
+        return value
+
+    @field_validator("admin_token")
+    @classmethod
+    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is None or not value.get_secret_value().strip():
+            return None
+        if len(value.get_secret_value()) < 16:
+            raise ValueError(  # the length only: never echo a secret
+                f"must be at least 16 characters, got {len(value.get_secret_value())}"
+            )
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(
+                f"must be a redis://, rediss:// or unix:// URL, got {value.split('@')[-1]!r}"
+            )
+        return value
 
     @field_validator("host", "sample", "index_type")
     @classmethod

@@ -16,24 +16,36 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import index.item_index as item_index_module
+import index.recall as recall_module
 from index import (
     FORMAT_VERSION,
     IndexIntegrityError,
+    IndexRejectedError,
     ItemIndex,
     Manifest,
     NoIndexError,
+    RejectReason,
     build_index,
+    check_servable,
+    check_vectors_finite,
     current_version,
     exact_topk,
+    faiss_gpus,
+    gate_build,
     list_versions,
     load_current,
     load_version,
+    previous_version,
     prune_versions,
     publish,
     recall_at_k,
+    rollback,
     set_current,
     sha256_file,
+    tune_search_params,
+    verify_version,
 )
+from index.tune import candidate_params
 
 N, DIM, N_CLUSTERS, NOISE, N_QUERIES = 10_000, 32, 256, 1.0, 200
 K = 10
@@ -445,3 +457,153 @@ def test_stale_temp_dirs_are_removed(small, tmp_path):
     assert not stale.exists() and fresh.exists()
     assert list_versions(tmp_path) == [manifest.version]  # the incomplete dir is not a version
     assert Path(tmp_path / "CURRENT").read_text().strip() == manifest.version
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_sha256_is_checked_before_faiss_reads_the_index(small, tmp_path, monkeypatch):
+    manifest = publish(small, tmp_path, model_fingerprint="fp", model_version="m1")
+    reads: list[str] = []
+    read_index = faiss.read_index
+
+    def spy(path, *args):
+        reads.append(path)
+        return read_index(path, *args)
+
+    monkeypatch.setattr(faiss, "read_index", spy)
+    load_current(tmp_path)
+    assert len(reads) == 1
+    path = tmp_path / "versions" / manifest.version / "index.faiss"
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])  # truncated
+    with pytest.raises(IndexIntegrityError, match=r"index\.faiss.*sha256") as refused:
+        load_current(tmp_path)
+    assert refused.value.reason is RejectReason.INTEGRITY
+    assert len(reads) == 1  # faiss never saw the truncated file
+
+
+def test_unfinished_versions_are_refused_with_a_reason(small, tmp_path):
+    manifest = publish(small, tmp_path, model_fingerprint="fp", model_version="m1")
+    versions = tmp_path / "versions"
+    empty = versions / "20990101T000000000000Z-000000"
+    empty.mkdir()
+    with pytest.raises(IndexIntegrityError, match="empty directory") as refused:
+        verify_version(tmp_path, empty.name)
+    assert refused.value.reason is RejectReason.EMPTY
+    (empty / "index.faiss").write_bytes(b"half a publish")
+    with pytest.raises(IndexIntegrityError, match=r"no manifest\.json") as refused:
+        verify_version(tmp_path, empty.name)
+    assert refused.value.reason is RejectReason.MISSING_MANIFEST
+    zero = json.loads(manifest.to_json()) | {"version": empty.name, "count": 0}
+    (empty / "manifest.json").write_text(json.dumps(zero))
+    with pytest.raises(IndexIntegrityError, match="holds no items") as refused:
+        verify_version(tmp_path, empty.name)
+    assert refused.value.reason is RejectReason.EMPTY
+    assert list_versions(tmp_path) == [manifest.version, empty.name]  # listed, never loadable
+
+
+def test_rollback_skips_damaged_versions_and_retention_keeps_the_live_one(small, tmp_path):
+    v = [
+        publish(small, tmp_path, model_fingerprint="fp", model_version=f"m{i}", keep=5).version
+        for i in range(4)
+    ]
+    _flip_byte(tmp_path / "versions" / v[2] / "index.faiss")
+    assert previous_version(tmp_path) == v[1]  # v[2] is damaged: skipped
+    assert rollback(tmp_path) == v[1] == current_version(tmp_path)
+    assert rollback(tmp_path) == v[0] == current_version(tmp_path)
+    with pytest.raises(NoIndexError, match="no valid version older"):
+        rollback(tmp_path)
+    assert current_version(tmp_path) == v[0]
+    with pytest.raises(IndexIntegrityError, match="sha256"):
+        rollback(tmp_path, to=v[2])  # never points CURRENT at a damaged version
+    assert rollback(tmp_path, to=v[3]) == v[3]
+    # Retention: the newest `keep`, plus the live one whatever its age.
+    set_current(tmp_path, v[0])
+    assert prune_versions(tmp_path, keep=1) == [v[1], v[2]]
+    assert list_versions(tmp_path) == [v[0], v[3]]
+    newest = publish(small, tmp_path, model_fingerprint="fp", model_version="m4", keep=2).version
+    assert list_versions(tmp_path) == [v[3], newest] and current_version(tmp_path) == newest
+
+
+# ----------------------------------------------------------------------------- tuning + gate
+@pytest.mark.parametrize(("name", "target"), [("hnsw", 0.99), ("ivfflat", 0.95)])
+def test_tune_picks_the_cheapest_param_meeting_the_target(name, target, request, vectors, queries):
+    index: ItemIndex = request.getfixturevalue(name)
+    result = tune_search_params(index, vectors, queries, target_recall=target)
+    grid = candidate_params(index)
+    chosen = grid.index(result.params)
+    assert chosen > 0  # a cheaper candidate exists, so "cheapest" is really tested
+    assert [p for p, _ in result.tried] == grid[: chosen + 1]
+    assert all(recall < target for _, recall in result.tried[:-1])
+    assert result.met_target and result.recall >= target
+    assert result.recall == recall_at_k(index, vectors, queries, K, params=result.params)
+    assert index.search_params == (  # tuning measured, it changed nothing
+        {"efSearch": 128} if name == "hnsw" else {"nprobe": 32}
+    )
+
+
+def test_gate_refuses_a_degraded_index_by_recall(ivfflat, vectors, queries):
+    degraded = tune_search_params(ivfflat, vectors, queries, candidates=[{"nprobe": 1}])
+    assert not degraded.met_target and degraded.params == {"nprobe": 1}
+    with pytest.raises(IndexRejectedError, match=r"recall@10 0\.\d+ is below the target 0\.95"):
+        gate_build(ivfflat, dim=DIM, recall=degraded.recall, target=0.95, params=degraded.params)
+    good = tune_search_params(ivfflat, vectors, queries)
+    gate_build(ivfflat, dim=DIM, recall=good.recall, target=0.95, params=good.params)
+
+
+def test_gate_refuses_empty_nan_dimension_and_metric(small):
+    def reason(fn, *args, **kwargs) -> RejectReason:
+        with pytest.raises(IndexRejectedError) as refused:
+            fn(*args, **kwargs)
+        return refused.value.reason
+
+    x = _clustered(50, 16, seed=6)  # (50, 16)
+    assert reason(check_vectors_finite, np.zeros((0, 16), np.float32)) is RejectReason.EMPTY
+    x[[3, 7], 2] = [np.nan, np.inf]
+    assert reason(check_vectors_finite, x) is RejectReason.NAN
+    assert reason(check_servable, small, dim=32) is RejectReason.DIMENSION
+    flat = faiss.IndexFlatIP(16)
+    flat.add(x)  # faiss stores NaN rows as given: only the gate stands in the way
+    nan_index = ItemIndex(flat, [f"n{i}" for i in range(50)], index_type="Flat")
+    with pytest.raises(IndexRejectedError, match=r"rows \[3, 7\].*'n3', 'n7'") as refused:
+        check_servable(nan_index, dim=16)
+    assert refused.value.reason is RejectReason.NAN
+    check_servable(small, dim=16)
+    small.metric = "l2"  # as if loaded from another build
+    assert reason(check_servable, small, dim=16) is RejectReason.METRIC
+
+
+def test_exact_topk_in_small_chunks_is_the_same(vectors, queries, monkeypatch):
+    whole = exact_topk(vectors, queries, K)
+    monkeypatch.setattr(recall_module, "SCORE_BUDGET", 3 * N)  # 3 queries per chunk
+    np.testing.assert_array_equal(exact_topk(vectors, queries, K), whole)
+
+
+def test_gpu_build_path_is_chosen_at_run_time(monkeypatch):
+    # No GPU here: the GPU calls are faked (the "GPU" index is the CPU one), so this checks the
+    # run-time selection and the wiring, and that the index comes back as a CPU index.
+    x = _clustered(3_000, 16, seed=4)  # (3000, 16)
+    ids = [str(i) for i in range(3_000)]
+    cpu = build_index(x, ids, index_type="IVF16,Flat")
+    assert faiss_gpus() == faiss.get_num_gpus() == 0
+    moved: list[faiss.Index] = []
+
+    def to_gpus(index: faiss.Index, **kwargs: object) -> faiss.Index:
+        moved.append(index)
+        return index
+
+    monkeypatch.setattr(faiss, "get_num_gpus", lambda: 1)
+    monkeypatch.setattr(faiss, "index_cpu_to_all_gpus", to_gpus)
+    gpu = build_index(x, ids, index_type="IVF16,Flat")
+    assert len(moved) == 1 and moved[0].metric_type == faiss.METRIC_INNER_PRODUCT
+    assert faiss.extract_index_ivf(gpu.faiss_index).clustering_index is None  # not kept
+    assert (
+        faiss.serialize_index(gpu.faiss_index).tobytes()
+        == faiss.serialize_index(cpu.faiss_index).tobytes()
+    )
+    build_index(x, ids, index_type="IVF16,Flat", use_gpu=False)
+    build_index(x, ids, index_type="HNSW32")  # graphs are built on the CPU
+    assert len(moved) == 1

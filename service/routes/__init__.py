@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import events, health, index, items, metrics, rank, retrieve, users
+from service.routes import admin, events, health, index, items, metrics, rank, retrieve, users
 
 ROUTERS: tuple[APIRouter, ...] = (
     users.router,
@@ -15,4 +15,5 @@ ROUTERS: tuple[APIRouter, ...] = (
     index.router,
     health.router,
     metrics.router,
+    admin.router,
 )

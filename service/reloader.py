@@ -1,0 +1,300 @@
+"""Hot swap: load an index version (and its model, when it needs another) in the background,
+check and warm it, then swap it in by replacing the one engine reference the app holds.
+
+`open_engine` is the one way an engine is loaded, at startup and on every reload:
+
+1. `verify_version`: the manifest is parsed and the sha256 of every file checked, before
+   `faiss.read_index` sees any of them;
+2. the model: the live one when the manifest names its fingerprint, else the configured model
+   directory or the manifest's `extra["model_dir"]`, whichever has that fingerprint (a model and
+   its index swap as one unit), else refused with `model_mismatch`;
+3. the index is read, passed through the gate (`check_servable`: empty, dimension, metric,
+   NaN / inf vectors) and the model/index check, and warmed up.
+
+Anything refused raises; `Reloader` turns it into a `ReloadError` with a reason from
+`RejectReason`, counts it in `uniserve_index_reload_failures_total{reason}` and leaves the old
+engine serving. Requests hold the engine they started with, so they finish on that version.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import anyio
+import anyio.to_thread
+
+from index import (
+    IndexRejectedError,
+    Manifest,
+    NoIndexError,
+    RejectReason,
+    check_servable,
+    current_version,
+    list_versions,
+    open_version,
+    set_current,
+    verify_version,
+)
+from models.artifacts import ModelArtifactError, model_fingerprint
+from models.embedder import Embedder
+from service.engine import Admission, ArtifactMismatchError, Engine
+from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.state import AppState
+
+log = logging.getLogger(__name__)
+
+
+def reason_of(exc: BaseException) -> RejectReason:
+    """The metric label of a failed load."""
+    if isinstance(exc, IndexRejectedError):
+        return exc.reason
+    if isinstance(exc, NoIndexError):
+        return RejectReason.NOT_FOUND
+    if isinstance(exc, ModelArtifactError):
+        return RejectReason.MODEL_MISMATCH  # the index's model cannot be loaded
+    if isinstance(exc, OSError):
+        return RejectReason.IO
+    return RejectReason.INTERNAL
+
+
+def created_timestamp(manifest: Manifest) -> float:
+    """The manifest's creation time as epoch seconds (0.0 when unparsable)."""
+    try:
+        return datetime.fromisoformat(manifest.created_at).timestamp()
+    except ValueError:
+        return 0.0
+
+
+def open_engine(
+    settings: Settings,
+    admission: Admission,
+    *,
+    version: str | None = None,
+    current: Engine | None = None,
+) -> Engine:
+    """Load, check and warm an engine for index `version` (default: CURRENT). Blocking."""
+    root = settings.index_path
+    if version is None:
+        version = current_version(root)
+        if version is None:
+            raise NoIndexError(f"no CURRENT pointer under {str(root)!r}")
+    manifest = verify_version(root, version)  # sha256 of every file before faiss reads one
+    embedder = _embedder_for(manifest, settings, current)
+    index = open_version(root, manifest)
+    check_servable(index, dim=embedder.dim)
+    engine = Engine(embedder, index, manifest, admission=admission)
+    engine.warm_up()
+    return engine
+
+
+def _embedder_for(manifest: Manifest, settings: Settings, current: Engine | None) -> Embedder:
+    """The model the index was built for: the live one, or one found on disk by fingerprint."""
+    wanted = manifest.model_fingerprint
+    if current is not None and current.embedder.fingerprint == wanted:
+        return current.embedder
+    places = [Path(settings.model_path)]
+    recorded = manifest.extra.get("model_dir")
+    if isinstance(recorded, str) and recorded:
+        places.append(Path(recorded))
+    found: list[str] = []
+    missing: ModelArtifactError | None = None
+    for place in dict.fromkeys(places):
+        try:
+            fingerprint = model_fingerprint(place)
+        except ModelArtifactError as exc:
+            missing = missing or exc
+            continue
+        if fingerprint == wanted:
+            if place != Path(settings.model_path):
+                log.warning(
+                    "index %s was built for the model at %s, not the configured %s: "
+                    "serving that model with it",
+                    manifest.version,
+                    place,
+                    settings.model_path,
+                )
+            return Embedder.from_dir(place)
+        found.append(f"{place} has {fingerprint[:12]}...")
+    if not found and missing is not None:
+        raise missing  # no model anywhere: say so, not "mismatch"
+    raise ArtifactMismatchError(
+        f"index version {manifest.version!r} was built for model {wanted[:12]}... and no model "
+        f"with that fingerprint is at hand ({'; '.join(found)}); publish the model and index "
+        "together (`uniserve build-index --model DIR` records DIR in the manifest)",
+        RejectReason.MODEL_MISMATCH,
+    )
+
+
+@dataclass(frozen=True)
+class SwapOutcome:
+    changed: bool  # False: the asked-for version was already live
+    index_version: str
+    model_version: str
+    previous_index_version: str | None
+    previous_model_version: str | None
+
+
+class ReloadError(Exception):
+    """A reload or rollback refused an index version; the old engine keeps serving."""
+
+    def __init__(self, version: str | None, reason: RejectReason, message: str) -> None:
+        super().__init__(message)
+        self.version = version
+        self.reason = reason
+        self.message = message
+
+
+class Reloader:
+    """Swaps engines on `state`: reload, rollback, and the CURRENT watcher. One at a time."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+        self.settings = state.settings
+        self.admission = Admission(state.settings.max_inflight)
+        self.refused: str | None = None  # version the watcher last failed on: not retried
+        self._lock = anyio.Lock()
+
+    @property
+    def root(self) -> Path:
+        return self.settings.index_path
+
+    # ------------------------------------------------------------------ swaps
+    async def reload(self, version: str | None = None) -> SwapOutcome:
+        """Load `version` (default: CURRENT) and swap it in, unless it is already live."""
+        async with self._lock:
+            live = self.state.engine
+            target = version
+            if target is None:
+                target = await anyio.to_thread.run_sync(current_version, self.root)
+                if target is None:
+                    raise self._failed(None, NoIndexError(f"no CURRENT under {str(self.root)!r}"))
+            if live is not None and live.index_version == target:
+                return self._outcome(live, live, changed=False)
+            try:
+                engine = await self._open(target, live)
+            except ReloadError:
+                self.refused = target  # the watcher leaves it be; an explicit reload retries
+                raise
+            self._swap(engine)
+            return self._outcome(engine, live, changed=True)
+
+    async def rollback(self) -> SwapOutcome:
+        """Swap to the newest version older than the live one that loads, then point CURRENT
+        at it. Versions that fail to load are skipped (and counted)."""
+        async with self._lock:
+            live = self.state.engine
+            before = live.index_version if live is not None else None
+            if before is None:
+                before = await anyio.to_thread.run_sync(current_version, self.root)
+            versions = await anyio.to_thread.run_sync(list_versions, self.root)
+            older = [v for v in versions if before is None or v < before]
+            errors: list[ReloadError] = []
+            for version in reversed(older):
+                try:
+                    engine = await self._open(version, live)
+                except ReloadError as exc:
+                    errors.append(exc)
+                    continue
+                try:
+                    await anyio.to_thread.run_sync(set_current, self.root, version)
+                except Exception as exc:
+                    raise self._failed(version, exc) from exc
+                self._swap(engine)
+                return self._outcome(engine, live, changed=True)
+            if not errors:
+                raise ReloadError(
+                    None,
+                    RejectReason.NOT_FOUND,
+                    f"no index version older than {before!r} to roll back to",
+                )
+            raise ReloadError(
+                None,
+                errors[0].reason,
+                f"no version older than {before!r} could be loaded: "
+                + "; ".join(e.message for e in errors),
+            )
+
+    async def _open(self, version: str, live: Engine | None) -> Engine:
+        load = functools.partial(
+            open_engine, self.settings, self.admission, version=version, current=live
+        )
+        try:
+            return await anyio.to_thread.run_sync(load)
+        except Exception as exc:
+            raise self._failed(version, exc) from exc
+
+    def _failed(self, version: str | None, exc: BaseException) -> ReloadError:
+        reason = reason_of(exc)
+        self.state.metrics.index_reload_failures.labels(reason.value).inc()
+        live = self.state.engine
+        serving = f"still serving {live.index_version!r}" if live else "still not ready"
+        message = f"index version {version!r} refused ({reason.value}): {exc}; {serving}"
+        if reason is RejectReason.INTERNAL:
+            log.error("%s", message, exc_info=exc)
+        else:
+            log.warning("%s", message)
+        return ReloadError(version, reason, message)
+
+    def _swap(self, engine: Engine) -> None:
+        """The swap itself: one reference replaced. Requests holding the old engine finish on it."""
+        state = self.state
+        state.engine = engine
+        state.not_ready_reason = ""
+        state.metrics.index_items.set(engine.index.count)
+        state.metrics.index_created.set(created_timestamp(engine.manifest))
+        state.metrics.index_reloads.inc()
+        self.refused = None
+        log.info(
+            "swapped in index %s (%s, %d items, params %s) with model %s",
+            engine.index_version,
+            engine.index.index_type,
+            engine.index.count,
+            engine.index.search_params,
+            engine.model_version,
+        )
+
+    @staticmethod
+    def _outcome(engine: Engine, previous: Engine | None, *, changed: bool) -> SwapOutcome:
+        return SwapOutcome(
+            changed=changed,
+            index_version=engine.index_version,
+            model_version=engine.model_version,
+            previous_index_version=previous.index_version if previous else None,
+            previous_model_version=previous.model_version if previous else None,
+        )
+
+    # ------------------------------------------------------------------ watcher
+    async def poll_once(self) -> SwapOutcome | None:
+        """Swap to CURRENT when it names another version than the live one (and not the one
+        the watcher was last refused). Returns the outcome, None when nothing was swapped."""
+        try:
+            target = await anyio.to_thread.run_sync(current_version, self.root)
+        except OSError as exc:
+            log.warning("cannot read CURRENT under %s: %s", self.root, exc)
+            return None
+        live = self.state.engine
+        if target is None or target == self.refused:
+            return None
+        if live is not None and live.index_version == target:
+            return None
+        try:
+            return await self.reload(target)
+        except ReloadError:
+            return None
+
+    async def watch(self) -> None:
+        """Poll CURRENT every `index_poll_seconds` until cancelled."""
+        interval = self.settings.index_poll_seconds
+        while True:
+            await anyio.sleep(interval)
+            try:
+                await self.poll_once()
+            except Exception:
+                log.exception("index watcher: unexpected error; still watching")
