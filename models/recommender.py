@@ -2,8 +2,8 @@
 
 User vectors are L2-normalised and so, by default, are item vectors: the served inner product is
 then a cosine similarity in [-1, 1]; training divides it by a temperature. With
-``ItemEncoderConfig.normalize`` off, item norms are free and can encode popularity. (Unit vectors also make inner-product HNSW search
-behave like the metric search it was designed for.)
+``ItemEncoderConfig.normalize`` off, item norms are free and can encode popularity. (Unit
+vectors also make inner-product HNSW search behave like the metric search it was designed for.)
 
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
 from ``items.parquet`` and the feature spec, so the weights file holds only learnt parameters).
@@ -92,5 +92,5 @@ class Recommender(nn.Module):
     def user_vectors(
         self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """User vectors from left-padded histories (B, T) -> (B, D)."""
-        return self.hidden(ids, surfaces, mask)[:, -1]
+        """Unit-norm user vectors from left-padded histories (B, T) -> (B, D)."""
+        return F.normalize(self.hidden(ids, surfaces, mask)[:, -1], dim=-1)

@@ -128,6 +128,11 @@ def test_item_vectors_shapes_and_unknown_ids(grouped: Corpus) -> None:
     ids, surfaces, mask = vocab.batch([(["i0", "never-seen"], ["s0", "new-surface"]), ([], [])], 10)
     out = model.user_vectors(ids, surfaces, mask)
     assert out.shape == (2, 16) and torch.isfinite(out).all()
+    # scores are cosines: user and (default) item vectors are unit-norm
+    torch.testing.assert_close(out.norm(dim=-1), torch.ones(2))
+    torch.testing.assert_close(
+        model.all_item_vectors().norm(dim=-1), torch.ones(len(grouped.items))
+    )
 
 
 def test_training_is_deterministic(grouped: Corpus) -> None:
