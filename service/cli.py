@@ -86,6 +86,11 @@ def _print_report(report: dict[str, Any]) -> None:
     if "training" in report:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
+        if t.get("best_epoch"):
+            print(
+                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}: "
+                f"kept epoch {t['best_epoch']}"
+            )
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
 
