@@ -17,6 +17,7 @@ import numpy as np
 
 from index.item_index import (
     ItemIndex,
+    as_float_matrix,
     check_item_ids,
     check_metric,
     check_surfaces,
@@ -105,20 +106,7 @@ def build_index(
 
 def _check_vectors(vectors: np.ndarray) -> np.ndarray:
     """Return `vectors` as a C-contiguous (N, D) float32 array; ValueError when unusable."""
-    try:
-        x = np.ascontiguousarray(vectors, dtype=np.float32)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f"vectors must be a float array, got {type(vectors).__name__}") from e
-    if x.ndim != 2:
-        raise ValueError(f"vectors must be 2-D (N, D), got shape {x.shape}")
-    if x.shape[0] == 0 or x.shape[1] == 0:
-        raise ValueError(f"vectors must be non-empty, got shape {x.shape}")
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
-    if bad.size:
-        raise ValueError(
-            f"vectors contain {bad.size} rows with NaN or inf, e.g. rows {bad[:5].tolist()}"
-        )
-    return x
+    return as_float_matrix(vectors, "vectors", "(N, D)")
 
 
 def _configure_training(index: faiss.Index, seed: int) -> None:

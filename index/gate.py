@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from index.item_index import ItemIndex
+from index.item_index import ItemIndex, nonfinite_rows
 from index.manifest import IndexRejectedError, RejectReason
 
 SERVED_METRIC = "ip"  # the models score by inner product
@@ -22,7 +22,7 @@ def check_vectors_finite(vectors: np.ndarray) -> None:
     x = np.asarray(vectors)
     if x.ndim != 2 or x.shape[0] == 0:
         raise IndexRejectedError(f"no item vectors to index (shape {x.shape})", RejectReason.EMPTY)
-    bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
+    bad = nonfinite_rows(x)
     if bad.size:
         raise IndexRejectedError(
             f"{bad.size} of {x.shape[0]} item vectors contain NaN or inf, e.g. rows "
@@ -44,7 +44,7 @@ def check_index_finite(index: ItemIndex) -> bool:
             vecs = fi.reconstruct_batch(rows)  # (m, D)
         except RuntimeError:
             return False
-        bad = np.flatnonzero(~np.isfinite(vecs).all(axis=1))
+        bad = nonfinite_rows(vecs)
         if bad.size:
             raise IndexRejectedError(
                 f"the index holds NaN or inf vectors, e.g. rows {(rows[bad][:5]).tolist()} "

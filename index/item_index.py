@@ -44,40 +44,59 @@ def check_metric(metric: str) -> str:
     return metric
 
 
+def _str_array(values: Iterable[str], n: int, what: str, per: str) -> np.ndarray:
+    """`values` as an (n,) object array of str; ValueError quoting what is wrong."""
+    if isinstance(values, str):
+        raise ValueError(f"{what} must be a sequence of str, got the single str {values!r}")
+    out_list = list(values)
+    if len(out_list) != n:
+        raise ValueError(f"got {len(out_list)} {what} for {n} {per}")
+    bad = next((v for v in out_list if not isinstance(v, str)), None)
+    if bad is not None:
+        raise ValueError(f"{what} must be str, got {bad!r} of type {type(bad).__name__}")
+    out = np.empty(n, dtype=object)  # (N,)
+    out[:] = out_list
+    return out
+
+
 def check_item_ids(item_ids: Iterable[str], n: int) -> np.ndarray:
     """Validate item ids (n of them, all str, unique); return an (n,) object array."""
-    if isinstance(item_ids, str):
-        raise ValueError(f"item_ids must be a sequence of str, got the single str {item_ids!r}")
-    ids = list(item_ids)
-    if len(ids) != n:
-        raise ValueError(f"got {len(ids)} item ids for {n} vectors")
-    bad = next((i for i in ids if not isinstance(i, str)), None)
-    if bad is not None:
-        raise ValueError(f"item ids must be str, got {bad!r} of type {type(bad).__name__}")
-    if len(set(ids)) != n:
-        dups = sorted(i for i, c in Counter(ids).items() if c > 1)
+    ids = _str_array(item_ids, n, "item ids", "vectors")
+    if len(set(ids.tolist())) != n:
+        dups = sorted(i for i, c in Counter(ids.tolist()).items() if c > 1)
         raise ValueError(f"item ids must be unique; {len(dups)} repeated, e.g. {dups[:5]}")
-    out = np.empty(n, dtype=object)  # (N,)
-    out[:] = ids
-    return out
+    return ids
 
 
 def check_surfaces(surfaces: Iterable[str] | None, n: int) -> np.ndarray:
     """Validate surfaces (n str, or None meaning all unknown ""); return an (n,) object array."""
-    if surfaces is None:
-        values = [""] * n
-    else:
-        if isinstance(surfaces, str):
-            raise ValueError(f"surfaces must be a sequence of str, got the str {surfaces!r}")
-        values = list(surfaces)
-        if len(values) != n:
-            raise ValueError(f"got {len(values)} surfaces for {n} items")
-        bad = next((s for s in values if not isinstance(s, str)), None)
-        if bad is not None:
-            raise ValueError(f"surfaces must be str, got {bad!r} of type {type(bad).__name__}")
-    out = np.empty(n, dtype=object)  # (N,)
-    out[:] = values
-    return out
+    return _str_array([""] * n if surfaces is None else surfaces, n, "surfaces", "items")
+
+
+def nonfinite_rows(x: np.ndarray) -> np.ndarray:
+    """Indices of the rows of a 2-D array holding any NaN or inf."""
+    return np.flatnonzero(~np.isfinite(x).all(axis=1))
+
+
+def as_float_matrix(values: object, name: str, shape: str, dim: int | None = None) -> np.ndarray:
+    """`values` as a C-contiguous 2-D float32 array with finite, non-empty rows (and `dim`
+    columns when given); ValueError quoting the problem. `shape` names the axes, e.g. "(N, D)"."""
+    try:
+        x = np.ascontiguousarray(values, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{name} must be a float array, got {type(values).__name__}") from e
+    if x.ndim != 2:
+        raise ValueError(f"{name} must be 2-D {shape}, got shape {x.shape}")
+    if dim is not None and x.shape[1] != dim:
+        raise ValueError(f"{name} have shape {x.shape} but the index has dim {dim}")
+    if dim is None and (x.shape[0] == 0 or x.shape[1] == 0):
+        raise ValueError(f"{name} must be non-empty, got shape {x.shape}")
+    bad = nonfinite_rows(x)
+    if bad.size:
+        raise ValueError(
+            f"{name} contain {bad.size} rows with NaN or inf, e.g. rows {bad[:5].tolist()}"
+        )
+    return x
 
 
 def unwrap_index(index: faiss.Index) -> tuple[Any, bool]:
@@ -234,20 +253,7 @@ class ItemIndex:
         self.search_params = self._check_params(params)
 
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
-        try:
-            q = np.ascontiguousarray(queries, dtype=np.float32)
-        except (TypeError, ValueError) as e:
-            raise ValueError(f"queries must be a float array, got {type(queries).__name__}") from e
-        if q.ndim != 2:
-            raise ValueError(f"queries must be 2-D (B, D), got shape {q.shape}")
-        if q.shape[1] != self.dim:
-            raise ValueError(f"queries have shape {q.shape} but the index has dim {self.dim}")
-        bad = np.flatnonzero(~np.isfinite(q).all(axis=1))
-        if bad.size:
-            raise ValueError(
-                f"queries contain {bad.size} rows with NaN or inf, e.g. rows {bad[:5].tolist()}"
-            )
-        return q
+        return as_float_matrix(queries, "queries", "(B, D)", dim=self.dim)
 
     def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
         if allowed is None:

@@ -20,6 +20,8 @@ from models.item_encoder import FIRST_ITEM_ID, UNK_ID
 from models.recommender import Recommender
 from models.vocab import History, Ids, Vocab
 
+ItemSpec = tuple[str | None, str | None, Mapping[str, str]]  # (item id, surface, metadata)
+
 
 class Embedder:
     def __init__(
@@ -78,9 +80,7 @@ class Embedder:
             np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
         )
 
-    def embed_items(
-        self, items: Sequence[tuple[str | None, str | None, Mapping[str, str]]]
-    ) -> np.ndarray:
+    def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 vectors from (item id or None, surface or None, metadata).
 
         A known id adds its learnt id embedding; an unknown or absent id gets the metadata-only

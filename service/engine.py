@@ -15,7 +15,7 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TypeVar
 
 import anyio
@@ -23,14 +23,13 @@ import anyio.to_thread
 import numpy as np
 
 from index import IndexRejectedError, ItemIndex, Manifest, RejectReason
-from models.embedder import Embedder
+from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
+from models.vocab import History
 from service.errors import ErrorType, ServiceError
 
 T = TypeVar("T")
 
-History = tuple[Sequence[str], Sequence[str]]  # (item ids, surfaces), oldest first
-ItemSpec = tuple[str | None, str | None, Mapping[str, str]]  # (item id, surface, features)
 
 _SURFACE_MASKS_KEPT = 64  # distinct `surfaces` filters whose row masks are memoised
 
