@@ -12,6 +12,7 @@ from index.manifest import (
     RejectReason,
     sha256_file,
 )
+from index.paths import VERSION_ID_PATTERN, InvalidVersionError, check_version_id
 from index.publish import (
     current_version,
     list_versions,
@@ -31,8 +32,10 @@ from index.tune import DEFAULT_TARGET_RECALL, TuneResult, tune_search_params
 __all__ = [
     "DEFAULT_TARGET_RECALL",
     "FORMAT_VERSION",
+    "VERSION_ID_PATTERN",
     "IndexIntegrityError",
     "IndexRejectedError",
+    "InvalidVersionError",
     "ItemIndex",
     "Manifest",
     "NoIndexError",
@@ -41,6 +44,7 @@ __all__ = [
     "build_index",
     "check_servable",
     "check_vectors_finite",
+    "check_version_id",
     "current_version",
     "exact_topk",
     "faiss_gpus",

@@ -14,6 +14,7 @@ from typing import Any
 
 import faiss
 import numpy as np
+from tqdm.auto import tqdm
 
 from index.item_index import (
     ItemIndex,
@@ -28,6 +29,7 @@ from index.item_index import (
 EF_CONSTRUCTION = 200  # HNSW graph quality at build time (faiss default is 40)
 MAX_TRAIN_POINTS_PER_CENTROID = 256  # cap on the training sample, as faiss k-means does
 MIN_POINTS_PER_LIST = 39  # below this faiss k-means warns; centroids would be noise
+ADD_CHUNK = 65536  # vectors per index.add call (progress granularity)
 PQ_CENTROIDS = 256  # 8-bit product quantizer codebooks: 256 centroids per sub-quantizer
 
 log = logging.getLogger(__name__)
@@ -55,13 +57,15 @@ def build_index(
     search_params: dict[str, int] | None = None,
     train_size: int | None = None,
     use_gpu: bool | None = None,
+    progress: bool = False,
 ) -> ItemIndex:
     """Build an inner-product index of `index_type` over `vectors` (N, D), row r = item_ids[r].
 
     Trainable indexes (IVF, PQ) are trained on a sample of at most `train_size` rows drawn with
     `seed` (default: 256 points per centroid, capped at N); k-means seeds are set from `seed` too,
     so IVF/PQ builds are reproducible. `search_params` default to efSearch 128 for HNSW and
-    nprobe min(nlist, 32) for IVF. `use_gpu` None means: when faiss reports GPUs.
+    nprobe min(nlist, 32) for IVF. `use_gpu` None means: when faiss reports GPUs. `progress`
+    shows a progress bar while vectors are added (minutes for HNSW over millions of items).
     """
     check_metric(metric)
     x = _check_vectors(vectors)  # (N, D)
@@ -98,7 +102,11 @@ def build_index(
             if gpu_assigner is not None:
                 ivf: Any = faiss.extract_index_ivf(index)
                 ivf.clustering_index = None  # the index is saved and served without it
-    index.add(x)
+    # added in chunks (same index as one add) so a long HNSW build can report progress
+    with tqdm(total=n, desc=f"adding to {index_type}", unit="item", disable=not progress) as bar:
+        for lo in range(0, n, ADD_CHUNK):
+            index.add(x[lo : lo + ADD_CHUNK])
+            bar.update(min(ADD_CHUNK, n - lo))
     return ItemIndex(
         index, ids, surf, index_type=index_type, metric=metric, search_params=search_params
     )

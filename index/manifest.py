@@ -22,6 +22,7 @@ class RejectReason(StrEnum):
     """Why an index version was refused: a closed set, used as a metric label."""
 
     NOT_FOUND = "not_found"  # no CURRENT, or it names a version that does not exist
+    INVALID_VERSION = "invalid_version"  # not a version id, or a path leaving the index root
     IO = "io"  # a file could not be read (permissions, disk)
     MISSING_MANIFEST = "missing_manifest"  # files but no manifest.json: an unfinished version
     INTEGRITY = "integrity"  # sha256 mismatch, missing file, malformed manifest, files disagree

@@ -14,15 +14,15 @@ that CURRENT does not name; either way CURRENT keeps naming the last complete ve
 from __future__ import annotations
 
 import os
-import re
 import secrets
 import shutil
+import stat
 import time
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from index.item_index import ItemIndex
+from index.item_index import INDEX_FILE, ITEMS_FILE, META_FILE, ItemIndex
 from index.manifest import (
     FORMAT_VERSION,
     IndexIntegrityError,
@@ -32,13 +32,20 @@ from index.manifest import (
     RejectReason,
     sha256_file,
 )
+from index.paths import (
+    MAX_VERSION_CHARS,
+    VERSIONS_DIR,
+    InvalidVersionError,
+    check_version_id,
+    inside_version,
+    version_dir,
+)
 
-VERSIONS_DIR = "versions"
 CURRENT_FILE = "CURRENT"
 MANIFEST_FILE = "manifest.json"
 TMP_PREFIX = ".tmp-"
 STALE_TMP_SECONDS = 3600  # a .tmp-* dir older than this is a crashed publish: removed on prune
-_VERSION_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+INDEX_FILES = (INDEX_FILE, ITEMS_FILE, META_FILE)  # what open_version reads: all must be hashed
 
 
 def publish(
@@ -98,12 +105,21 @@ def publish(
 
 
 def current_version(root: Path) -> str | None:
-    """The version CURRENT names, or None when there is no CURRENT."""
+    """The version CURRENT names, or None when there is no CURRENT.
+
+    CURRENT must be a regular file (not a symlink, FIFO or device) naming a valid version id;
+    anything else raises InvalidVersionError, and nothing it names is opened.
+    """
+    path = Path(root) / CURRENT_FILE
     try:
-        name = (Path(root) / CURRENT_FILE).read_text().strip()
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            raise InvalidVersionError(f"{str(path)!r} is not a regular file (a symlink?)")
+        with open(path, "rb") as f:
+            raw = f.read(MAX_VERSION_CHARS + 2)  # the id and a newline; more is refused below
     except FileNotFoundError:
         return None
-    return name or None
+    name = raw.decode("utf-8", errors="replace").strip()
+    return check_version_id(name) if name else None
 
 
 def list_versions(root: Path) -> list[str]:
@@ -125,7 +141,7 @@ def verify_version(root: Path, version: str) -> Manifest:
     when it is empty, unfinished, damaged or unreadable.
     """
     directory = _version_dir(root, version)
-    manifest_path = directory / MANIFEST_FILE
+    manifest_path = inside_version(directory, MANIFEST_FILE)
     try:
         if not manifest_path.is_file():
             if not any(directory.iterdir()):
@@ -142,8 +158,10 @@ def verify_version(root: Path, version: str) -> Manifest:
         if manifest.count == 0:
             raise IndexIntegrityError(f"version {version!r} holds no items", RejectReason.EMPTY)
         for name, expected in sorted(manifest.files.items()):
-            path = directory / name
-            if Path(name).name != name or not path.is_file():
+            if Path(name).name != name:
+                raise IndexIntegrityError(f"file {name!r} of version {version!r} is not a name")
+            path = inside_version(directory, name)
+            if not path.is_file():
                 raise IndexIntegrityError(f"file {name!r} of version {version!r} is missing")
             actual = sha256_file(path)
             if actual != expected:
@@ -162,6 +180,11 @@ def open_version(root: Path, manifest: Manifest) -> ItemIndex:
     Raises IndexIntegrityError when the files disagree with each other or with the manifest.
     """
     directory = _version_dir(root, manifest.version)
+    unlisted = sorted(set(INDEX_FILES) - set(manifest.files))
+    if unlisted:  # a file the manifest does not hash is never handed to faiss or parquet
+        raise IndexIntegrityError(
+            f"manifest of {manifest.version!r} has no sha256 for {unlisted}; refusing to read them"
+        )
     index = ItemIndex.load(directory)
     found = (index.dim, index.count, index.metric, index.index_type)
     stated = (manifest.dim, manifest.count, manifest.metric, manifest.index_type)
@@ -263,10 +286,9 @@ def prune_versions(root: Path, *, keep: int = 3) -> list[str]:
 
 
 def _version_dir(root: Path, version: str) -> Path:
-    """The directory of `version`; NoIndexError when the name is malformed or absent."""
-    if not isinstance(version, str) or not _VERSION_RE.fullmatch(version):
-        raise NoIndexError(f"{version!r} is not a valid version name")
-    directory = Path(root) / VERSIONS_DIR / version
+    """The directory of `version`: InvalidVersionError when the id is malformed or its real
+    path leaves the index root (checked before anything is opened), NoIndexError when absent."""
+    directory = version_dir(root, version)
     if not directory.is_dir():
         raise NoIndexError(f"version {version!r} does not exist under {str(root)!r}")
     return directory

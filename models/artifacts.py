@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from models.corpus import ItemTable
@@ -126,6 +127,32 @@ def read_items(directory: Path) -> ItemTable:
     )
 
 
+# First bytes of the pickle-based formats: a raw pickle (protocol 2+) and torch.save's zip.
+_PICKLE_MAGIC = (b"\x80", b"PK\x03\x04")
+
+
+def load_weights(path: Path) -> dict[str, Any]:
+    """Tensors of a safetensors file; ModelArtifactError for anything else, pickles included.
+
+    safetensors parses a JSON header and raw tensor bytes and executes nothing; a pickle or a
+    `torch.save` file put in its place is refused by its first bytes, before any parser sees it.
+    uniserve never unpickles (no `torch.load`, `pickle`, `np.load(allow_pickle=True)`).
+    """
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+    except OSError as exc:
+        raise ModelArtifactError(f"cannot read weights {path}: {exc}") from exc
+    if head.startswith(_PICKLE_MAGIC):
+        raise ModelArtifactError(
+            f"{path} is a pickle / torch.save file, not safetensors: refused (never unpickled)"
+        )
+    try:
+        return dict(load_file(str(path)))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise ModelArtifactError(f"{path} is not a valid safetensors file: {exc}") from exc
+
+
 def load_model(directory: Path) -> tuple[Recommender, FeatureSpec, Vocab, dict[str, Any]]:
     """Load an artifact written by :func:`save_model`: (model in eval mode, spec, vocab, config)."""
     directory = Path(directory)
@@ -135,7 +162,7 @@ def load_model(directory: Path) -> tuple[Recommender, FeatureSpec, Vocab, dict[s
     vocab = Vocab(items.item_id, config["surfaces"])
     item_cat, item_tokens = spec.encode_table(items)
     model = Recommender(RecommenderConfig.from_dict(config["model"]), item_cat, item_tokens)
-    state = load_file(str(directory / WEIGHTS_FILE))
+    state = load_weights(directory / WEIGHTS_FILE)
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ModelArtifactError(

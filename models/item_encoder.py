@@ -10,6 +10,11 @@ embeddings, all initialised at the same small scale, so neither path drowns the 
 start of training (a normalising projection of the metadata made every item of a surface look
 alike and stalled training).
 
+With ``bias`` on, each id also has a learnt scalar bias (a popularity prior, as in the output
+bias of a softmax recommender): the encoder output gets it as one extra, last column, in the
+units of the served score (a cosine), so the softmax logit is ``(cos(u, v) + b) / temperature``.
+Dropped and unknown ids get the UNK row's bias.
+
 Row layout of the id table: 0 = padding, 1 = UNK (unknown / dropped id), 2.. = catalogue items.
 """
 
@@ -35,6 +40,8 @@ class ItemEncoderConfig:
     id_dropout: float = 0.1  # probability of replacing an id by UNK while training
     normalize: bool = True  # unit-norm item vectors (cosine scores); False lets an item's norm
     # carry how broadly relevant it is (popularity), at the price of a less metric-like index
+    bias: bool = False  # a learnt per-item score bias (popularity prior), served as a last
+    # vector column (so inner-product search still ranks by it); absent from old configs: off
 
     def __post_init__(self) -> None:
         if self.num_items < 1 or self.dim < 1:
@@ -56,6 +63,9 @@ class ItemEncoder(nn.Module):
             nn.Embedding(size, d, padding_idx=0) for size in config.categorical_sizes.values()
         )
         self.text = nn.Embedding(config.text_buckets, d, padding_idx=0)
+        if config.bias:
+            self.bias = nn.Embedding(config.num_items + 2, 1, padding_idx=PAD_ID, sparse=True)
+            nn.init.zeros_(self.bias.weight)
         nn.init.normal_(self.id_embedding.weight, std=0.02)
         for emb in [*self.categorical, self.text]:
             nn.init.normal_(emb.weight, std=0.02)
@@ -63,7 +73,8 @@ class ItemEncoder(nn.Module):
             self.id_embedding.weight[PAD_ID].zero_()
 
     def forward(self, ids: torch.Tensor, cat: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
-        """ids (*S) int64, cat (*S, C) int64, tokens (*S, F, L) int64 -> (*S, D)."""
+        """ids (*S) int64, cat (*S, C) int64, tokens (*S, F, L) int64 -> (*S, D), or (*S, D + 1)
+        with the bias as the last column."""
         if self.training and self.config.id_dropout > 0:
             drop = torch.rand(ids.shape, device=ids.device) < self.config.id_dropout
             ids = torch.where(drop & (ids >= FIRST_ITEM_ID), torch.full_like(ids, UNK_ID), ids)
@@ -75,4 +86,7 @@ class ItemEncoder(nn.Module):
             present = (tokens > 0).unsqueeze(-1).float()  # (*S, F, L, 1)
             pooled = (tok * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (*S, F, D)
             meta = meta + pooled.sum(-2)
-        return self.id_embedding(ids) + meta  # (*S, D)
+        vecs = self.id_embedding(ids) + meta  # (*S, D)
+        if self.config.bias:
+            vecs = torch.cat([vecs, self.bias(ids)], dim=-1)  # (*S, D + 1)
+        return vecs

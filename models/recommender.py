@@ -5,6 +5,11 @@ then a cosine similarity in [-1, 1]; training divides it by a temperature. With
 ``ItemEncoderConfig.normalize`` off, item norms are free and can encode popularity. (Unit
 vectors also make inner-product HNSW search behave like the metric search it was designed for.)
 
+With ``ItemEncoderConfig.bias`` on, the served vectors have one more dimension: an item is
+``[v, b]`` and a user ``[u, 1]``, so their inner product is ``cos(u, v) + b``, the training
+logit times the temperature, and plain inner-product search ranks by it. ``dim`` is the served
+dimension; training, evaluation and serving all score with these same vectors.
+
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
 from ``items.parquet`` and the feature spec, so the weights file holds only learnt parameters).
 """
@@ -63,10 +68,11 @@ class Recommender(nn.Module):
 
     @property
     def dim(self) -> int:
-        return self.config.item.dim
+        """Dimension of the served user and item vectors: D, or D + 1 with the item bias."""
+        return self.config.item.dim + int(self.config.item.bias)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
-        """Catalogue id-table rows (*S) int64 -> unit-norm item vectors (*S, D).
+        """Catalogue id-table rows (*S) int64 -> served item vectors (*S, dim).
 
         Each distinct id is encoded once: batches repeat padding and popular items a lot.
         """
@@ -75,11 +81,17 @@ class Recommender(nn.Module):
         return self.finish_item_vectors(vecs)[inverse]
 
     def finish_item_vectors(self, vecs: torch.Tensor) -> torch.Tensor:
-        """Item-encoder output (*S, D) -> served item vectors (unit norm unless configured off)."""
-        return F.normalize(vecs, dim=-1) if self.config.item.normalize else vecs
+        """Item-encoder output (*S, dim) -> served item vectors (*S, dim): the first D columns
+        unit norm unless configured off, the bias column (if any) as it is."""
+        if not self.config.item.normalize:
+            return vecs
+        d = self.config.item.dim
+        if vecs.shape[-1] == d:
+            return F.normalize(vecs, dim=-1)
+        return torch.cat([F.normalize(vecs[..., :d], dim=-1), vecs[..., d:]], dim=-1)
 
     def all_item_vectors(self, batch_size: int = 65536) -> torch.Tensor:
-        """Vectors of every catalogue item, in catalogue order: (N, D)."""
+        """Vectors of every catalogue item, in catalogue order: (N, dim)."""
         ids = torch.arange(
             FIRST_ITEM_ID, self.config.item.num_items + FIRST_ITEM_ID, device=self.item_cat.device
         )
@@ -87,10 +99,19 @@ class Recommender(nn.Module):
 
     def hidden(self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Per-position user states: ids, surfaces, mask (B, T) -> (B, T, D)."""
-        return self.user_encoder(self.item_vectors(ids), surfaces, mask)
+        item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
+        return self.user_encoder(item_vecs, surfaces, mask)
+
+    def query_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+        """User states (*S, D) -> served user vectors (*S, dim): unit norm, then a constant 1
+        that picks up the item bias column when the bias is on."""
+        queries = F.normalize(hidden, dim=-1)  # (*S, D)
+        if self.config.item.bias:
+            queries = torch.cat([queries, torch.ones_like(queries[..., :1])], dim=-1)
+        return queries
 
     def user_vectors(
         self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
-        """Unit-norm user vectors from left-padded histories (B, T) -> (B, D)."""
-        return F.normalize(self.hidden(ids, surfaces, mask)[:, -1], dim=-1)
+        """Served user vectors from left-padded histories (B, T) -> (B, dim)."""
+        return self.query_vectors(self.hidden(ids, surfaces, mask)[:, -1])

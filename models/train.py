@@ -3,11 +3,11 @@
 Every position of a training window predicts the next event's item (SASRec). The softmax runs
 over the target plus one negative set shared by the batch: ``in_batch_negatives`` items drawn
 from the batch's own targets (so roughly by popularity) and ``num_negatives`` drawn uniformly
-from the catalogue, with each logit corrected by ``-log q(item)``, the item's probability of
-being drawn (Yi et al.,
-RecSys 2019, "Sampling-Bias-Corrected Neural Modeling"; mixed negatives as in Yang et al., WWW
-2020). That keeps a step's cost independent of the catalogue size, so KuaiRand's ~730k items
-train on two CPU cores. The id table gets sparse gradients and SparseAdam; the rest AdamW.
+from the catalogue, with each logit corrected by ``-log q(item)``, q being the item's expected
+number of copies in the negative set (Yi et al., RecSys 2019, "Sampling-Bias-Corrected Neural
+Modeling"; mixed negatives as in Yang et al., WWW 2020). That keeps a step's cost independent
+of the catalogue size, so KuaiRand's ~730k items train on two CPU cores. The id table (and the
+optional item bias) gets sparse gradients and SparseAdam; the rest AdamW.
 """
 
 from __future__ import annotations
@@ -42,6 +42,10 @@ class TrainConfig:
     dropout: float = 0.1
     id_dropout: float = 0.1  # trains the metadata (cold-start) path and the UNK token
     normalize_items: bool = True  # cosine scores; False: item norms may encode popularity
+    item_bias: bool = False  # per-item score bias (popularity prior), one more served dim
+    popularity_prior: float = 0.0  # after training, add this x log(1 + training count) to each
+    # item's bias (cosine units): more weight on popularity than the softmax learns, which
+    # helps where rare items' embeddings are noisy; needs item_bias
     epochs: int = 3
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
@@ -73,6 +77,11 @@ class TrainConfig:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0 or self.sparse_lr <= 0:
             raise ValueError(f"learning rates must be positive, got {self.lr}, {self.sparse_lr}")
+        if self.popularity_prior < 0 or (self.popularity_prior > 0 and not self.item_bias):
+            raise ValueError(
+                f"popularity_prior must be >= 0 and needs item_bias, got {self.popularity_prior}"
+                f" with item_bias={self.item_bias}"
+            )
 
 
 @dataclass
@@ -115,6 +124,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             text_buckets=spec.text_buckets,
             id_dropout=cfg.id_dropout,
             normalize=cfg.normalize_items,
+            bias=cfg.item_bias,
         ),
         UserEncoderConfig(
             num_surfaces=vocab.num_surfaces,
@@ -152,6 +162,53 @@ def make_windows(train: Sequences, vocab: Vocab, max_len: int) -> tuple[np.ndarr
     return ids, surfaces
 
 
+def expected_negative_counts(counts: np.ndarray, in_batch: int, uniform: int) -> np.ndarray:
+    """Expected copies of each item among a step's negatives: (N + 2,) id-table rows.
+
+    ``counts`` (N + 2,) are training target frequencies; ``in_batch`` negatives are drawn with
+    replacement by frequency (a batch's targets), ``uniform`` ones uniformly over the catalogue
+    rows. Not capped at 1: a popular item drawn several times appears several times in the
+    softmax, and only its expected count cancels that (capping teaches the model to score
+    popular items down).
+    """
+    n_items = len(counts) - FIRST_ITEM_ID
+    return in_batch * counts / counts.sum() + uniform / n_items
+
+
+def add_popularity_prior(model: Recommender, counts: np.ndarray, weight: float) -> None:
+    """Add ``weight * log(1 + count)`` to every item's served bias, in place.
+
+    counts (N + 2,) training target frequencies per id-table row; UNK (cold start) gets 0. The
+    softmax learns a bias close to ``temperature * log(count)``; ranking a target against
+    uniformly drawn, mostly rare items rewards popularity more than that, because rare items'
+    embeddings are noisy. Applied after training (and model selection), so it is not part of
+    the training logits: served score = temperature * logit + this prior.
+    """
+    if not model.config.item.bias:
+        raise ValueError("a popularity prior needs a model with item_bias on")
+    prior = torch.from_numpy(weight * np.log1p(counts)).float()  # (N + 2,)
+    prior[:FIRST_ITEM_ID] = 0.0  # padding and UNK
+    with torch.no_grad():
+        model.item_encoder.bias.weight[:, 0] += prior
+
+
+def _served_valid_ndcg(
+    model: Recommender, vocab: Vocab, corpus: Corpus, cfg: TrainConfig, counts: np.ndarray
+) -> float:
+    """Validation NDCG@10 (sampled) of the model as it would be served: with the popularity
+    prior added to the bias for the measurement, then taken off again."""
+    if cfg.popularity_prior == 0:
+        return sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+    bias = model.item_encoder.bias.weight
+    saved = bias.detach().clone()
+    add_popularity_prior(model, counts, cfg.popularity_prior)
+    try:
+        return sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+    finally:
+        with torch.no_grad():
+            bias.copy_(saved)
+
+
 def sampled_softmax_loss(
     model: Recommender,
     queries: torch.Tensor,
@@ -162,8 +219,9 @@ def sampled_softmax_loss(
 ) -> torch.Tensor:
     """Softmax over each row's target plus a shared negative set, every logit log-q corrected.
 
-    queries (M, D) unit-norm, targets (M,) id-table rows, negatives (K,) rows, log_q (N + 2,)
-    -> scalar. Cosine logits are divided by ``temperature`` before the correction.
+    queries (M, dim) served user vectors, targets (M,) id-table rows, negatives (K,) rows,
+    log_q (N + 2,) -> scalar. The served scores (cosine, plus the item bias if any) are divided
+    by ``temperature`` before the correction.
     A negative that happens to be the row's own target (an accidental hit) is masked out.
     """
     pos = (queries * model.item_vectors(targets)).sum(-1, keepdim=True) / temperature  # (M, 1)
@@ -187,18 +245,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     n_items = len(vocab)
     targets_all = win_ids[:, 1:][win_ids[:, 1:] >= FIRST_ITEM_ID]
     counts = np.bincount(targets_all, minlength=n_items + FIRST_ITEM_ID).astype(np.float64)
-    # probability that an item is among a step's negatives: drawn from the batch's targets
-    # (~ its training frequency) or uniformly from the catalogue
-    q = np.minimum(
-        1.0, cfg.in_batch_negatives * counts / counts.sum() + cfg.num_negatives / n_items
-    )
-    q = np.maximum(q, 1e-12)
-    log_q = torch.from_numpy(np.log(q)).float()  # (N + 2,)
-
-    sparse_params = [model.item_encoder.id_embedding.weight]
-    dense_params = [
-        p for n, p in model.named_parameters() if n != "item_encoder.id_embedding.weight"
-    ]
+    q = expected_negative_counts(counts, cfg.in_batch_negatives, cfg.num_negatives)
+    log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()  # (N + 2,)
+    sparse_names = {"item_encoder.id_embedding.weight", "item_encoder.bias.weight"}
+    sparse_params = [p for n, p in model.named_parameters() if n in sparse_names]
+    dense_params = [p for n, p in model.named_parameters() if n not in sparse_names]
     optimizers = [
         torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr),
         torch.optim.AdamW(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
@@ -231,7 +282,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             in_batch = rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
             uniform = rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives)
             negatives = torch.cat([batch_targets[in_batch], torch.from_numpy(uniform)])  # (K,)
-            queries = F.normalize(hidden[keep], dim=-1)  # (M, D)
+            queries = model.query_vectors(hidden[keep])  # (M, dim)
             loss = sampled_softmax_loss(
                 model, queries, batch_targets, negatives, log_q, cfg.temperature
             )
@@ -254,7 +305,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         result.epoch_losses.append(total / max(seen, 1))
         log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
         if select:
-            ndcg = sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+            ndcg = _served_valid_ndcg(model, vocab, corpus, cfg, counts)
             model.train()
             result.valid_ndcg.append(ndcg)
             log.info("epoch %d: valid NDCG@10 (sampled) %.4f", epoch + 1, ndcg)
@@ -265,6 +316,8 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    if cfg.popularity_prior > 0:
+        add_popularity_prior(model, counts, cfg.popularity_prior)
     model.eval()
     result.seconds = time.perf_counter() - started
     return result

@@ -1,13 +1,23 @@
-"""The app factory: settings in, a FastAPI app out; nothing is loaded until its lifespan runs."""
+"""The app factory: settings in, a FastAPI app out; nothing is loaded until its lifespan runs.
+
+`create_app` builds the full app: every route, the docs and the lifespan. With `admin_port` set,
+`uniserve serve` also builds `create_public_app` for the public listener: /v1, /healthz and
+/readyz only, sharing the full app's state (one engine, one cache, one lifespan).
+"""
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import Sequence
+from typing import Any
 
+from fastapi import APIRouter, FastAPI, Security
+
+from service.auth import API_KEY, AuthMiddleware, Keys
 from service.errors import install_error_handlers
 from service.lifespan import lifespan
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
-from service.routes import ROUTERS
+from service.routes import API_ROUTERS, PROBE_ROUTERS, ROUTERS
+from service.schemas import AUTH_ERRORS, settings_limits
 from service.settings import Settings
 from service.state import AppState
 
@@ -22,10 +32,50 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.uniserve = AppState.create(settings)
-    install_error_handlers(app)
-    for router in ROUTERS:
-        app.include_router(router)
-    # Added last = outermost: metrics see every response, the 413s included.
-    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
-    app.add_middleware(MetricsMiddleware, metrics=app.state.uniserve.metrics)
+    _mount(app, app.state.uniserve, ROUTERS)
+    _document_limits(app, settings)
     return app
+
+
+def create_public_app(app: FastAPI) -> FastAPI:
+    """The public listener's app when an admin port is set: /v1, /healthz and /readyz, no docs;
+    `app`'s state and lifespan (run once, by whoever serves `app`) serve both."""
+    public = FastAPI(title="uniserve", docs_url=None, redoc_url=None, openapi_url=None)
+    public.state.uniserve = app.state.uniserve
+    _mount(public, app.state.uniserve, API_ROUTERS + PROBE_ROUTERS)
+    return public
+
+
+def _document_limits(app: FastAPI, settings: Settings) -> None:
+    """Put the settings' limits (k, events, candidates, items) into the OpenAPI document."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is None:
+            components = build().get("components", {}).get("schemas", {})
+            for model, fields in settings_limits(settings).items():
+                properties = components.get(model, {}).get("properties", {})
+                for name, keywords in fields.items():
+                    field = properties.get(name, {})
+                    for branch in field.get("anyOf", [field]):  # the array / integer branch
+                        if branch.get("type") in ("array", "integer"):
+                            branch.update(keywords)
+        return app.openapi_schema or build()
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
+
+def _mount(app: FastAPI, state: AppState, routers: Sequence[APIRouter]) -> None:
+    settings = state.settings
+    install_error_handlers(app)
+    # The API key's scheme is in the OpenAPI document only when the key is required.
+    api: dict[str, Any] = (
+        {"dependencies": [Security(API_KEY)], "responses": AUTH_ERRORS} if settings.api_key else {}
+    )
+    for router in routers:
+        app.include_router(router, **(api if router in API_ROUTERS else {}))
+    # Added last = outermost: metrics see every response, the 401s and 413s included; keys are
+    # checked before anything reads the body.
+    app.add_middleware(AuthMiddleware, keys=Keys.from_settings(settings))
+    app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=state.metrics)

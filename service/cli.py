@@ -1,4 +1,4 @@
-"""`uniserve` command line: train, evaluate, build-index, rollback, serve.
+"""`uniserve` command line: train, evaluate, build-index, rollback, serve, bench.
 
 Each subcommand parses its flags and calls one function of `service.pipeline`, `models` or the
 app factory; nothing here holds logic worth testing on its own.
@@ -37,6 +37,8 @@ def _train(args: argparse.Namespace) -> int:
         dropout=args.dropout,
         id_dropout=args.id_dropout,
         normalize_items=not args.no_normalize_items,
+        item_bias=args.item_bias,
+        popularity_prior=args.popularity_prior,
         lr=args.lr,
         seed=args.seed,
         max_steps=args.max_steps,
@@ -149,6 +151,14 @@ def _build_index(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench(args: argparse.Namespace) -> int:
+    if args.which == "service":
+        from service.benchmark import main as bench_main
+    else:
+        from index.bench import main as bench_main
+    return bench_main(args.options)
+
+
 def _rollback(args: argparse.Namespace) -> int:
     from index import current_version, rollback
 
@@ -160,25 +170,24 @@ def _rollback(args: argparse.Namespace) -> int:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    import uvicorn
-
-    from service.app import create_app
     from service.bootstrap import ensure_artifacts
+    from service.runner import run
     from service.settings import Settings
 
-    overrides = {
-        k: v
-        for k, v in {"host": args.host, "port": args.port, "data_dir": args.data_dir}.items()
-        if v
+    flags = {
+        "host": args.host,
+        "port": args.port,
+        "data_dir": args.data_dir,
+        "admin_host": args.admin_host,
+        "admin_port": args.admin_port,
     }
+    overrides = {k: v for k, v in flags.items() if v}
     if args.no_bootstrap:
         overrides["bootstrap"] = False
     settings = Settings(**overrides)
     if settings.bootstrap:
         ensure_artifacts(settings, progress=True)
-    uvicorn.run(
-        create_app(settings), host=settings.host, port=settings.port, log_level=args.log_level
-    )
+    run(settings, log_level=args.log_level)  # returns once stopped by SIGTERM / SIGINT
     return 0
 
 
@@ -209,6 +218,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-normalize-items", action="store_true",
         help="let item vector norms vary (popularity) instead of unit-norm cosine scoring",
+    )  # fmt: skip
+    p.add_argument(
+        "--item-bias", action=argparse.BooleanOptionalAction, default=False,
+        help="learn a per-item score bias (popularity prior), served as one more vector "
+        "dimension (default off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--popularity-prior", type=float, default=0.0,
+        help="with --item-bias: after training add this x log(1 + training count) to each "
+        "item's bias, in cosine units (default 0)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
@@ -310,7 +329,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_rollback)
 
     p = sub.add_parser(
-        "serve", help="serve the HTTP API (trains and indexes the sample on first start)"
+        "bench",
+        help="benchmarks: 'service' (throughput vs the in-process limit and a naive service), "
+        "'index' (recall vs QPS per index type)",
+        description="Run a benchmark; `uniserve bench service --help` and `uniserve bench "
+        "index --help` list their options. Results go to stdout (and --json / --out).",
+    )
+    p.add_argument("which", choices=["service", "index"], help="which benchmark")
+    p.add_argument("options", nargs=argparse.REMAINDER, help="that benchmark's options")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser(
+        "serve",
+        help="serve the HTTP API (trains and indexes the sample on first start)",
+        description="Serve the HTTP API. Flags override the UNISERVE_* variables (README: "
+        "Configuration); the keys are read from the environment only: UNISERVE_API_KEY (required by /v1 when set) and "
+        "UNISERVE_ADMIN_KEY (required by /admin; unset = admin routes answer 403), sent as "
+        "'Authorization: Bearer <key>'; an empty, short or placeholder key fails at start. "
+        "On SIGTERM / SIGINT the listeners close, requests in flight finish (at most "
+        "UNISERVE_SHUTDOWN_TIMEOUT_SECONDS, default 30), Redis is closed and the exit "
+        "status is 0.",
     )
     p.add_argument(
         "--host", default=None, help="bind address (default 127.0.0.1, env UNISERVE_HOST)"
@@ -323,6 +361,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--no-bootstrap", action="store_true", help="never train/build at start; serve what exists"
+    )
+    p.add_argument(
+        "--admin-port",
+        type=int,
+        default=None,
+        help="serve /admin, /docs, /openapi.json and /metrics (and the API) on this port only; "
+        "the main port then serves /v1, /healthz and /readyz (default: unset, everything on "
+        "the main port; env UNISERVE_ADMIN_PORT)",
+    )
+    p.add_argument(
+        "--admin-host",
+        default=None,
+        help="bind address of --admin-port (default 127.0.0.1, env UNISERVE_ADMIN_HOST)",
     )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=_serve)

@@ -1,8 +1,10 @@
 """The serving engine: a loaded model, the live index and the catalogue vectors, nothing of HTTP.
 
-Every torch or faiss call runs in a worker thread (`anyio.to_thread`), never on the event loop.
-Backpressure is explicit: at most `max_inflight` calls are admitted at once (queued for a worker
-thread or running); beyond that a call fails at once with `overloaded` instead of queueing.
+Every torch or faiss call runs in a worker thread, never on the event loop. User-encoder calls
+and ANN searches of concurrent requests are coalesced by two `Batcher`s (`encode_batch`,
+`search_batch`): one forward pass and one FAISS search per batch. Backpressure is explicit: each
+batcher's queue is bounded and other calls are admitted up to `max_inflight`; beyond that a call
+fails at once with `overloaded` instead of queueing.
 
 An engine is immutable: a model and an index (with its manifest) checked to belong together. A
 hot swap builds a whole new engine and replaces the one reference the app holds; a request takes
@@ -12,10 +14,12 @@ share one `Admission`, so the in-flight bound holds across a swap.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import os
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import TypeVar
 
 import anyio
@@ -26,7 +30,9 @@ from index import IndexRejectedError, ItemIndex, Manifest, RejectReason
 from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
 from models.vocab import History
+from service.batcher import Batcher, BatchStats
 from service.errors import ErrorType, ServiceError
+from service.settings import Settings
 
 T = TypeVar("T")
 
@@ -72,18 +78,141 @@ def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -
         )
 
 
-class Admission:
-    """At most `max_inflight` engine calls at once, across every engine an app swaps in.
+@dataclass(frozen=True)
+class BatchingConfig:
+    """Dynamic batching of user-encoder calls and of ANN searches (see `service.batcher`)."""
 
-    A call is admitted (then queued for one of `worker_threads` threads, or running) or refused
-    at once with `overloaded`; it never waits for admission.
+    max_batch: int = 64
+    max_wait: float = 0.0  # seconds a batch waits for more items once the worker is free
+    max_queue: int = 64  # items waiting per stage; beyond, requests get 429 at once
+    faiss_threads: int | None = None  # OpenMP threads of the search worker; None: FAISS default
+
+
+@dataclass(frozen=True)
+class EncodeJob:
+    embedder: Embedder
+    history: History
+
+
+@dataclass(frozen=True)
+class SearchJob:
+    engine: Engine
+    vector: np.ndarray  # (D,) float32
+    k: int
+    surfaces: frozenset[str] | None
+    exclude: tuple[str, ...]
+
+
+def encode_batch(jobs: list[EncodeJob]) -> list[np.ndarray]:
+    """One user-encoder forward pass per model in the batch (one, except during a swap)."""
+    out: list[np.ndarray] = [np.empty(0, np.float32)] * len(jobs)
+    groups: dict[int, list[int]] = {}
+    for i, job in enumerate(jobs):
+        groups.setdefault(id(job.embedder), []).append(i)
+    for members in groups.values():
+        embedder = jobs[members[0]].embedder
+        vectors = embedder.user_vectors(
+            [jobs[i].history for i in members], batch_size=len(members)
+        )  # (b, D)
+        for row, i in enumerate(members):
+            out[i] = vectors[row]
+    return out
+
+
+def search_batch(jobs: list[SearchJob]) -> list[tuple[list[str], np.ndarray]]:
+    """One FAISS search per (engine, filter, k) group of the batch: (item ids, scores) per job.
+
+    Jobs sharing a filter share one eligibility mask, so the filter stays inside the search;
+    grouping by k as well keeps every result identical to that job searched on its own.
+    """
+    out: list[tuple[list[str], np.ndarray]] = [([], np.empty(0, np.float32))] * len(jobs)
+    groups: dict[tuple[int, frozenset[str] | None, tuple[str, ...], int], list[int]] = {}
+    for i, job in enumerate(jobs):
+        key = (id(job.engine), job.surfaces, job.exclude, job.k)
+        groups.setdefault(key, []).append(i)
+    for members in groups.values():
+        first = jobs[members[0]]
+        engine = first.engine
+        allowed = engine.allowed_rows(first.surfaces, first.exclude)  # (N,) bool or None
+        queries = np.stack([jobs[i].vector for i in members])  # (b, D)
+        scores, rows = engine.index.search(queries, first.k, allowed=allowed)  # (b, k)
+        for row, i in enumerate(members):
+            valid = rows[row] >= 0
+            out[i] = (engine.index.item_ids[rows[row][valid]].tolist(), scores[row][valid])
+    return out
+
+
+def _set_faiss_threads(n: int | None) -> None:
+    """OpenMP's thread count is per calling thread: set it in the thread that searches."""
+    if n is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(n)
+
+
+class Admission:
+    """Admission and batching shared by every engine an app swaps in.
+
+    User-encoder calls and ANN searches go through two `Batcher`s (bounded queues, one worker
+    thread each, so encoding and searching overlap); a full queue refuses at once with
+    `overloaded`. Other engine calls (rank, item embedding) are admitted up to `max_inflight`
+    at once (then queued for one of `worker_threads` threads, or running) or refused at once;
+    they never wait for admission.
     """
 
-    def __init__(self, max_inflight: int = 64, worker_threads: int | None = None) -> None:
+    def __init__(
+        self,
+        max_inflight: int = 64,
+        worker_threads: int | None = None,
+        batching: BatchingConfig | None = None,
+        on_batch: Callable[[BatchStats], None] | None = None,
+    ) -> None:
         self.max_inflight = max_inflight
         self.worker_threads = worker_threads or min(max_inflight, os.cpu_count() or 1)
         self.inflight = 0
         self._limiter: anyio.CapacityLimiter | None = None  # made on first use, in the loop
+        b = batching or BatchingConfig()
+        self.batching = b
+        self.encoder: Batcher[EncodeJob, np.ndarray] = Batcher(
+            encode_batch,
+            name="encode",
+            max_batch=b.max_batch,
+            max_wait=b.max_wait,
+            max_queue=b.max_queue,
+            on_batch=on_batch,
+        )
+        self.searcher: Batcher[SearchJob, tuple[list[str], np.ndarray]] = Batcher(
+            search_batch,
+            name="search",
+            max_batch=b.max_batch,
+            max_wait=b.max_wait,
+            max_queue=b.max_queue,
+            on_batch=on_batch,
+            thread_init=functools.partial(_set_faiss_threads, b.faiss_threads),
+        )
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, on_batch: Callable[[BatchStats], None] | None = None
+    ) -> Admission:
+        batching = BatchingConfig(
+            max_batch=settings.batch_max_size,
+            max_wait=settings.batch_max_wait_ms / 1000,
+            max_queue=settings.batch_queue_size,
+            faiss_threads=settings.faiss_threads,
+        )
+        return cls(settings.max_inflight, batching=batching, on_batch=on_batch)
+
+    @property
+    def queued(self) -> int:
+        """Requests waiting in a batcher queue or in a running batch, both stages."""
+        return (
+            self.encoder.depth + self.encoder.running + self.searcher.depth + self.searcher.running
+        )
+
+    async def aclose(self) -> None:
+        await self.encoder.aclose()
+        await self.searcher.aclose()
 
     async def run(self, fn: Callable[..., T], *args: object) -> T:
         """Run `fn(*args)` in a worker thread, or raise `overloaded` when the bound is reached."""
@@ -160,8 +289,17 @@ class Engine:
 
     # ------------------------------------------------------------------ operations
     async def user_vectors(self, histories: Sequence[History]) -> np.ndarray:
-        """(B, D) float32 user vectors; unknown item ids and surfaces map to UNK tokens."""
-        return await self._run(self.embedder.user_vectors, histories)
+        """(B, D) float32 user vectors; unknown item ids and surfaces map to UNK tokens.
+
+        Each history joins the encode batcher, so concurrent requests share forward passes.
+        """
+        if not histories:
+            return np.zeros((0, self.dim), np.float32)
+        encoder = self.admission.encoder
+        vectors = await asyncio.gather(
+            *(encoder.submit(EncodeJob(self.embedder, h)) for h in histories)
+        )
+        return np.stack(vectors)
 
     async def retrieve(
         self,
@@ -177,15 +315,14 @@ class Engine:
         ignored). The filter is applied inside the ANN search, so k items come back whenever at
         least k items are eligible.
         """
-        return await self._run(self._retrieve, user_vector, k, surfaces, list(exclude))
-
-    def _retrieve(
-        self, user_vector: np.ndarray, k: int, surfaces: Iterable[str] | None, exclude: list[str]
-    ) -> tuple[list[str], np.ndarray]:
-        allowed = self.allowed_rows(surfaces, exclude)  # (N,) bool or None
-        scores, rows = self.index.search(user_vector.reshape(1, -1), k, allowed=allowed)  # (1, k)
-        valid = rows[0] >= 0
-        return self.index.item_ids[rows[0][valid]].tolist(), scores[0][valid]
+        job = SearchJob(
+            self,
+            np.asarray(user_vector, dtype=np.float32).reshape(-1),
+            k,
+            frozenset(surfaces) if surfaces is not None else None,
+            tuple(sorted(set(exclude))),
+        )
+        return await self.admission.searcher.submit(job)
 
     def allowed_rows(
         self, surfaces: Iterable[str] | None, exclude: Sequence[str]

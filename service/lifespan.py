@@ -10,6 +10,7 @@ watcher polls CURRENT every `index_poll_seconds` and swaps new versions in.
 
 from __future__ import annotations
 
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -43,7 +44,11 @@ def load_engine(settings: Settings, admission: Admission | None = None) -> Engin
         import torch
 
         torch.set_num_threads(settings.torch_threads)
-    admission = admission or Admission(settings.max_inflight)
+    if settings.faiss_threads is not None:
+        import faiss
+
+        faiss.omp_set_num_threads(settings.faiss_threads)
+    admission = admission or Admission.from_settings(settings)
     try:
         return open_engine(settings, admission)
     except _REPAIRABLE as exc:
@@ -54,6 +59,14 @@ def load_engine(settings: Settings, admission: Admission | None = None) -> Engin
 
     ensure_artifacts(settings)
     return open_engine(settings, admission)
+
+
+def freeze_heap() -> None:
+    """Move every object alive now (model, index, catalogue ids) out of the garbage collector's
+    view: full collections then scan only what requests allocate instead of millions of
+    long-lived objects, which otherwise stall the event loop for tens of milliseconds."""
+    gc.collect()
+    gc.freeze()
 
 
 def not_ready_reason(exc: Exception) -> str:
@@ -84,6 +97,7 @@ async def load_into(state: AppState) -> None:
         return
     state.engine = engine
     state.not_ready_reason = ""
+    freeze_heap()
     state.metrics.index_items.set(engine.index.count)
     state.metrics.index_created.set(created_timestamp(engine.manifest))
     log.info(
@@ -100,7 +114,10 @@ async def load_into(state: AppState) -> None:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.uniserve
     reloader = state.reloader = Reloader(state)
-    state.metrics.inflight.set_function(lambda: reloader.admission.inflight)
+    admission = reloader.admission
+    state.metrics.inflight.set_function(lambda: admission.inflight)
+    state.metrics.queue_depth.labels("encode").set_function(lambda: admission.encoder.depth)
+    state.metrics.queue_depth.labels("search").set_function(lambda: admission.searcher.depth)
     await state.open_backends()  # Redis down is logged, never fatal
     await load_into(state)
     try:
@@ -114,4 +131,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.not_ready_reason = "the service is shutting down"
         state.metrics.index_items.set(0)
         state.metrics.index_created.set(0)
+        await admission.aclose()
         await state.close_backends()

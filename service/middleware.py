@@ -96,7 +96,10 @@ class BodyLimitMiddleware:
         await self.app(scope, limited_receive, send)
 
     def _error(self) -> StarletteHTTPException:
+        # `Connection: close`: the server drops the connection after the 413 instead of reading
+        # (and discarding) the rest of the body, so a client streaming 1 GB is cut off early.
         return StarletteHTTPException(
             413,
             f"request body is larger than {self.max_body_bytes} bytes (UNISERVE_MAX_BODY_BYTES)",
+            headers={"Connection": "close"},
         )

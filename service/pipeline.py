@@ -141,6 +141,7 @@ def build_and_publish(
         index_type=index_type,
         seed=seed,
         use_gpu=gpus > 0,
+        progress=progress,
     )
     build_seconds = time.perf_counter() - t0
 

@@ -30,10 +30,12 @@ import anyio.to_thread
 
 from index import (
     IndexRejectedError,
+    InvalidVersionError,
     Manifest,
     NoIndexError,
     RejectReason,
     check_servable,
+    check_version_id,
     current_version,
     list_versions,
     open_version,
@@ -132,6 +134,16 @@ def _embedder_for(manifest: Manifest, settings: Settings, current: Engine | None
     )
 
 
+def _point_current_at(root: Path, version: str) -> None:
+    """set_current unless CURRENT already names `version` (an unusable CURRENT is replaced)."""
+    try:
+        named = current_version(root)
+    except InvalidVersionError:
+        named = None
+    if named != version:
+        set_current(root, version)
+
+
 @dataclass(frozen=True)
 class SwapOutcome:
     changed: bool  # False: the asked-for version was already live
@@ -157,7 +169,7 @@ class Reloader:
     def __init__(self, state: AppState) -> None:
         self.state = state
         self.settings = state.settings
-        self.admission = Admission(state.settings.max_inflight)
+        self.admission = Admission.from_settings(state.settings, state.metrics.observe_batch)
         self.refused: str | None = None  # version the watcher last failed on: not retried
         self._lock = anyio.Lock()
 
@@ -172,7 +184,10 @@ class Reloader:
             live = self.state.engine
             target = version
             if target is None:
-                target = await anyio.to_thread.run_sync(current_version, self.root)
+                try:
+                    target = await anyio.to_thread.run_sync(current_version, self.root)
+                except (OSError, InvalidVersionError) as exc:  # CURRENT unreadable or hostile
+                    raise self._failed(None, exc) from exc
                 if target is None:
                     raise self._failed(None, NoIndexError(f"no CURRENT under {str(self.root)!r}"))
             if live is not None and live.index_version == target:
@@ -185,14 +200,20 @@ class Reloader:
             self._swap(engine)
             return self._outcome(engine, live, changed=True)
 
-    async def rollback(self) -> SwapOutcome:
-        """Swap to the newest version older than the live one that loads, then point CURRENT
-        at it. Versions that fail to load are skipped (and counted)."""
+    async def rollback(self, to: str | None = None) -> SwapOutcome:
+        """Swap to version `to`, or to the newest version older than the live one that loads,
+        then point CURRENT at it. Versions that fail to load are skipped (and counted); `to`
+        must load. The id is checked before any file is touched (`check_version_id`)."""
+        if to is not None:
+            return await self._rollback_to(to)
         async with self._lock:
             live = self.state.engine
             before = live.index_version if live is not None else None
             if before is None:
-                before = await anyio.to_thread.run_sync(current_version, self.root)
+                try:
+                    before = await anyio.to_thread.run_sync(current_version, self.root)
+                except (OSError, InvalidVersionError) as exc:
+                    raise self._failed(None, exc) from exc
             versions = await anyio.to_thread.run_sync(list_versions, self.root)
             older = [v for v in versions if before is None or v < before]
             errors: list[ReloadError] = []
@@ -220,6 +241,25 @@ class Reloader:
                 f"no version older than {before!r} could be loaded: "
                 + "; ".join(e.message for e in errors),
             )
+
+    async def _rollback_to(self, version: str) -> SwapOutcome:
+        try:
+            check_version_id(version)
+        except InvalidVersionError as exc:
+            raise self._failed(None, exc) from exc
+        async with self._lock:
+            live = self.state.engine
+            if live is not None and live.index_version == version:
+                engine, changed = live, False
+            else:
+                engine, changed = await self._open(version, live), True
+            try:
+                await anyio.to_thread.run_sync(_point_current_at, self.root, version)
+            except Exception as exc:
+                raise self._failed(version, exc) from exc
+            if changed:
+                self._swap(engine)
+            return self._outcome(engine, live, changed=changed)
 
     async def _open(self, version: str, live: Engine | None) -> Engine:
         load = functools.partial(
@@ -276,8 +316,8 @@ class Reloader:
         the watcher was last refused). Returns the outcome, None when nothing was swapped."""
         try:
             target = await anyio.to_thread.run_sync(current_version, self.root)
-        except OSError as exc:
-            log.warning("cannot read CURRENT under %s: %s", self.root, exc)
+        except (OSError, InvalidVersionError) as exc:
+            log.warning("cannot use CURRENT under %s: %s", self.root, exc)
             return None
         live = self.state.engine
         if target is None or target == self.refused:

@@ -1,9 +1,12 @@
 """Request and response bodies of the v1 HTTP API (pydantic v2).
 
-Requests forbid unknown fields. Ids (user, item, surface) may be JSON strings or integers and are
-always strings inside the service and in responses; booleans, floats, null and empty strings are
-rejected. Limits that come from settings (k, events, candidates, items per request) are checked
-by `check_limits`, since request models are defined at import time and settings are not.
+Requests forbid unknown fields. Ids (user, item, surface) may be JSON strings or integers (within
+±(2**53 - 1); 5.0 counts as 5, as in JSON Schema) and are always strings inside the service and
+in responses; booleans, fractional numbers, null and empty strings are rejected. Limits that come
+from settings (k, events, candidates, items per request) are checked by `check_limits`, since
+request models are defined at import time and settings are not; `settings_limits` puts them
+into the OpenAPI document. Fixed bounds (id and feature lengths, features per item, surfaces per
+request) are in the models themselves.
 """
 
 from __future__ import annotations
@@ -16,17 +19,25 @@ from pydantic import (
     ConfigDict,
     Field,
     StrictBool,
-    StrictInt,
+    StrictFloat,
     WithJsonSchema,
     model_validator,
 )
 from pydantic_core import PydanticCustomError
 
+from index.paths import MAX_VERSION_CHARS, VERSION_ID_PATTERN
 from service.errors import ErrorType, ServiceError
 from service.events import Event
 from service.settings import Settings
 
 MAX_ID_CHARS = 256  # longest id accepted, so ids cannot bloat keys and logs
+# Integer ids are exact in every JSON parser (IEEE doubles): |id| < 2**53.
+MIN_INT_ID, MAX_INT_ID = -(2**53 - 1), 2**53 - 1
+# Fixed bounds on what one request may hold besides the settings' limits (k, events, candidates,
+# items): each keeps the work and memory of a request proportional to what it is for.
+MAX_SURFACES = 1000  # surfaces one retrieve may filter on
+MAX_FEATURES = 64  # metadata fields of one item
+MAX_FEATURE_CHARS = 10_000  # one metadata value (a title, a description)
 
 
 def _json_type(value: Any) -> str:
@@ -39,12 +50,33 @@ def _json_type(value: Any) -> str:
     }.get(type(value), type(value).__name__)
 
 
+def _integral(value: Any) -> Any:
+    """A float with no fractional part as an int (JSON Schema counts 5.0 as an integer)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_INT_ID:
+        return int(value)
+    return value
+
+
+def _to_int(value: Any) -> int:
+    value = _integral(value)
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    raise PydanticCustomError(
+        "int_type", "must be an integer, got {kind}", {"kind": _json_type(value)}
+    )
+
+
 def _to_id(value: Any) -> str:
     if isinstance(value, str):
         if not value:
             raise PydanticCustomError("empty_id", "must not be an empty string")
         return value
+    value = _integral(value)
     if isinstance(value, int) and not isinstance(value, bool):
+        if not MIN_INT_ID <= value <= MAX_INT_ID:
+            raise PydanticCustomError(
+                "id_range", "an integer id must be within ±(2**53 - 1); send larger ids as strings"
+            )
         return str(value)
     raise PydanticCustomError(
         "id_type", "must be a string or an integer, got {kind}", {"kind": _json_type(value)}
@@ -69,7 +101,7 @@ Id = Annotated[
         {
             "anyOf": [
                 {"type": "string", "minLength": 1, "maxLength": MAX_ID_CHARS},
-                {"type": "integer"},
+                {"type": "integer", "minimum": MIN_INT_ID, "maximum": MAX_INT_ID},
             ]
         }
     ),
@@ -77,7 +109,14 @@ Id = Annotated[
 FeatureValue = Annotated[
     str,
     BeforeValidator(_to_feature),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "number"}]}),
+    Field(max_length=MAX_FEATURE_CHARS),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string", "maxLength": MAX_FEATURE_CHARS}, {"type": "number"}]}
+    ),
+]
+FeatureName = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+VersionId = Annotated[
+    str, Field(min_length=1, max_length=MAX_VERSION_CHARS, pattern=VERSION_ID_PATTERN)
 ]
 
 
@@ -96,15 +135,29 @@ def _too_many(field: str, got: int, limit: int, setting: str) -> ServiceError:
 class EventIn(_Strict):
     item_id: Id
     surface: Id | None = None  # None when unknown
-    ts: float | None = Field(None, allow_inf_nan=False)  # caller's timestamp, seconds
+    # caller's timestamp, seconds; strict: true / "1.5" are not numbers
+    ts: StrictFloat | None = Field(None, allow_inf_nan=False)
 
     def to_event(self) -> Event:
         return Event(self.item_id, self.surface or "", self.ts)
 
 
+def _one_of_given(*fields: str, non_empty: str | None = None) -> dict[str, Any]:
+    """JSON schema: at least one of `fields` present and not null (`non_empty`: and not {})."""
+
+    def given(name: str) -> dict[str, Any]:
+        rule: dict[str, Any] = {"not": {"type": "null"}}
+        if name == non_empty:
+            rule["minProperties"] = 1
+        return {"required": [name], "properties": {name: rule}}
+
+    return {"anyOf": [given(name) for name in fields]}
+
+
 class _UserRequest(_Strict):
     """A user given by id (stored events), by events, or both (stored events first)."""
 
+    model_config = ConfigDict(extra="forbid", json_schema_extra=_one_of_given("user_id", "events"))
     user_id: Id | None = None
     events: list[EventIn] | None = Field(None, min_length=1)  # oldest first
 
@@ -136,8 +189,8 @@ class EventsRequest(_Strict):
 
 
 class RetrieveRequest(_UserRequest):
-    k: StrictInt = Field(ge=1)
-    surfaces: list[Id] | None = Field(None, min_length=1)  # None = every surface
+    k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
+    surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # item ids never returned; unknown ignored
     exclude_seen: StrictBool = False  # also exclude every item in the user's history
 
@@ -164,9 +217,14 @@ class RankRequest(_UserRequest):
 
 
 class ItemIn(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra=_one_of_given("item_id", "surface", "features", non_empty="features"),
+    )
+
     item_id: Id | None = None  # known id: adds its learnt embedding; absent/unknown: cold start
     surface: Id | None = None
-    features: dict[str, FeatureValue] = Field(default_factory=dict)  # field -> value
+    features: dict[FeatureName, FeatureValue] = Field(default_factory=dict, max_length=MAX_FEATURES)
 
     @model_validator(mode="after")
     def _something_to_embed(self) -> ItemIn:
@@ -184,6 +242,29 @@ class ItemEmbedRequest(_Strict):
     def check_limits(self, settings: Settings) -> None:
         if len(self.items) > settings.max_items:
             raise _too_many("items", len(self.items), settings.max_items, "max_items")
+
+
+class RollbackRequest(_Strict):
+    """Body of POST /admin/rollback; without one, the newest older version that loads."""
+
+    to: VersionId  # the version to make live and CURRENT
+
+
+def settings_limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
+    """The settings' per-request limits as JSON-schema keywords by request model and field, for
+    the OpenAPI document (the models are built at import, before any settings exist)."""
+    events = {"events": {"maxItems": settings.max_events}}
+    return {
+        "UserEmbedRequest": events,
+        "EventsRequest": events,
+        "RetrieveRequest": {
+            **events,
+            "k": {"maximum": settings.max_k},
+            "exclude": {"maxItems": settings.max_candidates},
+        },
+        "RankRequest": {**events, "candidates": {"maxItems": settings.max_candidates}},
+        "ItemEmbedRequest": {"items": {"maxItems": settings.max_items}},
+    }
 
 
 # ---------------------------------------------------------------------------- responses
@@ -263,3 +344,4 @@ class ErrorBody(_Strict):
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (404, 413, 422, 429, 503)
 }
+AUTH_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403)}

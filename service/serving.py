@@ -15,6 +15,7 @@ stored events, and every event write, fails with `backend_unavailable` (503).
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -68,6 +69,7 @@ class ServingCore:
         on_cache: Callable[[str, str], None] | None = None,
         flights: SingleFlight[bytes] | None = None,
         budget: Callable[[], AbstractContextManager[object]] | None = None,
+        on_stage: Callable[[str, float], None] | None = None,
     ) -> None:
         self.engine = engine
         self.cache = cache
@@ -76,6 +78,7 @@ class ServingCore:
         self._on_cache = on_cache or (lambda op, result: None)
         self.flights = flights if flights is not None else SingleFlight()  # share across requests
         self._budget = budget or nullcontext
+        self._on_stage = on_stage or (lambda stage, seconds: None)
 
     # ------------------------------------------------------------------ history
     async def history(self, user_id: str | None, events: Sequence[Event] | None) -> UserHistory:
@@ -216,6 +219,7 @@ class ServingCore:
         exclude: Sequence[str] = (),
         exclude_seen: bool = False,
     ) -> bytes:
+        started = time.perf_counter()
         with self._budget():
             history = await self.history(user_id, events)
             surface_set = sorted(set(surfaces)) if surfaces is not None else None
@@ -245,7 +249,9 @@ class ServingCore:
                     }
                 )
 
-            return await self._cached("retrieve", key, compute)
+            body = await self._cached("retrieve", key, compute)
+        self._on_stage("total", time.perf_counter() - started)
+        return body
 
     async def rank(
         self, user_id: str | None, events: Sequence[Event] | None, candidates: Sequence[str]

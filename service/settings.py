@@ -10,8 +10,40 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_KEY_CHARS = 16
+# Values that ship in examples and templates: a key equal to one of these (case, spaces and
+# punctuation ignored), starting with "your" or holding a template mark was never set for real.
+_PLACEHOLDERS = frozenset(
+    {"changeme", "changemenow", "changethis", "secret", "secretkey", "password", "passwd",
+     "admin", "adminkey", "admintoken", "administrator", "apikey", "apitoken", "token", "key",
+     "default", "test", "testing", "example", "placeholder", "letmein", "qwerty", "none",
+     "null", "xxx", "todo", "fixme", "insecure", "notsecret"}
+)  # fmt: skip
+_PLACEHOLDER_MARKS = ("<", "${", "{{", "changeme", "change-me", "change_me", "replace",
+                      "example", "placeholder", "dummy")  # fmt: skip
+
+
+def weak_key_problem(key: str) -> str | None:
+    """Why `key` is unfit as an API or admin key (empty, short, a placeholder), or None."""
+    if not key.strip():
+        return "must not be empty"
+    lowered = key.strip().lower()
+    letters = "".join(c for c in lowered if c.isalnum())
+    if (
+        letters in _PLACEHOLDERS
+        or lowered.startswith("your")  # your-admin-key, your_api_key_here...
+        or any(mark in lowered for mark in _PLACEHOLDER_MARKS)
+    ):
+        return "is a known placeholder, not a secret"
+    if len(key) < MIN_KEY_CHARS:
+        return f"must be at least {MIN_KEY_CHARS} characters, got {len(key)}"
+    if len(set(key)) < 6:
+        return f"uses only {len(set(key))} distinct characters"
+    return None
+
 
 # Hard ceilings: a setting above these would let one request or one user pin unbounded memory.
 _MAX_K_CEILING = 100_000
@@ -19,7 +51,10 @@ _MAX_BODY_CEILING = 64 * 1024 * 1024  # 64 MiB
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="UNISERVE_", extra="forbid", frozen=True)
+    # hide_input_in_errors: a refused key must not be echoed; messages quote other bad values.
+    model_config = SettingsConfigDict(
+        env_prefix="UNISERVE_", extra="forbid", frozen=True, hide_input_in_errors=True
+    )
 
     # Artifacts. One data_dir holds both by default, so a fresh checkout needs no configuration.
     data_dir: Path = Path(".uniserve")  # root of the model and index directories below
@@ -52,6 +87,17 @@ class Settings(BaseSettings):
     # Model/index calls admitted at once (queued for a worker thread or running); beyond this a
     # request gets 429 at once: bounded latency under overload, at the price of rejections.
     max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 64
+
+    # Dynamic batching of user-encoder calls and ANN searches. Concurrent requests are
+    # coalesced into one forward pass / one FAISS search of up to batch_max_size; a free worker
+    # waits up to batch_max_wait_ms for more before running a batch that is not full (more: bigger
+    # batches at low load, for that much latency; 0, the default, adds no latency at low load,
+    # and under load batches fill by themselves while the previous one runs). batch_queue_size: requests waiting per stage; beyond it a request gets 429 at once,
+    # so a queue never holds more work than a latency bound allows: about the requests served
+    # within the latency target (lower: rejections sooner under overload, fewer bursts absorbed).
+    batch_max_size: Annotated[int, Field(ge=1, le=4096)] = 64
+    batch_max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
+    batch_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
 
     # Result cache: a longer TTL saves compute but keeps serving a result for longer after it
     # was computed (keys carry model, index and event versions, so never across a swap or new
@@ -91,14 +137,33 @@ class Settings(BaseSettings):
     # Intra-op threads for torch; None keeps torch's default (all cores). Fewer threads per call
     # leave cores to concurrent requests; more make a single large call faster.
     torch_threads: Annotated[int | None, Field(ge=1, le=1024)] = None
+    # OpenMP threads for FAISS searches; None keeps FAISS's default (all cores). A batched search
+    # splits its queries over these threads.
+    faiss_threads: Annotated[int | None, Field(ge=1, le=1024)] = None
 
     # Hot swap: how often CURRENT under the index root is checked for a new version (0 = never;
     # reload with POST /admin/reload). Shorter: replicas follow a publish sooner, for one small
     # file read per poll.
     index_poll_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0
-    # Bearer token of the /admin routes (reload, rollback); unset = they answer 403. At least 16
-    # characters: a short token can be guessed.
-    admin_token: SecretStr | None = None
+
+    # Auth (sent as `Authorization: Bearer <key>`, compared in constant time). api_key: needed by
+    # every /v1 route when set; unset = /v1 is open (fine on loopback, the default bind; set it
+    # before exposing the port). admin_key: the separate secret of /admin (reload, rollback);
+    # unset = admin routes are disabled (403). Each key only opens its own routes. Either, when
+    # set, must be 16+ characters, not a known placeholder ("changeme", "your-admin-key", ...)
+    # and unlike the other: a guessable or shared key fails at startup. Env only: never a flag.
+    api_key: SecretStr | None = None
+    admin_key: SecretStr | None = None
+    # Where /admin, /docs, /openapi.json and /metrics are served. admin_port unset: on the main
+    # port with the API. Set: the main port serves /v1, /healthz and /readyz only, and
+    # admin_host:admin_port (loopback by default) serves everything, so the exposed port carries
+    # no admin surface, docs or metrics, at the price of a second listener.
+    admin_host: str = "127.0.0.1"
+    admin_port: Annotated[int | None, Field(ge=1, le=65535)] = None
+    # Graceful shutdown: on SIGTERM/SIGINT the listeners close, requests in flight get this long
+    # to finish (then they are cancelled), Redis is closed and the process exits 0. Longer: fewer
+    # cut requests on a slow stop; shorter: deploys and scale-in wait less.
+    shutdown_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
 
     @field_validator("index_poll_seconds")
     @classmethod
@@ -107,16 +172,23 @@ class Settings(BaseSettings):
             raise ValueError(f"must be 0 (no polling) or at least 0.1 s, got {value}")
         return value
 
-    @field_validator("admin_token")
+    @field_validator("api_key", "admin_key")
     @classmethod
-    def _admin_token(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is None or not value.get_secret_value().strip():
-            return None
-        if len(value.get_secret_value()) < 16:
-            raise ValueError(  # the length only: never echo a secret
-                f"must be at least 16 characters, got {len(value.get_secret_value())}"
-            )
+    def _key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            problem = weak_key_problem(value.get_secret_value())
+            if problem:  # says why, never echoes the secret
+                raise ValueError(f"{problem}; unset the variable to disable what it guards")
         return value
+
+    @model_validator(mode="after")
+    def _separate(self) -> Settings:
+        keys = (self.api_key, self.admin_key)
+        if None not in keys and len({k.get_secret_value() for k in keys if k}) == 1:
+            raise ValueError("api_key and admin_key must be different secrets")
+        if self.admin_port is not None and self.admin_port == self.port:
+            raise ValueError(f"admin_port must differ from port, both are {self.port}")
+        return self
 
     @field_validator("redis_url")
     @classmethod
@@ -129,7 +201,7 @@ class Settings(BaseSettings):
             )
         return value
 
-    @field_validator("host", "sample", "index_type")
+    @field_validator("host", "admin_host", "sample", "index_type")
     @classmethod
     def _not_blank(cls, value: str) -> str:
         if not value.strip():

@@ -6,7 +6,9 @@ store, the cache key function and the settings validators.
 
 from __future__ import annotations
 
+import asyncio
 import shutil
+import threading
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -373,12 +375,60 @@ async def test_unhandled_errors_are_500_internal(serve: ServeFn, tmp_path: Path)
 async def test_overload_is_429_not_a_queue(api: Served) -> None:
     engine = api.state.engine
     assert engine is not None
+    ids, _ = catalogue(api)
+    body = {"events": history(api, 3, 301), "candidates": ids[:5].tolist()}
     engine.inflight = engine.max_inflight  # as if max_inflight calls were running
     try:
-        resp = await api.client.post("/v1/users/embed", json={"events": history(api, 3, 300)})
+        resp = await api.client.post("/v1/rank", json=body)
     finally:
         engine.inflight = 0
     assert "max_inflight" in assert_error(resp, 429, "overloaded")
+
+
+class BlockedEmbedder:
+    """Stands in for a model stuck in a long forward pass: holds the encode worker."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
+        self.release.wait(10)
+        return np.zeros((len(histories), 1), np.float32)
+
+
+@pytest.mark.anyio
+async def test_full_batch_queue_is_429_at_once(serve: ServeFn, uniserve_data_dir: Path) -> None:
+    from service.engine import EncodeJob
+
+    settings = Settings(
+        data_dir=uniserve_data_dir, bootstrap=False, batch_queue_size=1, batch_max_size=1
+    )
+    async with serve(settings) as served:
+        encoder = served.state.reloader.admission.encoder  # type: ignore[union-attr]
+        blocked = BlockedEmbedder()
+        job = EncodeJob(blocked, ([], []))  # type: ignore[arg-type]
+        held = [asyncio.ensure_future(encoder.submit(job))]  # runs, blocked
+        for _ in range(10_000):  # bounded waits: a bug fails the test instead of hanging it
+            if encoder.running == 1:
+                break
+            await asyncio.sleep(0.001)
+        held.append(asyncio.ensure_future(encoder.submit(job)))  # fills the queue of 1
+        for _ in range(10_000):
+            if encoder.depth == 1:
+                break
+            await asyncio.sleep(0.001)
+        try:
+            resp = await served.client.post(
+                "/v1/users/embed", json={"events": history(served, 3, 302)}
+            )
+        finally:
+            blocked.release.set()
+            await asyncio.gather(*held)
+        assert "encode queue is full" in assert_error(resp, 429, "overloaded")
+        metrics = (await served.client.get("/metrics")).text
+        assert 'uniserve_batch_size_count{stage="encode"}' in metrics
+        ok = await served.client.post("/v1/users/embed", json={"events": history(served, 3, 302)})
+        assert ok.status_code == 200  # recovers as soon as the queue drains
 
 
 class BrokenCache:

@@ -63,7 +63,7 @@ def hot_settings(data_dir: Path, **overrides: Any) -> Settings:
     base: dict[str, Any] = {
         "data_dir": data_dir,
         "bootstrap": False,
-        "admin_token": TOKEN,
+        "admin_key": TOKEN,
         "cache_ttl_seconds": 0,
         "index_poll_seconds": 0,
     }
@@ -398,7 +398,7 @@ async def test_the_background_watcher_swaps_without_being_asked(
 async def test_admin_routes_need_the_bearer_token(hot: Hot, serve: ServeFn, tmp_path: Path) -> None:
     async with serve(Settings(data_dir=tmp_path, bootstrap=False)) as served:
         message = assert_error(await served.client.post("/admin/reload"), 403, "forbidden")
-        assert "UNISERVE_ADMIN_TOKEN" in message
+        assert "UNISERVE_ADMIN_KEY" in message
     client = hot.served.client
     for headers in (
         {},
@@ -412,7 +412,7 @@ async def test_admin_routes_need_the_bearer_token(hot: Hot, serve: ServeFn, tmp_
     resp = await client.post("/admin/reload", headers=AUTH)
     assert SwapResponse.model_validate(resp.json()).changed is False
     with pytest.raises(ValidationError, match="at least 16 characters"):
-        Settings(admin_token="short")
+        Settings(admin_key="short-key-0123")
 
 
 # ---------------------------------------------------------------------------- rollback + pairs

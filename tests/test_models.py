@@ -2,16 +2,25 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
-from models.artifacts import load_model, model_fingerprint, read_config, save_model
+from models.artifacts import CONFIG_FILE, load_model, model_fingerprint, read_config, save_model
 from models.corpus import Corpus, EvalSet, ItemTable, Sequences
 from models.embedder import Embedder
-from models.evaluate import evaluate_model, evaluate_popularity, metrics_from_ranks
-from models.item_encoder import UNK_ID
-from models.train import TrainConfig, build_model, train
+from models.evaluate import evaluate_model, evaluate_popularity, metrics_from_ranks, sampled_metrics
+from models.item_encoder import FIRST_ITEM_ID, UNK_ID
+from models.train import (
+    TrainConfig,
+    build_model,
+    expected_negative_counts,
+    sampled_softmax_loss,
+    train,
+)
 from models.user_encoder import UserEncoder, UserEncoderConfig
 
 N_GROUPS = 20
@@ -201,6 +210,182 @@ def test_artifact_round_trip_is_exact(grouped: Corpus, trained, tmp_path) -> Non
             rtol=0,
             atol=0,
         )
+
+
+def _biased_model(grouped: Corpus, dim: int = 16):
+    """An untrained model with the item bias on and random (non-zero) biases."""
+    torch.manual_seed(0)
+    model, spec, vocab = build_model(
+        grouped, TrainConfig(dim=dim, max_len=10, item_bias=True, progress=False)
+    )
+    with torch.no_grad():
+        model.item_encoder.bias.weight.normal_(0.0, 0.5)
+    return model.eval(), spec, vocab
+
+
+def test_item_bias_served_inner_product_is_temperature_times_logit(grouped: Corpus) -> None:
+    """Served [u, 1] . [v, b] = cos(u, v) + b = temperature * the training logit, and the
+    training loss is the softmax of exactly those logits (reference computed from the parts)."""
+    model, _, vocab = _biased_model(grouped)
+    temperature = 0.1
+    histories = [(["i1", "i2", "i3"], ["s1", "s2", "s0"]), (["i40", "nope"], ["s1", "s1"])]
+    ids, surfaces, mask = vocab.batch(histories, 10)
+    rows = torch.arange(FIRST_ITEM_ID, len(vocab) + FIRST_ITEM_ID)
+    with torch.inference_mode():
+        served = model.user_vectors(ids, surfaces, mask) @ model.all_item_vectors().T  # (2, N)
+        enc = model.item_encoder
+        u = F.normalize(model.hidden(ids, surfaces, mask)[:, -1], dim=-1)  # (2, D)
+        tokens = model.item_tokens[rows]  # (N, F, L)
+        present = (tokens > 0).unsqueeze(-1).float()  # (N, F, L, 1)
+        pooled = (enc.text(tokens) * present).sum(-2) / present.sum(-2).clamp(min=1)  # (N, F, D)
+        raw = enc.id_embedding(rows) + pooled.sum(-2)  # (N, D)
+        for c, emb in enumerate(enc.categorical):
+            raw = raw + emb(model.item_cat[rows, c])
+        v = F.normalize(raw, dim=-1)  # (N, D)
+        logits = (u @ v.T + enc.bias.weight[rows, 0]) / temperature  # (2, N)
+    assert model.dim == 17
+    torch.testing.assert_close(served, temperature * logits, rtol=1e-5, atol=1e-5)
+
+    targets = torch.tensor([FIRST_ITEM_ID + 5, FIRST_ITEM_ID + 7])
+    negatives = torch.tensor([FIRST_ITEM_ID + i for i in (0, 5, 9, 300)])
+    log_q = torch.linspace(-3.0, -1.0, len(vocab) + FIRST_ITEM_ID)
+    with torch.inference_mode():
+        loss = sampled_softmax_loss(
+            model, model.user_vectors(ids, surfaces, mask), targets, negatives, log_q, temperature
+        )
+    ref = 0.0
+    for m in range(2):
+        t = int(targets[m]) - FIRST_ITEM_ID
+        pos = logits[m, t] - log_q[targets[m]]
+        negs = [
+            logits[m, int(n) - FIRST_ITEM_ID] - log_q[n] for n in negatives if int(n) != targets[m]
+        ]
+        ref += float(torch.logsumexp(torch.stack([pos, *negs]), 0) - pos) / 2
+    assert float(loss) == pytest.approx(ref, rel=1e-5)
+
+
+def test_item_bias_serves_consistent_vectors(grouped: Corpus, tmp_path) -> None:
+    """With the bias on, every Embedder method returns D + 1 columns; config.json carries the
+    flag; the evaluation paths and the engine's scoring (item_vectors @ user) agree."""
+    model, spec, vocab = _biased_model(grouped)
+    save_model(model, spec, vocab, grouped.items, tmp_path, name="biased")
+    assert read_config(tmp_path)["model"]["item"]["bias"] is True
+    emb = Embedder.from_dir(tmp_path)
+    assert emb.model.config.item.bias and emb.dim == 17
+    items = emb.item_vectors()
+    users = emb.user_vectors([(["i1", "i2"], ["s1", "s2"]), ([], [])])
+    assert items.shape == (len(grouped.items), 17) and users.shape == (2, 17)
+    np.testing.assert_array_equal(users[:, -1], 1.0)
+    bias = model.item_encoder.bias.weight.detach().numpy()[:, 0]
+    np.testing.assert_allclose(items[:, -1], bias[FIRST_ITEM_ID:], rtol=1e-6)
+    np.testing.assert_allclose(np.linalg.norm(items[:, :-1], axis=1), 1.0, rtol=1e-5)
+    # a known id gets its catalogue vector; an unknown one the metadata vector and UNK's bias
+    title = str(grouped.items.text["title"][3])
+    known, cold = emb.embed_items([("i3", "s0", {"title": title}), (None, "s0", {"title": "x"})])
+    np.testing.assert_allclose(known, items[3], rtol=1e-5, atol=1e-6)
+    assert cold.shape == (17,) and cold[-1] == pytest.approx(bias[UNK_ID])
+    assert emb.embed_items([]).shape == (0, 17) and emb.user_vectors([]).shape == (0, 17)
+    # evaluation scores with the served vectors: full-catalogue and per-epoch sampled paths agree
+    loaded = emb.model
+    full = evaluate_model(loaded, vocab, grouped.test)["all"]["sampled"]
+    assert sampled_metrics(loaded, vocab, grouped.test)["ndcg@10"] == pytest.approx(full["ndcg@10"])
+    # the engine's /v1/rank score is the same inner product
+    scores = items @ users[0]
+    with torch.inference_mode():
+        ids, surfaces, mask = vocab.batch([(["i1", "i2"], ["s1", "s2"])], 10)
+        ref = loaded.user_vectors(ids, surfaces, mask) @ loaded.all_item_vectors().T
+    np.testing.assert_allclose(scores, ref[0].numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_config_without_item_bias_key_loads_with_bias_off(
+    grouped: Corpus, trained, tmp_path
+) -> None:
+    save_model(trained.model, trained.spec, trained.vocab, grouped.items, tmp_path, name="old")
+    path = tmp_path / CONFIG_FILE
+    raw = json.loads(path.read_text())
+    del raw["model"]["item"]["bias"]  # a model directory written before the flag existed
+    path.write_text(json.dumps(raw))
+    emb = Embedder.from_dir(tmp_path)
+    assert emb.model.config.item.bias is False and emb.dim == 32
+    assert emb.item_vectors().shape == (len(grouped.items), 32)
+
+
+def _zipf_corpus(n: int = 100, users: int = 200, length: int = 20) -> Corpus:
+    """Events drawn i.i.d. from a Zipf law over ``n`` items: a history says nothing about the
+    next item, so the best a model can do is rank by popularity."""
+    rng = np.random.default_rng(0)
+    p = 1.0 / np.arange(1, n + 1)
+    items = ItemTable(
+        np.array([f"z{i}" for i in range(n)], dtype=object), np.array(["s0"] * n, dtype=object)
+    )
+    seqs = [[f"z{i}" for i in rng.choice(n, size=length, p=p / p.sum())] for _ in range(users)]
+    train_seqs = Sequences.from_lists(
+        [f"u{u}" for u in range(users)], seqs, [["s0"] * length for _ in seqs]
+    )
+    empty = EvalSet(
+        Sequences.from_lists([], [], []), *(np.array([], dtype=object) for _ in range(3))
+    )
+    return Corpus("zipf", items, train_seqs, empty, empty)
+
+
+def test_expected_negative_counts_match_simulated_draws() -> None:
+    """q is the mean number of copies of each item in a step's negatives (with replacement,
+    so above 1 for popular items), checked against simulated draws."""
+    rng = np.random.default_rng(0)
+    counts = np.array([0, 0, 500, 200, 50, 10, 1, 0], dtype=np.float64)  # rows 0, 1: pad, UNK
+    q = expected_negative_counts(counts, in_batch=16, uniform=8)
+    draws = np.zeros(len(counts))
+    trials = 20_000
+    for _ in range(trials):
+        by_freq = rng.choice(len(counts), size=16, p=counts / counts.sum())
+        uniform = rng.integers(FIRST_ITEM_ID, len(counts), size=8)
+        draws += np.bincount(np.concatenate([by_freq, uniform]), minlength=len(counts))
+    np.testing.assert_allclose(q[FIRST_ITEM_ID:], draws[FIRST_ITEM_ID:] / trials, rtol=0.03)
+    assert q[FIRST_ITEM_ID] > 1.0
+
+
+def test_training_with_item_bias_learns_popularity() -> None:
+    """With popularity the only signal, the learnt biases (sparse optimiser) and the served
+    scores follow training frequency, with the default popularity-drawn negatives too."""
+    corpus = _zipf_corpus()
+    cfg = TrainConfig(dim=16, epochs=3, batch_size=32, num_negatives=64, max_len=20)
+    result = train(corpus, TrainConfig(**{**cfg.__dict__, "item_bias": True, "progress": False}))
+    assert result.model.dim == 17
+    log_counts = np.log1p(
+        np.bincount(result.vocab.item_rows(corpus.train.item_id), minlength=len(result.vocab))
+    )
+    bias = result.model.item_encoder.bias.weight.detach().numpy()[FIRST_ITEM_ID:, 0]
+    assert np.corrcoef(log_counts, bias)[0, 1] > 0.35
+    ids, surfaces, mask = result.vocab.batch([(["z5", "z3"], ["s0", "s0"])], 20)
+    with torch.inference_mode():
+        model = result.model
+        scores = (model.user_vectors(ids, surfaces, mask) @ model.all_item_vectors().T)[0]
+    assert np.corrcoef(log_counts, scores.numpy())[0, 1] > 0.5
+
+
+def test_popularity_prior_adds_log_counts_to_the_trained_bias() -> None:
+    """The prior is added after training: the same run without it differs only in the bias,
+    by exactly weight * log(1 + training count); UNK (cold start) gets none."""
+    corpus = _zipf_corpus()
+    cfg = TrainConfig(
+        dim=16, batch_size=32, num_negatives=64, max_len=20, max_steps=3, progress=False
+    )
+    plain = train(corpus, TrainConfig(**{**cfg.__dict__, "item_bias": True}))
+    prior = train(
+        corpus, TrainConfig(**{**cfg.__dict__, "item_bias": True, "popularity_prior": 0.2})
+    )
+    # every sequence fits one left-padded window, so each event is counted once
+    counts = np.bincount(prior.vocab.item_rows(corpus.train.item_id), minlength=len(prior.vocab))
+    added = (prior.model.item_encoder.bias.weight - plain.model.item_encoder.bias.weight).detach()[
+        :, 0
+    ]  # (N + 2,)
+    np.testing.assert_allclose(added[FIRST_ITEM_ID:], 0.2 * np.log1p(counts), rtol=1e-5)
+    assert added[UNK_ID] == 0.0
+    for name, value in plain.model.state_dict().items():
+        if name != "item_encoder.bias.weight":
+            assert torch.equal(value, prior.model.state_dict()[name]), name
+    with pytest.raises(ValueError, match="needs item_bias"):
+        TrainConfig(popularity_prior=0.2)
 
 
 def test_metrics_from_ranks_matches_definitions() -> None:

@@ -2,50 +2,37 @@
 
 Both answer once the swap is done or refused: the version is loaded, checked and warmed in a
 worker thread while the old one keeps serving, then swapped in. A refusal is 409
-`index_rejected` naming the reason, and the old version keeps serving. The routes need
-`Authorization: Bearer <UNISERVE_ADMIN_TOKEN>`; with no token configured they answer 403.
+`index_rejected` naming the reason, and the old version keeps serving. Rollback takes an
+optional body `{"to": "<version>"}`; the id must match `index.VERSION_ID_PATTERN` (422
+otherwise, before any file is touched). The routes need `Authorization: Bearer
+<UNISERVE_ADMIN_KEY>`, checked by `service.auth.AuthMiddleware` before they run; with no admin
+key configured they answer 403.
 """
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Awaitable
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends, Header
+from fastapi import APIRouter, Security
 
-from service.deps import ReloaderDep, SettingsDep
+from service.auth import ADMIN_KEY
+from service.deps import ReloaderDep
 from service.errors import ErrorType, ServiceError
 from service.reloader import ReloadError, SwapOutcome
-from service.schemas import ErrorBody, SwapResponse
+from service.routes._json import StrictJSONRoute
+from service.schemas import ErrorBody, RollbackRequest, SwapResponse
 
 ADMIN_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody} for code in (401, 403, 409, 503)
+    code: {"model": ErrorBody} for code in (401, 403, 409, 413, 422, 503)
 }
 
-
-def require_admin(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> None:
-    """403 while no admin token is configured; 401 unless the request bears it."""
-    if settings.admin_token is None:
-        raise ServiceError(
-            ErrorType.FORBIDDEN,
-            "admin routes are disabled: set UNISERVE_ADMIN_TOKEN (16+ characters) and send "
-            "it as 'Authorization: Bearer <token>'",
-        )
-    scheme, _, given = (authorization or "").partition(" ")
-    expected = settings.admin_token.get_secret_value().encode()
-    if scheme.lower() != "bearer" or not secrets.compare_digest(given.strip().encode(), expected):
-        raise ServiceError(
-            ErrorType.UNAUTHORIZED,
-            "send the admin token as 'Authorization: Bearer <token>'",
-            headers={"WWW-Authenticate": "Bearer"},
-        )
-
-
 router = APIRouter(
-    prefix="/admin", tags=["admin"], dependencies=[Depends(require_admin)], responses=ADMIN_ERRORS
+    prefix="/admin",
+    tags=["admin"],
+    dependencies=[Security(ADMIN_KEY)],  # documents the scheme; AuthMiddleware enforces it
+    responses=ADMIN_ERRORS,
+    route_class=StrictJSONRoute,
 )
 
 
@@ -70,6 +57,6 @@ async def reload(reloader: ReloaderDep) -> SwapResponse:
 
 
 @router.post("/rollback")
-async def rollback(reloader: ReloaderDep) -> SwapResponse:
-    """Swap back to the newest older version that loads, and point CURRENT at it."""
-    return await _answer(reloader.rollback())
+async def rollback(reloader: ReloaderDep, req: RollbackRequest | None = None) -> SwapResponse:
+    """Swap to `to`, or back to the newest older version that loads; point CURRENT at it."""
+    return await _answer(reloader.rollback(req.to if req is not None else None))

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.deps import ServingDep, SettingsDep
-from service.routes._json import json_bytes
+from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, EventsRequest, EventsResponse
 
-router = APIRouter(tags=["events"])
+router = APIRouter(tags=["events"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/events", response_model=EventsResponse, responses=ERROR_RESPONSES)

@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.deps import ServingDep, SettingsDep
-from service.routes._json import json_bytes
+from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, ItemEmbedRequest, ItemEmbedResponse
 
-router = APIRouter(tags=["items"])
+router = APIRouter(tags=["items"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/items/embed", response_model=ItemEmbedResponse, responses=ERROR_RESPONSES)

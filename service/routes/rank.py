@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.deps import ServingDep, SettingsDep
-from service.routes._json import json_bytes
+from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, RankRequest, RankResponse
 
-router = APIRouter(tags=["retrieval"])
+router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES)

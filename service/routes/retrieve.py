@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.deps import ServingDep, SettingsDep
-from service.routes._json import json_bytes
+from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, RetrieveRequest, RetrieveResponse
 
-router = APIRouter(tags=["retrieval"])
+router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERROR_RESPONSES)

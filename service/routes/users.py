@@ -6,10 +6,10 @@ from fastapi import APIRouter
 from starlette.responses import Response
 
 from service.deps import ServingDep, SettingsDep
-from service.routes._json import json_bytes
+from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, UserEmbedRequest, UserEmbedResponse
 
-router = APIRouter(tags=["users"])
+router = APIRouter(tags=["users"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/users/embed", response_model=UserEmbedResponse, responses=ERROR_RESPONSES)
