@@ -92,9 +92,10 @@ class Settings(BaseSettings):
     # coalesced into one forward pass / one FAISS search of up to batch_max_size; a free worker
     # waits up to batch_max_wait_ms for more before running a batch that is not full (more: bigger
     # batches at low load, for that much latency; 0, the default, adds no latency at low load,
-    # and under load batches fill by themselves while the previous one runs). batch_queue_size: requests waiting per stage; beyond it a request gets 429 at once,
-    # so a queue never holds more work than a latency bound allows: about the requests served
-    # within the latency target (lower: rejections sooner under overload, fewer bursts absorbed).
+    # and under load batches fill by themselves while the previous one runs).
+    # batch_queue_size: requests waiting per stage; beyond it a request gets 429 at once, so a
+    # queue never holds more work than a latency bound allows: about the requests served within
+    # the latency target (lower: rejections sooner under overload, fewer bursts absorbed).
     batch_max_size: Annotated[int, Field(ge=1, le=4096)] = 64
     batch_max_wait_ms: Annotated[float, Field(ge=0.0, le=1000.0)] = 0.0
     batch_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
