@@ -171,23 +171,18 @@ class Admission:
         self.worker_threads = worker_threads or min(max_inflight, os.cpu_count() or 1)
         self.inflight = 0
         self._limiter: anyio.CapacityLimiter | None = None  # made on first use, in the loop
-        b = batching or BatchingConfig()
-        self.batching = b
-        self.encoder: Batcher[EncodeJob, np.ndarray] = Batcher(
-            encode_batch,
-            name="encode",
+        b = self.batching = batching or BatchingConfig()
+        stage = functools.partial(
+            Batcher,
             max_batch=b.max_batch,
             max_wait=b.max_wait,
             max_queue=b.max_queue,
             on_batch=on_batch,
         )
-        self.searcher: Batcher[SearchJob, tuple[list[str], np.ndarray]] = Batcher(
+        self.encoder: Batcher[EncodeJob, np.ndarray] = stage(encode_batch, name="encode")
+        self.searcher: Batcher[SearchJob, tuple[list[str], np.ndarray]] = stage(
             search_batch,
             name="search",
-            max_batch=b.max_batch,
-            max_wait=b.max_wait,
-            max_queue=b.max_queue,
-            on_batch=on_batch,
             thread_init=functools.partial(_set_faiss_threads, b.faiss_threads),
         )
 
