@@ -415,7 +415,7 @@ class Client:
                 b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
             )
-            status, length, close = await asyncio.wait_for(self._read(reader), timeout)
+            status, close = await asyncio.wait_for(self._read(reader), timeout)
         except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
             writer.close()
             self.open -= 1
@@ -425,11 +425,11 @@ class Client:
             self.open -= 1
         else:
             self.idle.append((reader, writer, time.monotonic()))
-        del length
         return status
 
     @staticmethod
-    async def _read(reader: asyncio.StreamReader) -> tuple[int, int, bool]:
+    async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
+        """(status, whether the server closes the connection); the body is read and dropped."""
         status = int((await reader.readline()).split()[1])
         length, close = 0, False
         while (line := await reader.readline()) not in (b"\r\n", b""):
@@ -440,7 +440,7 @@ class Client:
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
         await reader.readexactly(length)
-        return status, length, close
+        return status, close
 
     def close(self) -> None:
         for _, writer, _ in self.idle:

@@ -343,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
         "serve",
         help="serve the HTTP API (trains and indexes the sample on first start)",
         description="Serve the HTTP API. Flags override the UNISERVE_* variables (README: "
-        "Configuration); the keys are read from the environment only: UNISERVE_API_KEY (required by /v1 when set) and "
-        "UNISERVE_ADMIN_KEY (required by /admin; unset = admin routes answer 403), sent as "
+        "Configuration); the keys are read from the environment only: UNISERVE_API_KEY "
+        "(required by /v1 when set) and UNISERVE_ADMIN_KEY (required by /admin; unset = "
+        "admin routes answer 403), sent as "
         "'Authorization: Bearer <key>'; an empty, short or placeholder key fails at start. "
         "On SIGTERM / SIGINT the listeners close, requests in flight finish (at most "
         "UNISERVE_SHUTDOWN_TIMEOUT_SECONDS, default 30), Redis is closed and the exit "

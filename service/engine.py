@@ -198,13 +198,6 @@ class Admission:
         )
         return cls(settings.max_inflight, batching=batching, on_batch=on_batch)
 
-    @property
-    def queued(self) -> int:
-        """Requests waiting in a batcher queue or in a running batch, both stages."""
-        return (
-            self.encoder.depth + self.encoder.running + self.searcher.depth + self.searcher.running
-        )
-
     async def aclose(self) -> None:
         await self.encoder.aclose()
         await self.searcher.aclose()

@@ -63,8 +63,8 @@ def load_engine(settings: Settings, admission: Admission | None = None) -> Engin
 
 def freeze_heap() -> None:
     """Move every object alive now (model, index, catalogue ids) out of the garbage collector's
-    view: full collections then scan only what requests allocate instead of millions of
-    long-lived objects, which otherwise stall the event loop for tens of milliseconds."""
+    view: full collections then scan only what requests allocate, not everything loaded at
+    startup (a full collection runs on the event loop and pauses every request)."""
     gc.collect()
     gc.freeze()
 
