@@ -1,6 +1,8 @@
-"""FAISS item index: build, filtered thread-safe search, recall, tuning, gate, atomic publish."""
+"""FAISS item index: build, filtered thread-safe search, recall, tuning, gate, atomic publish,
+and MUVERA multi-vector retrieval (FDEs + exact Chamfer re-ranking)."""
 
 from index.build import build_index, faiss_gpus
+from index.fde import FDEConfig
 from index.gate import check_servable, check_vectors_finite, gate_build
 from index.item_index import ItemIndex
 from index.manifest import (
@@ -12,12 +14,14 @@ from index.manifest import (
     RejectReason,
     sha256_file,
 )
+from index.multi import MultiIndex, build_multi_index
 from index.paths import VERSION_ID_PATTERN, InvalidVersionError, check_version_id
 from index.publish import (
     current_version,
     list_versions,
     load_current,
     load_version,
+    open_multi,
     open_version,
     previous_version,
     prune_versions,
@@ -33,15 +37,18 @@ __all__ = [
     "DEFAULT_TARGET_RECALL",
     "FORMAT_VERSION",
     "VERSION_ID_PATTERN",
+    "FDEConfig",
     "IndexIntegrityError",
     "IndexRejectedError",
     "InvalidVersionError",
     "ItemIndex",
     "Manifest",
+    "MultiIndex",
     "NoIndexError",
     "RejectReason",
     "TuneResult",
     "build_index",
+    "build_multi_index",
     "check_servable",
     "check_vectors_finite",
     "check_version_id",
@@ -52,6 +59,7 @@ __all__ = [
     "list_versions",
     "load_current",
     "load_version",
+    "open_multi",
     "open_version",
     "previous_version",
     "prune_versions",

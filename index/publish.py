@@ -32,6 +32,7 @@ from index.manifest import (
     RejectReason,
     sha256_file,
 )
+from index.multi import MULTI_FILES, MultiIndex
 from index.paths import (
     MAX_VERSION_CHARS,
     VERSIONS_DIR,
@@ -57,9 +58,12 @@ def publish(
     recall_at_10: float | None = None,
     keep: int = 3,
     extra: dict[str, Any] | None = None,
+    multi: MultiIndex | None = None,
 ) -> Manifest:
     """Write `index` as a new version under `root`, make it CURRENT, prune old versions.
 
+    With `multi` (a MUVERA index over the same rows), its files are written, hashed and
+    described (FDE config and seed) under the manifest's `extra["muvera"]` too.
     Returns the new version's manifest. `keep` newest versions survive pruning, plus the live one.
     """
     if isinstance(keep, bool) or not isinstance(keep, int) or keep < 1:
@@ -73,6 +77,14 @@ def publish(
     tmp.mkdir()
     try:
         names = index.save(tmp)
+        if multi is not None:
+            if multi.count != index.count:
+                raise ValueError(f"multi-vector index has {multi.count} rows, index {index.count}")
+            names += multi.save(tmp)
+            extra = {
+                **(extra or {}),
+                "muvera": {**(extra or {}).get("muvera", {}), **multi.describe()},
+            }
         files = {}
         for name in names:
             _fsync_file(tmp / name)
@@ -194,6 +206,20 @@ def open_version(root: Path, manifest: Manifest) -> ItemIndex:
             f"manifest says {stated}"
         )
     return index
+
+
+def open_multi(root: Path, manifest: Manifest, index: ItemIndex) -> MultiIndex | None:
+    """The version's MUVERA index (rows those of `index`), or None when it was built without
+    multi-vectors. Files are read only when the manifest hashes every one of them."""
+    present = [name for name in MULTI_FILES if name in manifest.files]
+    if not present and "muvera" not in manifest.extra:
+        return None
+    unlisted = sorted(set(MULTI_FILES) - set(manifest.files))
+    if unlisted:
+        raise IndexIntegrityError(
+            f"manifest of {manifest.version!r} has no sha256 for {unlisted}; refusing to read them"
+        )
+    return MultiIndex.load(_version_dir(root, manifest.version), index)
 
 
 def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:

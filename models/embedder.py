@@ -17,6 +17,7 @@ import torch
 from models.artifacts import load_model, model_fingerprint
 from models.features import SURFACE_FIELD, FeatureSpec
 from models.item_encoder import FIRST_ITEM_ID, UNK_ID
+from models.multi import item_facet_vectors, user_interest_vectors
 from models.recommender import Recommender
 from models.vocab import History, Ids, Vocab
 
@@ -79,6 +80,39 @@ class Embedder:
         return (
             np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
         )
+
+    def user_multi_vectors(
+        self, histories: Sequence[History], num_interests: int = 4, batch_size: int = 256
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Interest vectors (B, K, D) float32 and their (B, K) bool mask (see models/multi.py);
+        interest 0 is the single user vector."""
+        vecs, masks = [], []
+        with torch.inference_mode():
+            for lo in range(0, len(histories), batch_size):
+                ids, surfaces, mask = self.vocab.batch(
+                    histories[lo : lo + batch_size], self.max_len
+                )
+                v, m = user_interest_vectors(self.model, ids, surfaces, mask, num_interests)
+                vecs.append(v.numpy())
+                masks.append(m.numpy())
+        if not vecs:
+            return np.zeros((0, num_interests, self.dim), np.float32), np.zeros(
+                (0, num_interests), bool
+            )
+        return np.concatenate(vecs).astype(np.float32), np.concatenate(masks)
+
+    def item_multi_vectors(self, batch_size: int = 65536) -> tuple[np.ndarray, np.ndarray]:
+        """Facet vectors of every catalogue item (N, F, D) float32 and their (N, F) bool mask:
+        the served vector, the id part and one part per metadata field (see models/multi.py)."""
+        n = len(self.item_ids)
+        vecs, masks = [], []
+        with torch.inference_mode():
+            for lo in range(0, n, batch_size):
+                ids = torch.arange(lo, min(n, lo + batch_size)) + FIRST_ITEM_ID
+                v, m = item_facet_vectors(self.model, ids)
+                vecs.append(v.numpy().astype(np.float32))
+                masks.append(m.numpy())
+        return np.concatenate(vecs), np.concatenate(masks)
 
     def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 vectors from (item id or None, surface or None, metadata).

@@ -19,6 +19,7 @@ import torch
 
 from models.corpus import Corpus, EvalSet
 from models.item_encoder import FIRST_ITEM_ID
+from models.matryoshka import truncate_np
 from models.recommender import Recommender
 from models.vocab import Vocab
 
@@ -105,14 +106,34 @@ def evaluate_model(
     ks: Sequence[int] = (10, 20),
     num_negatives: int = 100,
     seed: int = 0,
+    dim: int | None = None,
+    item_model: Recommender | None = None,
+    full_ranking: bool = True,
 ) -> dict:
-    """Metrics of the model on ``eval_set``, overall and per group."""
-    with torch.inference_mode():
-        model.eval()
-        items = model.all_item_vectors().numpy()  # (N, D)
-    users = user_vectors_for(model, vocab, eval_set)  # (U, D)
+    """Metrics of the model on ``eval_set``, overall and per group; with ``dim``, of the
+    Matryoshka prefix of that many dimensions; with ``item_model`` (same catalogue), this
+    model's user vectors against that model's item vectors (backward compatibility); without
+    ``full_ranking``, the sampled protocol only (cheap: no scoring of the whole catalogue)."""
+    users, items = _vectors(model, vocab, eval_set, dim)
+    if item_model is not None:
+        with torch.inference_mode():
+            items = item_model.eval().all_item_vectors().numpy()  # (N, D)
+        if items.shape != (len(vocab), users.shape[1]):
+            raise ValueError(
+                f"item model vectors {items.shape} do not fit {len(vocab)} items x "
+                f"{users.shape[1]} dims"
+            )
     rows = vocab.item_rows(eval_set.target_item)
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
+    if not full_ranking:  # the sampled protocol alone: 1 + K scores per user, not N
+        candidates = np.concatenate([np.maximum(rows, 0)[:, None], negatives], axis=1)
+        scores = np.einsum("ud,ukd->uk", users, items[candidates])  # (U, 1 + K)
+        sampled = (scores[:, 1:] >= scores[:, :1]).sum(1).astype(np.float64)
+        sampled[rows < 0] = np.inf
+        report = _report(eval_set, sampled, sampled, ks)
+        for res in report.values():
+            res.pop("full")
+        return report
     full, sampled = rank_targets(lambda idx: users[idx] @ items.T, rows, negatives)
     return _report(eval_set, full, sampled, ks)
 
@@ -159,3 +180,100 @@ def evaluate_popularity(
         lambda idx: np.broadcast_to(counts, (len(idx), len(counts))), rows, negatives
     )
     return _report(eval_set, full, sampled, ks)
+
+
+def _vectors(
+    model: Recommender, vocab: Vocab, eval_set: EvalSet, dim: int | None
+) -> tuple[np.ndarray, np.ndarray]:
+    """(users (U, d), items (N, d)) float32: served vectors, or their ``dim`` prefix."""
+    with torch.inference_mode():
+        model.eval()
+        items = model.all_item_vectors().numpy()  # (N, D)
+    users = user_vectors_for(model, vocab, eval_set)  # (U, D)
+    if dim is not None and dim != model.dim:
+        norm = model.config.item.normalize
+        users, items = truncate_np(users, dim, norm), truncate_np(items, dim, norm)
+    return users, items
+
+
+def popularity_scores(corpus: Corpus, vocab: Vocab, seed: int = 0) -> np.ndarray:
+    """Training frequency of each catalogue item (N,), with the seeded tie-breaking jitter."""
+    train_rows = vocab.item_rows(corpus.train.item_id)
+    counts = np.bincount(train_rows[train_rows >= 0], minlength=len(vocab)).astype(np.float64)
+    return counts + np.random.default_rng(seed + 1).uniform(0, 0.5, len(vocab))
+
+
+def within_surface_ranks(
+    scorer: Scorer,
+    target_rows: np.ndarray,
+    target_surfaces: np.ndarray,
+    item_surfaces: np.ndarray,
+    batch_size: int = 128,
+) -> np.ndarray:
+    """0-based rank of each target among the catalogue items of its own surface (U,).
+
+    What ``/v1/retrieve`` with ``surfaces=[s]`` ranks: only items whose catalogue surface is
+    the target event's surface. A target unknown to the catalogue, or listed under another
+    surface, is a miss (``inf``).
+    """
+    ranks = np.full(len(target_rows), np.inf)
+    for surface in sorted(set(target_surfaces.tolist())):
+        cols = np.flatnonzero(item_surfaces == surface)  # (N_s,)
+        members = np.flatnonzero(target_surfaces == surface)
+        ok = members[(target_rows[members] >= 0)]
+        ok = ok[item_surfaces[target_rows[ok]] == surface]
+        for lo in range(0, len(ok), batch_size):
+            idx = ok[lo : lo + batch_size]
+            scores = scorer(idx)  # (b, N)
+            target = scores[np.arange(len(idx)), target_rows[idx]][:, None]  # (b, 1)
+            ranks[idx] = (scores[:, cols] >= target).sum(1) - 1
+    return ranks
+
+
+def evaluate_within_surface(
+    model: Recommender | None,
+    vocab: Vocab,
+    item_surfaces: np.ndarray,
+    eval_set: EvalSet,
+    *,
+    popularity: np.ndarray | None = None,
+    cold_items: Sequence[str] = (),
+    ks: Sequence[int] = (10, 20),
+    dim: int | None = None,
+) -> dict[str, dict[str, object]]:
+    """Full ranking within the target's surface, per target surface (and warm / cold target).
+
+    Scores by the model, or by ``popularity`` (N,) when ``model`` is None. Groups: "all",
+    "surface=S", and with ``cold_items`` (ids never trained on) "warm", "cold", "S/warm",
+    "S/cold". Each group: {"n", metrics...}.
+    """
+    rows = vocab.item_rows(eval_set.target_item)
+    if model is not None:
+        users, items = _vectors(model, vocab, eval_set, dim)
+        ranks = within_surface_ranks(
+            lambda idx: users[idx] @ items.T, rows, eval_set.target_surface, item_surfaces
+        )
+    else:
+        if popularity is None:
+            raise ValueError("give a model or popularity scores")
+        scores = popularity
+        ranks = within_surface_ranks(
+            lambda idx: np.broadcast_to(scores, (len(idx), len(scores))),
+            rows,
+            eval_set.target_surface,
+            item_surfaces,
+        )
+    surf = eval_set.target_surface.astype(str)
+    labels: dict[str, np.ndarray] = {"all": np.ones(len(rows), bool)}
+    for s in sorted(set(surf.tolist())):
+        labels[f"surface={s}"] = surf == s
+    if len(cold_items):
+        cold = np.isin(eval_set.target_item.astype(str), np.asarray(cold_items, dtype=str))
+        labels["warm"], labels["cold"] = ~cold, cold
+        for s in sorted(set(surf.tolist())):
+            labels[f"{s}/warm"] = (surf == s) & ~cold
+            labels[f"{s}/cold"] = (surf == s) & cold
+    return {
+        name: {"n": int(sel.sum()), **metrics_from_ranks(ranks[sel], ks)}
+        for name, sel in labels.items()
+    }

@@ -42,6 +42,8 @@ class ItemEncoderConfig:
     # carry how broadly relevant it is (popularity), at the price of a less metric-like index
     bias: bool = False  # a learnt per-item score bias (popularity prior), served as a last
     # vector column (so inner-product search still ranks by it); absent from old configs: off
+    metadata: bool = True  # add the metadata fields; False: an id-only item table (the id-only
+    # baseline: a cold item is then the UNK vector); absent from old configs: on
 
     def __post_init__(self) -> None:
         if self.num_items < 1 or self.dim < 1:
@@ -79,9 +81,9 @@ class ItemEncoder(nn.Module):
             drop = torch.rand(ids.shape, device=ids.device) < self.config.id_dropout
             ids = torch.where(drop & (ids >= FIRST_ITEM_ID), torch.full_like(ids, UNK_ID), ids)
         meta = torch.zeros((*ids.shape, self.config.dim), device=ids.device)  # (*S, D)
-        for c, emb in enumerate(self.categorical):
+        for c, emb in enumerate(self.categorical if self.config.metadata else ()):
             meta = meta + emb(cat[..., c])
-        if tokens.shape[-2] > 0:
+        if tokens.shape[-2] > 0 and self.config.metadata:
             tok = self.text(tokens)  # (*S, F, L, D)
             present = (tokens > 0).unsqueeze(-1).float()  # (*S, F, L, 1)
             pooled = (tok * present).sum(-2) / present.sum(-2).clamp(min=1.0)  # (*S, F, D)

@@ -102,6 +102,13 @@ class Recommender(nn.Module):
         item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
         return self.user_encoder(item_vecs, surfaces, mask)
 
+    def hidden_with_attention(
+        self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``hidden`` (B, T, D) plus each layer's attention probabilities (B, H, T, T)."""
+        item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
+        return self.user_encoder.forward_with_attention(item_vecs, surfaces, mask)
+
     def query_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
         """User states (*S, D) -> served user vectors (*S, dim): unit norm, then a constant 1
         that picks up the item bias column when the bias is on."""

@@ -22,10 +22,14 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from models.autocdsr import cross_surface_attention_loss, pareto_combine
+from models.compat import OldModel, compatibility_loss
 from models.corpus import Corpus, Sequences
 from models.evaluate import sampled_metrics
 from models.features import FeatureSpec
+from models.holdout import hold_out_items, make_cold
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, ItemEncoderConfig
+from models.matryoshka import truncate
 from models.recommender import Recommender, RecommenderConfig
 from models.user_encoder import UserEncoderConfig
 from models.vocab import Vocab
@@ -60,6 +64,16 @@ class TrainConfig:
     text_buckets: int = 1 << 15
     select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10 (sampled)
     progress: bool = True
+    id_only: bool = False  # the id-only baseline: no surface tokens, no item metadata
+    autocdsr: bool = False  # add AutoCDSR's cross-surface attention loss, MGDA-weighted
+    mgda_normalize: str = "none"  # gradient scaling before the MGDA solve: none, loss, l2
+    compatible_with: str | None = None  # old model directory: train backward-compatible
+    # user vectors (usable against that model's index) with the BCT influence loss
+    compat_weight: float = 1.0  # weight of the compatibility loss
+    matryoshka: tuple[int, ...] = ()  # prefix dims also trained (e.g. 16, 32): each prefix
+    # of the served vectors is then a usable embedding; the full dim is always trained
+    holdout_items: float = 0.0  # fraction of catalogue items kept out of training entirely
+    # (cold-start evaluation); their vectors come from metadata alone
 
     def __post_init__(self) -> None:
         for name in (
@@ -82,6 +96,26 @@ class TrainConfig:
                 f"popularity_prior must be >= 0 and needs item_bias, got {self.popularity_prior}"
                 f" with item_bias={self.item_bias}"
             )
+        self.matryoshka = tuple(int(m) for m in self.matryoshka)
+        if self.matryoshka and (
+            self.item_bias
+            or not self.normalize_items
+            or max(self.matryoshka) > self.dim
+            or min(self.matryoshka) < 1
+        ):
+            raise ValueError(
+                f"matryoshka dims {self.matryoshka} need 1 <= m <= dim {self.dim}, unit-norm "
+                f"items and no item bias (got normalize_items={self.normalize_items}, "
+                f"item_bias={self.item_bias})"
+            )
+        if not 0.0 <= self.holdout_items < 1.0:
+            raise ValueError(f"holdout_items must be in [0, 1), got {self.holdout_items}")
+        if self.compat_weight < 0:
+            raise ValueError(f"compat_weight must be >= 0, got {self.compat_weight}")
+        if self.mgda_normalize not in ("none", "loss", "l2"):
+            raise ValueError(
+                f"mgda_normalize must be none, loss or l2, got {self.mgda_normalize!r}"
+            )
 
 
 @dataclass
@@ -95,9 +129,12 @@ class TrainResult:
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     steps: int = 0
     seconds: float = 0.0
+    extra: dict[str, object] = field(default_factory=dict)  # option-specific facts
+    corpus: Corpus | None = None  # the corpus trained on (without held-out items' events)
 
     def summary(self) -> dict[str, object]:
         return {
+            **self.extra,
             "config": asdict(self.config),
             "epoch_losses": [round(x, 5) for x in self.epoch_losses],
             "valid_ndcg@10_sampled": [round(x, 5) for x in self.valid_ndcg],
@@ -125,6 +162,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             id_dropout=cfg.id_dropout,
             normalize=cfg.normalize_items,
             bias=cfg.item_bias,
+            metadata=not cfg.id_only,
         ),
         UserEncoderConfig(
             num_surfaces=vocab.num_surfaces,
@@ -133,6 +171,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             num_heads=cfg.num_heads,
             max_len=cfg.max_len,
             dropout=cfg.dropout,
+            surface_tokens=not cfg.id_only,
         ),
     )
     return Recommender(config, item_cat, item_tokens), spec, vocab
@@ -216,6 +255,7 @@ def sampled_softmax_loss(
     negatives: torch.Tensor,
     log_q: torch.Tensor,
     temperature: float,
+    dims: tuple[int, ...] = (),
 ) -> torch.Tensor:
     """Softmax over each row's target plus a shared negative set, every logit log-q corrected.
 
@@ -223,13 +263,24 @@ def sampled_softmax_loss(
     log_q (N + 2,) -> scalar. The served scores (cosine, plus the item bias if any) are divided
     by ``temperature`` before the correction.
     A negative that happens to be the row's own target (an accidental hit) is masked out.
+    With Matryoshka ``dims``, the loss is the mean over the full vectors and each prefix.
     """
-    pos = (queries * model.item_vectors(targets)).sum(-1, keepdim=True) / temperature  # (M, 1)
-    neg = queries @ model.item_vectors(negatives).T / temperature  # (M, K)
-    pos, neg = pos - log_q[targets, None], neg - log_q[negatives]
-    neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-    logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+    pos_items = model.item_vectors(targets)  # (M, dim)
+    neg_items = model.item_vectors(negatives)  # (K, dim)
+    losses = []
+    for m in (*(m for m in dims if m < model.dim), None):
+        q, p, n = (
+            (queries, pos_items, neg_items)
+            if m is None
+            else (truncate(queries, m), truncate(pos_items, m), truncate(neg_items, m))
+        )
+        pos = (q * p).sum(-1, keepdim=True) / temperature  # (M, 1)
+        neg = q @ n.T / temperature  # (M, K)
+        pos, neg = pos - log_q[targets, None], neg - log_q[negatives]
+        neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
+        logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
+        losses.append(F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long)))
+    return torch.stack(losses).mean()
 
 
 def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
@@ -237,7 +288,14 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     cfg = cfg or TrainConfig()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
+    cold_ids = np.zeros(0, dtype=object)
+    if cfg.holdout_items > 0:
+        corpus, cold_ids = hold_out_items(corpus, cfg.holdout_items, cfg.seed)
     model, spec, vocab = build_model(corpus, cfg)
+    cold_rows = vocab.item_rows(cold_ids)  # (H,) catalogue rows never trained as ids
+    old = OldModel.load(cfg.compatible_with, vocab) if cfg.compatible_with else None
+    if old is not None and old.dim != model.dim:
+        raise ValueError(f"old model dim {old.dim} != new model dim {model.dim}")
     win_ids, win_surf = make_windows(corpus.train, vocab, cfg.max_len)
     if len(win_ids) == 0:
         raise ValueError(f"corpus {corpus.name!r} has no training sequence with 2 or more events")
@@ -245,7 +303,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     n_items = len(vocab)
     targets_all = win_ids[:, 1:][win_ids[:, 1:] >= FIRST_ITEM_ID]
     counts = np.bincount(targets_all, minlength=n_items + FIRST_ITEM_ID).astype(np.float64)
-    q = expected_negative_counts(counts, cfg.in_batch_negatives, cfg.num_negatives)
+    pool = np.setdiff1d(
+        np.arange(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID), cold_rows + FIRST_ITEM_ID
+    )
+    q = expected_negative_counts(counts, cfg.in_batch_negatives, 0)
+    q[pool] += cfg.num_negatives / len(pool)  # uniform negatives come from warm rows only
     log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()  # (N + 2,)
     sparse_names = {"item_encoder.id_embedding.weight", "item_encoder.bias.weight"}
     sparse_params = [p for n, p in model.named_parameters() if n in sparse_names]
@@ -254,7 +316,17 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr),
         torch.optim.AdamW(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     ]
-    result = TrainResult(model, spec, vocab, cfg)
+    # AutoCDSR's shared parameters: the transformer's, not the embedding tables
+    shared = [p for n, p in model.user_encoder.named_parameters() if "embedding" not in n]
+    result = TrainResult(model, spec, vocab, cfg, corpus=corpus)
+    if len(cold_ids):
+        result.extra["cold_items"] = [str(x) for x in cold_ids]
+    if old is not None:
+        result.extra["compatible_with"] = {
+            "fingerprint": old.fingerprint,
+            "model_dir": str(cfg.compatible_with),
+        }
+    mgda_weights: list[float] = []
     steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
     started = time.perf_counter()
     log.info(
@@ -276,16 +348,29 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             surfaces = torch.from_numpy(win_surf[idx])  # (B, L+1)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             mask = inputs != PAD_ID  # (B, L)
-            hidden = model.hidden(inputs, surfaces[:, :-1], mask)  # (B, L, D)
+            in_surf = surfaces[:, :-1]  # (B, L)
+            if cfg.autocdsr:
+                hidden, attention = model.hidden_with_attention(inputs, in_surf, mask)
+            else:
+                hidden = model.hidden(inputs, in_surf, mask)  # (B, L, D)
             keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
             batch_targets = targets[keep]  # (M,)
             in_batch = rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
-            uniform = rng.integers(FIRST_ITEM_ID, n_items + FIRST_ITEM_ID, cfg.num_negatives)
+            uniform = pool[rng.integers(0, len(pool), cfg.num_negatives)]
             negatives = torch.cat([batch_targets[in_batch], torch.from_numpy(uniform)])  # (K,)
             queries = model.query_vectors(hidden[keep])  # (M, dim)
             loss = sampled_softmax_loss(
-                model, queries, batch_targets, negatives, log_q, cfg.temperature
+                model, queries, batch_targets, negatives, log_q, cfg.temperature, cfg.matryoshka
             )
+            if old is not None:
+                old_queries = old.queries(inputs, in_surf, mask)[keep]  # (M, dim)
+                loss = loss + cfg.compat_weight * compatibility_loss(
+                    queries, old_queries, old, batch_targets, negatives, log_q, cfg.temperature
+                )
+            if cfg.autocdsr:
+                aux = cross_surface_attention_loss(attention, in_surf, mask)
+                loss, (w_rec, _) = pareto_combine(loss, aux, shared, cfg.mgda_normalize)
+                mgda_weights.append(w_rec)
             for opt in optimizers:
                 opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -305,6 +390,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         result.epoch_losses.append(total / max(seen, 1))
         log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
         if select:
+            make_cold(model, cold_rows)  # held-out items: metadata-only vectors
             ndcg = _served_valid_ndcg(model, vocab, corpus, cfg, counts)
             model.train()
             result.valid_ndcg.append(ndcg)
@@ -316,6 +402,9 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             break
     if best_state is not None:
         model.load_state_dict(best_state)
+    make_cold(model, cold_rows)
+    if mgda_weights:
+        result.extra["mgda_rec_weight_mean"] = round(float(np.mean(mgda_weights)), 4)
     if cfg.popularity_prior > 0:
         add_popularity_prior(model, counts, cfg.popularity_prior)
     model.eval()

@@ -29,6 +29,8 @@ class UserEncoderConfig:
     num_heads: int = 2
     max_len: int = 50  # events kept per user (most recent)
     dropout: float = 0.1
+    surface_tokens: bool = True  # add the surface embedding to each event; False: a plain
+    # transformer over item ids (the id-only baseline); absent from old configs: on
 
     def __post_init__(self) -> None:
         if self.dim % self.num_heads:
@@ -70,11 +72,21 @@ class UserEncoder(nn.Module):
         item_vecs (B, T, D) float, surfaces (B, T) int64, mask (B, T) bool (True = real event,
         left-padded) -> (B, T, D). Position t only sees events at positions <= t.
         """
+        x, blocked = self._tokens(item_vecs, surfaces, mask)
+        h = self.blocks(x, mask=blocked)  # (B, T, D)
+        return self.norm(h)
+
+    def _tokens(
+        self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Input tokens (B, T, D) and the blocked-attention mask (B*H, T, T), True = blocked."""
         _b, t, _ = item_vecs.shape
         if t > self.config.max_len:
             raise ValueError(f"sequence length {t} exceeds max_len {self.config.max_len}")
         positions = (mask.long().cumsum(1) - 1).clamp(min=0)  # (B, T)
-        x = item_vecs + self.surface_embedding(surfaces) + self.position_embedding(positions)
+        x = item_vecs + self.position_embedding(positions)  # (B, T, D)
+        if self.config.surface_tokens:
+            x = x + self.surface_embedding(surfaces)
         x = self.dropout(x * mask.unsqueeze(-1))  # (B, T, D)
         causal = torch.ones(t, t, dtype=torch.bool, device=mask.device).tril()  # (T, T)
         allowed = causal & mask.unsqueeze(1)  # (B, T, T): query i may see real key j <= i
@@ -82,8 +94,29 @@ class UserEncoder(nn.Module):
             t, dtype=torch.bool, device=mask.device
         )  # pads see themselves
         blocked = (~allowed).repeat_interleave(self.config.num_heads, dim=0)  # (B*H, T, T)
-        h = self.blocks(x, mask=blocked)  # (B, T, D)
-        return self.norm(h)
+        return x, blocked
+
+    def forward_with_attention(
+        self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``forward`` plus every layer's attention probabilities (for AutoCDSR's loss).
+
+        Runs the same pre-norm blocks step by step (same parameters, same math as
+        ``nn.TransformerEncoderLayer`` with ``norm_first``) asking each attention for its
+        per-head weights: -> (B, T, D) and num_layers tensors (B, H, T, T).
+        """
+        x, blocked = self._tokens(item_vecs, surfaces, mask)
+        probs = []
+        for layer in self.blocks.layers:
+            h = layer.norm1(x)
+            attended, weights = layer.self_attn(
+                h, h, h, attn_mask=blocked, need_weights=True, average_attn_weights=False
+            )  # (B, T, D), (B, H, T, T)
+            x = x + layer.dropout1(attended)
+            ff = layer.linear2(layer.dropout(layer.activation(layer.linear1(layer.norm2(x)))))
+            x = x + layer.dropout2(ff)  # (B, T, D)
+            probs.append(weights)
+        return self.norm(x), probs
 
     def encode(
         self, item_vecs: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor

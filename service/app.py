@@ -19,6 +19,7 @@ from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import API_ROUTERS, PROBE_ROUTERS, ROUTERS
 from service.schemas import AUTH_ERRORS, settings_limits
 from service.settings import Settings
+from service.shedding import ShedMiddleware
 from service.state import AppState
 
 
@@ -74,8 +75,9 @@ def _mount(app: FastAPI, state: AppState, routers: Sequence[APIRouter]) -> None:
     )
     for router in routers:
         app.include_router(router, **(api if router in API_ROUTERS else {}))
-    # Added last = outermost: metrics see every response, the 401s and 413s included; keys are
-    # checked before anything reads the body.
+    # Added last = outermost: metrics see every response, the 401s, 413s and shed 429s
+    # included; keys are checked, then overload shed, before anything reads the body.
+    app.add_middleware(ShedMiddleware, limit=state.pending)
     app.add_middleware(AuthMiddleware, keys=Keys.from_settings(settings))
     app.add_middleware(BodyLimitMiddleware, max_body_bytes=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=state.metrics)

@@ -578,7 +578,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     data_dir = prepare_artifacts(
         args.work_dir, args.items, index_type=args.index_type, seed=args.seed
     )
-    n_bodies = int(sum(rates) * seconds * 1.2) + 2000
+    # every phase sends bodies no earlier phase sent, so only the cache-hit phase hits the cache:
+    # the ladder (each rate for `seconds`, plus warm-up), then 2x and 0.5x the best rate
+    ladder_bodies = int(sum(rates) * seconds * 1.1) + 100
+    n_bodies = ladder_bodies + int(2.5 * max(rates) * seconds * 1.1) + 200
     bodies = request_bodies(args.items, n_bodies, seed=args.seed)
     print(f"[setup] {len(bodies):,} request bodies, {HISTORY_LEN} events each", flush=True)
 
@@ -614,7 +617,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         result["service_p99_ms"] = round(best.p99_ms, 2) if best else None
         result["errors"] = sum(s.errors for s in steps)
         sustainable = best.target_rps if best else rates[0]
-        result["overload"] = asyncio.run(overload(srv, bodies, sustainable, seconds))
+        result["overload"] = asyncio.run(
+            overload(srv, bodies, sustainable, seconds, offset=ladder_bodies)
+        )
         result["cache_hit"] = asyncio.run(cache_hits(srv.port, bodies, sustainable, seconds))
     if not args.skip_naive:
         with server("naive", data_dir, args.threads, {}) as srv:
@@ -631,15 +636,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 async def overload(
-    srv: Server, bodies: Sequence[bytes], sustainable: float, seconds: float
+    srv: Server, bodies: Sequence[bytes], sustainable: float, seconds: float, offset: int
 ) -> dict[str, Any]:
-    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery."""
+    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery; bodies from
+    `offset` on (none sent before, so no cache hits)."""
     client = Client(srv.port)
     rss_before = srv.rss_mb()
-    hot = await run_step(client, bodies, 2 * sustainable, seconds, offset=len(bodies) // 2)
+    hot = await run_step(client, bodies, 2 * sustainable, seconds, offset=offset)
     rss_after = srv.rss_mb()
     await asyncio.sleep(0.5)
-    calm = await run_step(client, bodies, sustainable / 2, seconds, offset=len(bodies) // 3)
+    calm = await run_step(client, bodies, sustainable / 2, seconds, offset=offset + hot.sent)
     client.close()
     print(format_step("2x load", hot), flush=True)
     print(format_step("recovery", calm), flush=True)

@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 
 from index import IndexIntegrityError, NoIndexError, load_current
-from models.artifacts import CONFIG_FILE, model_fingerprint
+from models.artifacts import CONFIG_FILE, model_fingerprint, read_config
+from models.compat import serves_index_of
 from models.data import load_corpus
 from models.train import TrainConfig
 from service.pipeline import build_and_publish, train_to_dir
@@ -36,8 +37,8 @@ def ensure_artifacts(settings: Settings, *, progress: bool = False) -> None:
     fingerprint = model_fingerprint(model_dir)
     try:
         _, manifest = load_current(index_root)
-        if manifest.model_fingerprint == fingerprint:
-            return
+        if serves_index_of(read_config(model_dir), fingerprint, manifest.model_fingerprint):
+            return  # its own index, or an old model's it was trained compatible with
         log.info("live index %s was built for another model: rebuilding", manifest.version)
     except NoIndexError:
         log.info("no index under %s: building one", index_root)

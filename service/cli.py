@@ -1,4 +1,4 @@
-"""`uniserve` command line: train, evaluate, build-index, rollback, serve, bench.
+"""`uniserve` command line: train, evaluate, build-index, rollback, serve, bench, report.
 
 Each subcommand parses its flags and calls one function of `service.pipeline`, `models` or the
 app factory; nothing here holds logic worth testing on its own.
@@ -22,6 +22,7 @@ DATA_HELP = (
 
 def _train(args: argparse.Namespace) -> int:
     from models.data import load_corpus
+    from models.matryoshka import parse_dims
     from models.train import TrainConfig
     from service.pipeline import train_to_dir
 
@@ -44,6 +45,13 @@ def _train(args: argparse.Namespace) -> int:
         max_steps=args.max_steps,
         time_budget_s=args.time_budget,
         progress=not args.quiet,
+        id_only=args.id_only,
+        autocdsr=args.autocdsr,
+        mgda_normalize=args.mgda_normalize,
+        compatible_with=args.compatible_with,
+        compat_weight=args.compat_weight,
+        matryoshka=parse_dims(args.matryoshka),
+        holdout_items=args.holdout_items,
     )
     corpus = load_corpus(args.data)
     print(
@@ -56,21 +64,83 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _evaluate(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from models.artifacts import load_model
     from models.data import load_corpus
-    from models.evaluate import evaluate_model, evaluate_popularity
+    from models.evaluate import (
+        evaluate_model,
+        evaluate_popularity,
+        evaluate_within_surface,
+        popularity_scores,
+    )
+    from models.holdout import drop_items
 
-    model, _, vocab, _ = load_model(Path(args.model))
+    model, _, vocab, config = load_model(Path(args.model))
+    item_model = None
+    if args.item_model:
+        item_model, _, old_vocab, _ = load_model(Path(args.item_model))
+        if list(old_vocab.item_ids) != list(vocab.item_ids):
+            raise ValueError(f"{args.item_model} has another item catalogue than {args.model}")
     corpus = load_corpus(args.data)
+    cold = config.get("training", {}).get("cold_items", [])
+    if cold:  # the model never saw these items: neither does the popularity baseline
+        corpus = replace(corpus, train=drop_items(corpus.train, cold))
     split = corpus.test if args.split == "test" else corpus.valid
-    report = {
+    report: dict[str, Any] = {
         "metrics": {
             "split": args.split,
-            "model": evaluate_model(model, vocab, split, seed=args.seed),
-            "most_popular": evaluate_popularity(corpus, vocab, split, seed=args.seed),
+            "model": evaluate_model(
+                model,
+                vocab,
+                split,
+                seed=args.seed,
+                dim=args.dim,
+                item_model=item_model,
+                full_ranking=args.protocol != "sampled100",
+            ),
         }
     }
-    _print_report(report)
+    if not args.no_baseline:
+        report["metrics"]["most_popular"] = evaluate_popularity(
+            corpus, vocab, split, seed=args.seed
+        )
+    if args.by_surface or cold:
+        report["sampled_by_target_surface"] = evaluate_model(
+            model,
+            vocab,
+            replace(split, group=split.target_surface.astype(object)),
+            seed=args.seed,
+            dim=args.dim,
+            item_model=item_model,
+            full_ranking=False,
+        )
+    if (args.by_surface or cold) and args.protocol != "sampled100":
+        surfaces = corpus.items.surface.astype(str)
+        report["within_surface"] = {
+            "split": args.split,
+            "model": evaluate_within_surface(
+                model, vocab, surfaces, split, cold_items=cold, dim=args.dim
+            ),
+            "most_popular": evaluate_within_surface(
+                None,
+                vocab,
+                surfaces,
+                split,
+                popularity=popularity_scores(corpus, vocab, args.seed),
+                cold_items=cold,
+            ),
+        }
+    if args.protocol != "both":
+        wanted = "full" if args.protocol == "full" else "sampled"
+        for who in ("model", "most_popular"):
+            for res in report["metrics"].get(who, {}).values():
+                res.pop("sampled" if wanted == "full" else "full", None)
+    report["model_dir"], report["dim"] = args.model, args.dim or model.dim
+    if args.json:
+        print(json.dumps(report, indent=2))
+    else:
+        _print_report(report)
     return 0
 
 
@@ -81,10 +151,19 @@ def _print_report(report: dict[str, Any]) -> None:
             f"{'':14}{'group':>8}{'n':>6}  {'protocol':<8}" + "".join(f"{m:>11}" for m in _METRICS)
         )
         for who in ("most_popular", "model"):
-            for group, res in metrics[who].items():
+            for group, res in metrics.get(who, {}).items():
                 for protocol in ("full", "sampled"):
+                    if protocol not in res:
+                        continue
                     vals = "".join(f"{res[protocol][m]:>11.4f}" for m in _METRICS)
                     print(f"{who:<14}{group:>8}{res['n']:>6}  {protocol:<8}{vals}")
+    within = report.get("within_surface")
+    if within:
+        print("full ranking within the target's surface (what /v1/retrieve with surfaces does):")
+        for who in ("most_popular", "model"):
+            for group, res in within[who].items():
+                vals = "".join(f"{res[m]:>11.4f}" for m in _METRICS)
+                print(f"{who:<14}{group:>16}{res['n']:>6}  {vals}")
     if "training" in report:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
@@ -124,6 +203,9 @@ def _build_index(args: argparse.Namespace) -> int:
         device=args.device,
         batch_size=args.batch_size,
         progress=not args.quiet,
+        dim=args.dim,
+        muvera=_fde_config(args) if args.mode == "multi" else None,
+        fde_index_type=args.fde_index_type,
     )
     extra = manifest.extra
     print(
@@ -145,15 +227,32 @@ def _build_index(args: argparse.Namespace) -> int:
                         "total_seconds",
                     )
                 },
+                **({"muvera": extra["muvera"]} if "muvera" in extra else {}),
             }
         )
     )
     return 0
 
 
+def _fde_config(args: argparse.Namespace) -> Any:
+    from index.fde import FDEConfig
+
+    return FDEConfig(
+        num_repetitions=args.fde_repetitions,
+        num_simhash_projections=args.fde_simhash,
+        projection="identity" if args.fde_projection == 0 else "ams",
+        projection_dimension=args.fde_projection or None,
+        fill_empty_partitions=True,
+        final_projection_dimension=args.fde_final_dim,
+        seed=args.seed,
+    )
+
+
 def _bench(args: argparse.Namespace) -> int:
     if args.which == "service":
         from service.benchmark import main as bench_main
+    elif args.which == "muvera":
+        from index.bench_muvera import main as bench_main
     else:
         from index.bench import main as bench_main
     return bench_main(args.options)
@@ -191,6 +290,27 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    import httpx
+
+    from service.report import parse_duration, render
+
+    try:
+        out = render(
+            args.prometheus,
+            Path(args.out),
+            since=parse_duration(args.since),
+            step=parse_duration(args.step) if args.step else None,
+            window=args.window,
+            selector=args.selector,
+        )
+    except (RuntimeError, httpx.HTTPError) as exc:
+        print(f"uniserve report: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    print(out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="uniserve", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -198,7 +318,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "train", help="train the user and item encoders, evaluate, save a model directory"
     )
-    p.add_argument("--data", default="sample", help=DATA_HELP)
+    p.add_argument("--data", "--dataset", dest="data", default="sample", help=DATA_HELP)
     p.add_argument("--out", required=True, help="model directory to write")
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
@@ -234,6 +354,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument(
+        "--id-only", "--no-surface", dest="id_only", action="store_true",
+        help="baseline: a plain transformer over item ids (no surface tokens, no metadata)",
+    )  # fmt: skip
+    p.add_argument(
+        "--autocdsr", action="store_true",
+        help="AutoCDSR: add the cross-surface attention loss, weighted against the "
+        "recommendation loss by the two-task MGDA (min-norm) solution each step",
+    )  # fmt: skip
+    p.add_argument(
+        "--mgda-normalize", choices=["none", "loss", "l2"], default="none",
+        help="with --autocdsr: scale each task's gradient before the min-norm solve (none: "
+        "plain MGDA; loss: by its loss value; l2: unit norm, i.e. equal weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compatible-with", default=None, metavar="OLD_MODEL_DIR",
+        help="train user vectors that stay usable against OLD_MODEL_DIR's item index "
+        "(backward-compatible training); the model records the old fingerprint and may be "
+        "served against the old index",
+    )  # fmt: skip
+    p.add_argument(
+        "--compat-weight", type=float, default=1.0, help="weight of the compatibility loss"
+    )
+    p.add_argument(
+        "--matryoshka", default=None, metavar="DIMS",
+        help="also train these prefix dims, e.g. 16,32 (each prefix is a usable embedding; "
+        "`build-index --dim` then builds a smaller index)",
+    )  # fmt: skip
+    p.add_argument(
+        "--holdout-items", type=float, default=0.0, metavar="FRACTION",
+        help="keep this fraction of items out of training entirely and report cold- vs "
+        "warm-target metrics (cold items get metadata-only vectors)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
 
@@ -241,10 +394,30 @@ def build_parser() -> argparse.ArgumentParser:
         "evaluate", help="Recall/NDCG@10/20 of a model and the most-popular baseline"
     )
     p.add_argument("--model", required=True, help="model directory")
-    p.add_argument("--data", default="sample", help=DATA_HELP)
+    p.add_argument("--data", "--dataset", dest="data", default="sample", help=DATA_HELP)
     p.add_argument(
         "--split", choices=["test", "valid"], default="test", help="split to evaluate on"
     )
+    p.add_argument(
+        "--protocol", choices=["both", "full", "sampled100"], default="both",
+        help="full ranking, 100 uniform sampled negatives (AutoCDSR), or both (default)",
+    )  # fmt: skip
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
+    p.add_argument(
+        "--item-model", default=None, metavar="OLD_MODEL_DIR",
+        help="score --model's user vectors against this model's item vectors (compatibility: "
+        "new users vs the old index)",
+    )  # fmt: skip
+    p.add_argument(
+        "--by-surface", action="store_true",
+        help="also rank each target within its own surface, per target surface (automatic "
+        "for models trained with --holdout-items: warm / cold targets)",
+    )  # fmt: skip
+    p.add_argument(
+        "--dim", type=int, default=None,
+        help="evaluate the first DIM dimensions (a Matryoshka prefix) instead of all",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the 100 sampled negatives")
     p.set_defaults(func=_evaluate)
 
@@ -315,6 +488,36 @@ def build_parser() -> argparse.ArgumentParser:
         "--batch-size", type=int, default=65536, help="items encoded per batch (default 65536)"
     )
     p.add_argument("--seed", type=int, default=0, help="seed of IVF/PQ training and query sample")
+    p.add_argument(
+        "--dim", type=int, default=None,
+        help="index only the first DIM dimensions (a model trained with --matryoshka): "
+        "smaller, faster; the manifest records it",
+    )  # fmt: skip
+    p.add_argument(
+        "--mode", choices=["single", "multi"], default="single",
+        help="multi: also store MUVERA FDEs of the items' multi-vectors in a second FAISS index, "
+        "the multi-vectors for exact Chamfer re-ranking, and the FDE config and seed (--seed) "
+        "in the manifest, for POST /v1/retrieve with mode multi (default single)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fde-repetitions", type=int, default=16, help="multi: FDE repetitions (default 16)"
+    )
+    p.add_argument(
+        "--fde-simhash", type=int, default=2,
+        help="multi: SimHash hyperplanes per repetition, 2^k partitions (default 2)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fde-projection", type=int, default=8,
+        help="multi: AMS-sketch dimension per partition; 0 = identity (default 8)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fde-final-dim", type=int, default=None,
+        help="multi: count-sketch the FDE to this many dimensions (default: none)",
+    )  # fmt: skip
+    p.add_argument(
+        "--fde-index-type", default="Flat",
+        help="multi: faiss type of the FDE index (default Flat; IVF for large catalogues)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build_index)
 
@@ -331,11 +534,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser(
         "bench",
         help="benchmarks: 'service' (throughput vs the in-process limit and a naive service), "
-        "'index' (recall vs QPS per index type)",
+        "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer)",
         description="Run a benchmark; `uniserve bench service --help` and `uniserve bench "
         "index --help` list their options. Results go to stdout (and --json / --out).",
     )
-    p.add_argument("which", choices=["service", "index"], help="which benchmark")
+    p.add_argument("which", choices=["service", "index", "muvera"], help="which benchmark")
     p.add_argument("options", nargs=argparse.REMAINDER, help="that benchmark's options")
     p.set_defaults(func=_bench)
 
@@ -378,6 +581,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=_serve)
+
+    p = sub.add_parser(
+        "report",
+        help="render latency percentiles, throughput, cache hit ratio and stage timings from "
+        "Prometheus into a PNG",
+        description="Fetch uniserve's key series for a recent time range from Prometheus and "
+        "draw them into one PNG, for a look without Grafana. Needs matplotlib "
+        "(pip install 'uniserve[report]').",
+    )
+    p.add_argument(
+        "--prometheus", default="http://127.0.0.1:9090", help="Prometheus base URL (default "
+        "http://127.0.0.1:9090)",
+    )  # fmt: skip
+    p.add_argument("--out", default="uniserve-report.png", help="PNG to write")
+    p.add_argument("--since", default="15m", help="time range ending now (default 15m)")
+    p.add_argument("--step", default=None, help="time between points (default: range / 240)")
+    p.add_argument("--window", default="1m", help="rate() window (default 1m)")
+    p.add_argument(
+        "--selector", default="", help='extra label matchers for every series, e.g. '
+        'instance="10.0.0.5:9000" (default: every replica together)',
+    )  # fmt: skip
+    p.set_defaults(func=_report)
     return parser
 
 

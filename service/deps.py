@@ -88,6 +88,8 @@ async def get_serving(
         flights=state.flights,
         budget=state.redis.budget if state.redis is not None else None,
         on_stage=metrics.observe_stage,
+        multi_candidates=settings.multi_candidates,
+        multi_interests=settings.multi_interests,
     )
 
 

@@ -26,7 +26,8 @@ import anyio
 import anyio.to_thread
 import numpy as np
 
-from index import IndexRejectedError, ItemIndex, Manifest, RejectReason
+from index import IndexRejectedError, ItemIndex, Manifest, MultiIndex, RejectReason
+from models.compat import serves_index_of
 from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
 from models.vocab import History
@@ -45,9 +46,10 @@ class ArtifactMismatchError(IndexRejectedError):
 
 
 def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -> None:
-    """Raise ArtifactMismatchError unless the index was built from this model's item vectors."""
+    """Raise ArtifactMismatchError unless the index was built from this model's item vectors,
+    or from those of an old model this one was trained to be backward-compatible with."""
     problems: list[tuple[RejectReason, str]] = []
-    if manifest.model_fingerprint != embedder.fingerprint:
+    if not serves_index_of(embedder.config, embedder.fingerprint, manifest.model_fingerprint):
         problems.append(
             (
                 RejectReason.MODEL_MISMATCH,
@@ -231,11 +233,21 @@ class Engine:
         max_inflight: int = 64,
         worker_threads: int | None = None,
         admission: Admission | None = None,
+        multi: MultiIndex | None = None,
     ) -> None:
-        """`admission` is shared with the engine this one replaces; a new one when None."""
+        """`admission` is shared with the engine this one replaces; a new one when None.
+        `multi`: the version's MUVERA index (same rows as `index`), when built with one."""
         check_compatible(embedder, index, manifest)
+        if multi is not None and (multi.count != index.count or multi.dim != embedder.dim):
+            raise ArtifactMismatchError(
+                f"index version {manifest.version!r}: the multi-vector index has "
+                f"{multi.count} rows of dim {multi.dim}, the index {index.count} rows and the "
+                f"model dim {embedder.dim}",
+                RejectReason.DIMENSION,
+            )
         self.embedder = embedder
         self.index = index
+        self.multi = multi
         self.manifest = manifest
         self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
         self.admission = admission or Admission(max_inflight, worker_threads)
@@ -270,6 +282,9 @@ class Engine:
         """One dummy user embedding and one search, so the first request pays no lazy init."""
         vec = self.embedder.user_vectors([([], [])])  # (1, D)
         self.index.search(vec, 1)
+        if self.multi is not None:
+            vecs, mask = self.embedder.user_multi_vectors([([], [])], 1)  # (1, 1, D)
+            self.multi.search(vecs, 1, query_mask=mask, candidates=1)
 
     # ------------------------------------------------------------------ threads + backpressure
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
@@ -311,6 +326,63 @@ class Engine:
             tuple(sorted(set(exclude))),
         )
         return await self.admission.searcher.submit(job)
+
+    async def user_interests(
+        self, histories: Sequence[History], num_interests: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Interest vectors (B, K, D) float32 and their (B, K) bool mask (models/multi.py)."""
+        return await self._run(self.embedder.user_multi_vectors, histories, num_interests)
+
+    def require_multi(self) -> MultiIndex:
+        """The MUVERA index, or invalid_input when the live index was built without one."""
+        if self.multi is None:
+            raise ServiceError(
+                ErrorType.INVALID_INPUT,
+                f"mode 'multi' needs an index built with multi-vectors; the live index "
+                f"{self.index_version!r} has none (publish one with `uniserve build-index "
+                "--mode multi`, or use mode 'single')",
+            )
+        return self.multi
+
+    async def retrieve_multi(
+        self,
+        history: History,
+        k: int,
+        *,
+        num_interests: int,
+        candidates: int,
+        surfaces: Iterable[str] | None = None,
+        exclude: Iterable[str] = (),
+    ) -> tuple[list[str], np.ndarray, float]:
+        """Top-k item ids and Chamfer scores (desc) among eligible items, and the seconds spent
+        re-ranking: `candidates` rows by MUVERA FDE inner product (filters inside the FAISS
+        search), re-ranked by exact Chamfer similarity of the user's interest vectors with each
+        item's multi-vectors. Eligibility as in `retrieve`."""
+        multi = self.require_multi()
+        surface_set = frozenset(surfaces) if surfaces is not None else None
+        skip = tuple(sorted(set(exclude)))
+        return await self._run(
+            self._retrieve_multi, multi, history, k, num_interests, candidates, surface_set, skip
+        )
+
+    def _retrieve_multi(
+        self,
+        multi: MultiIndex,
+        history: History,
+        k: int,
+        num_interests: int,
+        candidates: int,
+        surfaces: frozenset[str] | None,
+        exclude: tuple[str, ...],
+    ) -> tuple[list[str], np.ndarray, float]:
+        vecs, mask = self.embedder.user_multi_vectors([history], num_interests)  # (1, K, D)
+        allowed = self.allowed_rows(surfaces, exclude)  # (N,) bool or None
+        timings: dict[str, float] = {}
+        scores, rows = multi.search(
+            vecs, k, query_mask=mask, candidates=candidates, allowed=allowed, timings=timings
+        )  # (1, k)
+        valid = rows[0] >= 0
+        return self.index.item_ids[rows[0][valid]].tolist(), scores[0][valid], timings["rerank"]
 
     def allowed_rows(
         self, surfaces: Iterable[str] | None, exclude: Sequence[str]

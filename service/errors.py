@@ -126,8 +126,13 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     return "; ".join(parts) or "invalid request"
 
 
-async def _service_error(_: Request, exc: Exception) -> Response:
+# Scope key where the error handler leaves the error type, for the metrics middleware.
+ERROR_TYPE_SCOPE_KEY = "uniserve.error_type"
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
     error = cast(ServiceError, exc)
+    request.scope[ERROR_TYPE_SCOPE_KEY] = error.error_type.value
     return error_response(error.error_type, error.message, headers=error.headers)
 
 

@@ -22,6 +22,7 @@ from fastapi import FastAPI
 from index import IndexIntegrityError, IndexRejectedError, NoIndexError
 from models.artifacts import ModelArtifactError
 from service.engine import Admission, ArtifactMismatchError, Engine
+from service.metrics import IndexSnapshot
 from service.reloader import Reloader, created_timestamp, open_engine
 from service.settings import Settings
 from service.state import AppState
@@ -59,6 +60,18 @@ def load_engine(settings: Settings, admission: Admission | None = None) -> Engin
 
     ensure_artifacts(settings)
     return open_engine(settings, admission)
+
+
+def index_snapshot(engine: Engine | None) -> IndexSnapshot | None:
+    """The live index as the metrics report it (`uniserve_index_info`, `_age_seconds`)."""
+    if engine is None:
+        return None
+    return IndexSnapshot(
+        version=engine.index_version,
+        model_version=engine.model_version,
+        index_type=engine.index.index_type,
+        created=created_timestamp(engine.manifest),
+    )
 
 
 def freeze_heap() -> None:
@@ -118,6 +131,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.metrics.inflight.set_function(lambda: admission.inflight)
     state.metrics.queue_depth.labels("encode").set_function(lambda: admission.encoder.depth)
     state.metrics.queue_depth.labels("search").set_function(lambda: admission.searcher.depth)
+    state.metrics.track_index(lambda: index_snapshot(state.engine))
     await state.open_backends()  # Redis down is logged, never fatal
     await load_into(state)
     try:

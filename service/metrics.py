@@ -1,17 +1,40 @@
 """Prometheus metrics, in a registry owned by each app (so tests can build many apps).
 
 Labels never carry user or item ids or raw paths: requests are labelled by route template
-("/v1/retrieve", or "unmatched" for unknown paths) and status class ("2xx"...).
+("/v1/retrieve", or "unmatched" for unknown paths) and status class ("2xx"...); every other
+label comes from a closed set (stages, cache ops and results, rejection and reload-failure
+reasons), and the series of those sets are created at 0 when the app is built, so dashboards
+and alerts have data before the first event. The live index's identity and age are read from
+the app at scrape time (`track_index`). `deploy/grafana/dashboards/uniserve.json` and
+`deploy/prometheus/alerts.yml` query these names; tests/test_observability.py evaluates every one
+of their expressions against a real Prometheus scraping a real server.
 """
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from index.manifest import RejectReason
 from service.batcher import BatchStats
 
 UNMATCHED_ROUTE = "unmatched"
+
+# Stages of `uniserve_stage_duration_seconds`: a request's wait for its batch (encode_queue,
+# search_queue), one batched call (encode, search), the exact MaxSim re-rank of multi-vector
+# retrieval (rerank), one cache lookup (cache) and a retrieve's whole computation (total).
+STAGES = ("encode_queue", "search_queue", "encode", "search", "rerank", "cache", "total")
+BATCH_STAGES = ("encode", "search")
+CACHE_OPS = ("user_vector", "retrieve", "rank")
+CACHE_RESULTS = ("hit", "miss", "error")
+# Requests refused for capacity or availability, by error type: 429 overloaded, 503 not_ready
+# (no model/index loaded) and backend_unavailable (a store the request needs is down).
+REJECT_REASONS = ("overloaded", "not_ready", "backend_unavailable")
 
 # Request latency buckets in seconds: sub-millisecond cache hits up to multi-second overloads.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -27,6 +50,47 @@ REDIS_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.0
 
 def status_class(status: int) -> str:
     return f"{status // 100}xx"
+
+
+@dataclass(frozen=True)
+class IndexSnapshot:
+    """What the metrics say about the live index: its identity and creation time."""
+
+    version: str
+    model_version: str
+    index_type: str
+    created: float  # unix seconds
+
+
+class _IndexCollector(Collector):
+    """`uniserve_index_info` and `uniserve_index_age_seconds`, computed at each scrape from the
+    live index (absent while none is loaded, so a swapped-out version leaves no stale series)."""
+
+    def __init__(self) -> None:
+        self.live: Callable[[], IndexSnapshot | None] = lambda: None
+
+    def describe(self) -> list[Metric]:
+        return list(self._families(None))
+
+    def collect(self) -> Iterator[Metric]:
+        return self._families(self.live())
+
+    @staticmethod
+    def _families(live: IndexSnapshot | None) -> Iterator[Metric]:
+        info = GaugeMetricFamily(
+            "uniserve_index_info",
+            "The live index version (value 1), with the model version it serves and its type.",
+            labels=["version", "model_version", "type"],
+        )
+        age = GaugeMetricFamily(
+            "uniserve_index_age_seconds",
+            "Seconds since the live index version was created (its manifest's created_at).",
+        )
+        if live is not None:
+            info.add_metric([live.version, live.model_version, live.index_type], 1)
+            age.add_metric([], max(0.0, time.time() - live.created))
+        yield info
+        yield age
 
 
 class Metrics:
@@ -122,13 +186,33 @@ class Metrics:
             ["stage"],
             registry=self.registry,
         )
-        for stage in ("encode", "search"):
+        for stage in BATCH_STAGES:
             self.batch_failures.labels(stage)
         self.redis_breaker = Gauge(
             "uniserve_redis_breaker_state",
-            "Redis circuit breaker: 0 closed, 1 half-open (next call probes), 2 open.",
+            "Redis circuit breaker: 0 closed (or no Redis configured), 1 half-open (next call "
+            "probes), 2 open.",
             registry=self.registry,
         )
+        self.rejected = Counter(
+            "uniserve_rejected_requests_total",
+            "Requests refused with 429 (overloaded) or 503 (not_ready, backend_unavailable), by "
+            "error type.",
+            ["reason"],
+            registry=self.registry,
+        )
+        self._index = _IndexCollector()
+        self.registry.register(self._index)
+        # every closed-set series exported from the start, at 0
+        for stage in STAGES:
+            self.stage_latency.labels(stage)
+        for stage in BATCH_STAGES:
+            self.batch_size.labels(stage)
+        for op in CACHE_OPS:
+            for result in CACHE_RESULTS:
+                self.cache.labels(op, result)
+        for rejected in REJECT_REASONS:
+            self.rejected.labels(rejected)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, status_class(status)).inc()
@@ -148,6 +232,19 @@ class Metrics:
 
     def observe_cache(self, op: str, result: str) -> None:
         self.cache.labels(op, result).inc()
+
+    def observe_rejection(self, status: int, error_type: str | None) -> None:
+        """Count a 429 / 503 by its error type (one of REJECT_REASONS; a 429 or 503 the
+        framework raised without one counts as overloaded / not_ready)."""
+        if status not in (429, 503):
+            return
+        if error_type not in REJECT_REASONS:
+            error_type = "overloaded" if status == 429 else "not_ready"
+        self.rejected.labels(error_type).inc()
+
+    def track_index(self, live: Callable[[], IndexSnapshot | None]) -> None:
+        """Read the live index's identity and age from `live()` at every scrape."""
+        self._index.live = live
 
     def observe_redis(self, op: str, result: str, seconds: float | None) -> None:
         self.redis_calls.labels(op, result).inc()

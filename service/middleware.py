@@ -1,7 +1,8 @@
 """Pure-ASGI middleware: request metrics with a last-resort 500, and the request body limit.
 
 `MetricsMiddleware` is the outermost of ours: it times every HTTP request, labels it by route
-template, and turns an exception that escaped every handler into a logged 500 `internal` error
+template, counts 429s and 503s by the error type the error handler (or the load shedder)
+recorded, and turns an exception that escaped every handler into a logged 500 `internal` error
 in the usual JSON shape. `BodyLimitMiddleware` makes reading a body over the limit fail with 413
 `too_large`: at once from the Content-Length header when it is declared, otherwise as soon as
 the bytes read pass the limit.
@@ -15,7 +16,7 @@ import time
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service.errors import ErrorType, error_response
+from service.errors import ERROR_TYPE_SCOPE_KEY, ErrorType, error_response
 from service.metrics import UNMATCHED_ROUTE, Metrics
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class MetricsMiddleware:
             self.metrics.observe_request(
                 route_template(scope), status, time.perf_counter() - started
             )
+            self.metrics.observe_rejection(status, scope.get(ERROR_TYPE_SCOPE_KEY))
 
 
 class BodyLimitMiddleware:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +16,29 @@ import numpy as np
 
 from index import (
     DEFAULT_TARGET_RECALL,
+    FDEConfig,
     Manifest,
+    MultiIndex,
     build_index,
+    build_multi_index,
     check_vectors_finite,
     faiss_gpus,
     gate_build,
     publish,
     tune_search_params,
 )
+from index.chamfer import chamfer_topk
+from index.multi import DEFAULT_CANDIDATES
 from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
-from models.evaluate import evaluate_model, evaluate_popularity
+from models.evaluate import (
+    evaluate_model,
+    evaluate_popularity,
+    evaluate_within_surface,
+    popularity_scores,
+)
+from models.matryoshka import truncate_np
 from models.train import TrainConfig, train
 from service.catalog import ENCODE_BATCH, encode_catalogue
 
@@ -45,12 +57,41 @@ def train_to_dir(
 ) -> dict[str, Any]:
     """Train on ``corpus``, evaluate on its test split, save to ``model_dir``; returns the report."""
     result = train(corpus, cfg)
-    report: dict[str, Any] = {"training": result.summary(), "data": _data_summary(corpus)}
+    trained_on = result.corpus or corpus  # without held-out items' events, if any
+    report: dict[str, Any] = {"training": result.summary(), "data": _data_summary(trained_on)}
+    if "compatible_with" in result.extra:
+        report["compatible_with"] = result.extra["compatible_with"]
+    cold = [str(x) for x in result.extra.get("cold_items", [])]  # type: ignore[attr-defined]
     if evaluate and len(corpus.test):
         report["metrics"] = {
             "split": "test",
             "model": evaluate_model(result.model, result.vocab, corpus.test, seed=cfg.seed),
-            "most_popular": evaluate_popularity(corpus, result.vocab, corpus.test, seed=cfg.seed),
+            "most_popular": evaluate_popularity(
+                trained_on, result.vocab, corpus.test, seed=cfg.seed
+            ),
+        }
+        report["sampled_by_target_surface"] = evaluate_model(
+            result.model,
+            result.vocab,
+            replace(corpus.test, group=corpus.test.target_surface.astype(object)),
+            seed=cfg.seed,
+            full_ranking=False,
+        )
+    if evaluate and len(corpus.test) and cold:  # cold vs warm targets, within their surface
+        surfaces = corpus.items.surface.astype(str)
+        report["within_surface"] = {
+            "split": "test",
+            "model": evaluate_within_surface(
+                result.model, result.vocab, surfaces, corpus.test, cold_items=cold
+            ),
+            "most_popular": evaluate_within_surface(
+                None,
+                result.vocab,
+                surfaces,
+                corpus.test,
+                popularity=popularity_scores(trained_on, result.vocab, cfg.seed),
+                cold_items=cold,
+            ),
         }
     fingerprint = save_model(
         result.model,
@@ -110,6 +151,9 @@ def build_and_publish(
     device: str = "auto",
     batch_size: int = ENCODE_BATCH,
     progress: bool = False,
+    dim: int | None = None,
+    muvera: FDEConfig | None = None,
+    fde_index_type: str = "Flat",
 ) -> Manifest:
     """The batch rebuild: encode the catalogue, build, tune, gate, publish.
 
@@ -120,7 +164,17 @@ def build_and_publish(
     A refused index raises IndexRejectedError and nothing is published. Timings, devices and
     the tuning sweep go in the manifest's `extra`, with the model directory, so the service can
     load this index's model when it is not the one it serves.
+
+    With `muvera` (an FDE config: `uniserve build-index --mode multi`), the version also holds
+    a MUVERA index (`build_muvera`): the items' multi-vectors, their FDEs in an `fde_index_type`
+    FAISS index, and the config and seed, with its recall@10 against exact Chamfer in
+    `extra["muvera"]`. Multi mode indexes the model's own vocabulary at its full dimension.
     """
+    if muvera is not None and (catalog is not None or dim is not None):
+        raise ValueError(
+            "--mode multi indexes the model's own vocabulary at full dimension; "
+            f"got catalog {catalog!r} and dim {dim!r}"
+        )
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
     embedder = Embedder.from_dir(model_dir)
@@ -129,6 +183,9 @@ def build_and_publish(
         embedder, catalog, device=device, batch_size=batch_size, progress=progress
     )
     vectors = encoded.vectors  # (N, D)
+    normalize = bool(embedder.config["model"]["item"].get("normalize", True))
+    if dim is not None:  # a Matryoshka prefix: a smaller index from the same model
+        vectors = truncate_np(vectors, dim, normalize)  # (N, dim)
     check_vectors_finite(vectors)
 
     t0 = time.perf_counter()
@@ -147,6 +204,8 @@ def build_and_publish(
 
     t0 = time.perf_counter()
     queries, query_source = recall_queries(embedder, corpus, n_queries, seed, items=vectors)
+    if dim is not None and queries.shape[1] != dim:
+        queries = truncate_np(queries, dim, normalize)
     tuned = tune_search_params(
         index,
         vectors,
@@ -164,9 +223,19 @@ def build_and_publish(
         target_recall,
     )
     gate_build(
-        index, dim=embedder.dim, recall=tuned.recall, target=target_recall, params=tuned.params
+        index,
+        dim=dim or embedder.dim,
+        recall=tuned.recall,
+        target=target_recall,
+        params=tuned.params,
     )
     index.set_search_params(tuned.params)
+    multi: MultiIndex | None = None
+    muvera_extra: dict[str, Any] = {}
+    if muvera is not None:
+        multi, muvera_extra = build_muvera(
+            embedder, corpus, muvera, index_type=fde_index_type, seed=seed, progress=progress
+        )
     return publish(
         index,
         Path(index_root),
@@ -188,5 +257,75 @@ def build_and_publish(
             "query_source": query_source,
             "tuning": tuned.to_json(),
             "seed": seed,
+            **({"matryoshka_dim": dim, "model_dim": embedder.dim} if dim else {}),
+            **({"muvera": muvera_extra} if muvera_extra else {}),
         },
+        multi=multi,
     )
+
+
+MUVERA_RECALL_QUERIES = 200  # query clouds used to measure FDE + re-rank recall@10 at build
+
+
+def build_muvera(
+    embedder: Embedder,
+    corpus: Corpus | None,
+    config: FDEConfig,
+    *,
+    index_type: str = "Flat",
+    seed: int = 0,
+    candidates: int = DEFAULT_CANDIDATES,
+    n_queries: int = MUVERA_RECALL_QUERIES,
+    progress: bool = False,
+) -> tuple[MultiIndex, dict[str, Any]]:
+    """The MUVERA part of a version: every catalogue item's multi-vectors, their document FDEs
+    indexed by `index_type`, and what the manifest records (config, seed, timings, recall@10
+    of FDE retrieval + re-ranking of `candidates` rows against exact Chamfer top-10, measured on
+    validation users' interest vectors when a corpus is given, else on items' own facets)."""
+    t0 = time.perf_counter()
+    vectors, mask = embedder.item_multi_vectors()  # (N, F, D), (N, F)
+    item_ids = np.asarray(embedder.item_ids, dtype=object)
+    multi = build_multi_index(
+        vectors,
+        mask,
+        item_ids,
+        np.asarray(embedder.item_surfaces, dtype=object),
+        config=config,
+        index_type=index_type,
+        seed=seed,
+        progress=progress,
+    )
+    build_seconds = time.perf_counter() - t0
+    rng = np.random.default_rng(seed)
+    if corpus is not None and len(corpus.valid):
+        pick = rng.choice(len(corpus.valid), size=min(n_queries, len(corpus.valid)), replace=False)
+        histories = [corpus.valid.history.sequence(int(i)) for i in np.sort(pick)]
+        queries, qmask = embedder.user_multi_vectors(histories)  # (Q, K, D), (Q, K)
+        source = f"validation users of {corpus.name}"
+    else:
+        pick = rng.choice(len(vectors), size=min(n_queries, len(vectors)), replace=False)
+        queries, qmask, source = vectors[pick], mask[pick], "item multi-vectors"
+    k = min(10, multi.count)
+    _, exact = chamfer_topk(queries, vectors, k, qmask, mask)  # (Q, k)
+    _, found = multi.search(queries, k, query_mask=qmask, candidates=candidates)  # (Q, k)
+    recall = float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact, strict=True)]))
+    log.info(
+        "MUVERA: %d items x %d facets, FDE dim %d (%s), recall@10 %.4f vs exact Chamfer "
+        "with %d candidates on %d %s",
+        multi.count,
+        vectors.shape[1],
+        multi.fde_index.dim,
+        index_type,
+        recall,
+        candidates,
+        len(queries),
+        source,
+    )
+    return multi, {
+        "recall_at_10": round(recall, 4),
+        "recall_candidates": candidates,
+        "recall_queries": len(queries),
+        "query_source": source,
+        "build_seconds": round(build_seconds, 2),
+        "seed": config.seed,
+    }

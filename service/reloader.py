@@ -7,9 +7,11 @@ check and warm it, then swap it in by replacing the one engine reference the app
    `faiss.read_index` sees any of them;
 2. the model: the live one when the manifest names its fingerprint, else the configured model
    directory or the manifest's `extra["model_dir"]`, whichever has that fingerprint (a model and
-   its index swap as one unit), else refused with `model_mismatch`;
+   its index swap as one unit) or was trained backward-compatible with it (`models.compat`: a
+   new model may serve the still-live old index), else refused with `model_mismatch`;
 3. the index is read, passed through the gate (`check_servable`: empty, dimension, metric,
-   NaN / inf vectors) and the model/index check, and warmed up.
+   NaN / inf vectors) and the model/index check, and warmed up; so is its MUVERA index
+   (`open_multi`), when the version was built with `--mode multi`.
 
 Anything refused raises; `Reloader` turns it into a `ReloadError` with a reason from
 `RejectReason`, counts it in `uniserve_index_reload_failures_total{reason}` and leaves the old
@@ -38,11 +40,13 @@ from index import (
     check_version_id,
     current_version,
     list_versions,
+    open_multi,
     open_version,
     set_current,
     verify_version,
 )
-from models.artifacts import ModelArtifactError, model_fingerprint
+from models.artifacts import ModelArtifactError, model_fingerprint, read_config
+from models.compat import serves_index_of
 from models.embedder import Embedder
 from service.engine import Admission, ArtifactMismatchError, Engine
 from service.settings import Settings
@@ -91,7 +95,8 @@ def open_engine(
     embedder = _embedder_for(manifest, settings, current)
     index = open_version(root, manifest)
     check_servable(index, dim=embedder.dim)
-    engine = Engine(embedder, index, manifest, admission=admission)
+    multi = open_multi(root, manifest, index)  # None unless built with --mode multi
+    engine = Engine(embedder, index, manifest, admission=admission, multi=multi)
     engine.warm_up()
     return engine
 
@@ -99,7 +104,9 @@ def open_engine(
 def _embedder_for(manifest: Manifest, settings: Settings, current: Engine | None) -> Embedder:
     """The model the index was built for: the live one, or one found on disk by fingerprint."""
     wanted = manifest.model_fingerprint
-    if current is not None and current.embedder.fingerprint == wanted:
+    if current is not None and serves_index_of(
+        current.embedder.config, current.embedder.fingerprint, wanted
+    ):
         return current.embedder
     places = [Path(settings.model_path)]
     recorded = manifest.extra.get("model_dir")
@@ -113,7 +120,7 @@ def _embedder_for(manifest: Manifest, settings: Settings, current: Engine | None
         except ModelArtifactError as exc:
             missing = missing or exc
             continue
-        if fingerprint == wanted:
+        if fingerprint == wanted or serves_index_of(read_config(place), fingerprint, wanted):
             if place != Path(settings.model_path):
                 log.warning(
                     "index %s was built for the model at %s, not the configured %s: "

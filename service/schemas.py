@@ -11,7 +11,7 @@ request) are in the models themselves.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -176,7 +176,7 @@ class _UserRequest(_Strict):
 
 
 class UserEmbedRequest(_UserRequest):
-    pass
+    multi: StrictBool = False  # also return the user's interest vectors (multi-vector mode)
 
 
 class EventsRequest(_Strict):
@@ -193,6 +193,10 @@ class RetrieveRequest(_UserRequest):
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # item ids never returned; unknown ignored
     exclude_seen: StrictBool = False  # also exclude every item in the user's history
+    # single: ANN search with the user vector; multi: MUVERA candidates re-ranked by exact
+    # Chamfer similarity of the user's interest vectors with the items' multi-vectors (needs an
+    # index built with `uniserve build-index --mode multi`)
+    mode: Literal["single", "multi"] = "single"
 
     def check_limits(self, settings: Settings) -> None:
         super().check_limits(settings)
@@ -275,6 +279,7 @@ class ScoredItem(_Strict):
 
 class UserEmbedResponse(_Strict):
     embedding: list[float]
+    interests: list[list[float]] | None = None  # with "multi": true, interest 0 = embedding
     model_version: str
 
 

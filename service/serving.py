@@ -70,7 +70,11 @@ class ServingCore:
         flights: SingleFlight[bytes] | None = None,
         budget: Callable[[], AbstractContextManager[object]] | None = None,
         on_stage: Callable[[str, float], None] | None = None,
+        multi_candidates: int = 200,
+        multi_interests: int = 4,
     ) -> None:
+        """`multi_candidates`: rows re-ranked by exact Chamfer per multi-mode retrieve;
+        `multi_interests`: interest vectors per user in multi mode."""
         self.engine = engine
         self.cache = cache
         self.events = events
@@ -79,6 +83,8 @@ class ServingCore:
         self.flights = flights if flights is not None else SingleFlight()  # share across requests
         self._budget = budget or nullcontext
         self._on_stage = on_stage or (lambda stage, seconds: None)
+        self.multi_candidates = multi_candidates
+        self.multi_interests = multi_interests
 
     # ------------------------------------------------------------------ history
     async def history(self, user_id: str | None, events: Sequence[Event] | None) -> UserHistory:
@@ -141,6 +147,7 @@ class ServingCore:
     ) -> bytes | None:
         if self.cache_ttl <= 0:
             return None
+        started = time.perf_counter()
         try:
             value = await self.cache.get(key)
             if value is not None and valid is not None and not valid(value):
@@ -153,6 +160,8 @@ class ServingCore:
             log.warning("cache get failed; treating as a miss", exc_info=True)
             self._on_cache(op, "error")
             return None
+        finally:
+            self._on_stage("cache", time.perf_counter() - started)
         self._on_cache(op, "miss" if value is None else "hit")
         return value
 
@@ -203,11 +212,20 @@ class ServingCore:
         )
         return np.frombuffer(raw, dtype=np.float32)
 
-    async def embed_user(self, user_id: str | None, events: Sequence[Event] | None) -> bytes:
+    async def embed_user(
+        self, user_id: str | None, events: Sequence[Event] | None, *, multi: bool = False
+    ) -> bytes:
+        """The user vector; with `multi`, also the user's interest vectors (uncached)."""
         with self._budget():
             history = await self.history(user_id, events)
             vector = await self.user_vector(history)
-        return to_json({"embedding": vector, "model_version": self.engine.model_version})
+            body: dict[str, Any] = {"embedding": vector}
+            if multi:
+                vecs, mask = await self.engine.user_interests(
+                    [history.model_input()], self.multi_interests
+                )  # (1, K, D), (1, K)
+                body["interests"] = vecs[0][mask[0]]
+        return to_json({**body, "model_version": self.engine.model_version})
 
     async def retrieve(
         self,
@@ -218,8 +236,13 @@ class ServingCore:
         surfaces: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
         exclude_seen: bool = False,
+        mode: str = "single",
     ) -> bytes:
+        """Top-k items as a response body. Mode "single": ANN search with the user vector;
+        "multi": MUVERA candidates re-ranked by exact Chamfer (`Engine.retrieve_multi`)."""
         started = time.perf_counter()
+        if mode == "multi":
+            self.engine.require_multi()  # a clear 422 before any lookup
         with self._budget():
             history = await self.history(user_id, events)
             surface_set = sorted(set(surfaces)) if surfaces is not None else None
@@ -231,14 +254,30 @@ class ServingCore:
                 surfaces=surface_set,
                 exclude=sorted(excluded),
                 seen=exclude_seen,
+                **(
+                    {"mode": mode, "candidates": self.multi_candidates, "K": self.multi_interests}
+                    if mode == "multi"
+                    else {}
+                ),
             )
 
             async def compute() -> bytes:
                 skip = excluded | {e.item_id for e in history.events} if exclude_seen else excluded
-                vector = await self.user_vector(history)
-                ids, scores = await self.engine.retrieve(
-                    vector, k, surfaces=surface_set, exclude=skip
-                )
+                if mode == "multi":
+                    ids, scores, rerank_seconds = await self.engine.retrieve_multi(
+                        history.model_input(),
+                        k,
+                        num_interests=self.multi_interests,
+                        candidates=self.multi_candidates,
+                        surfaces=surface_set,
+                        exclude=skip,
+                    )
+                    self._on_stage("rerank", rerank_seconds)
+                else:
+                    vector = await self.user_vector(history)
+                    ids, scores = await self.engine.retrieve(
+                        vector, k, surfaces=surface_set, exclude=skip
+                    )
                 return to_json(
                     {
                         "items": [

@@ -87,6 +87,12 @@ class Settings(BaseSettings):
     # Model/index calls admitted at once (queued for a worker thread or running); beyond this a
     # request gets 429 at once: bounded latency under overload, at the price of rejections.
     max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 64
+    # Compute requests (retrieve, users/embed, rank, items/embed) in progress at once, from
+    # receipt to answer; beyond this a request gets 429 from its headers alone, before its body
+    # is read or parsed. That bounds the wait of admitted requests to about this many divided by
+    # the throughput, and keeps an overloaded service's answers (429s included) fast. Raise it
+    # on machines that serve many more requests per second than this one does per 50 ms.
+    max_pending_requests: Annotated[int, Field(ge=1, le=100_000)] = 32
 
     # Dynamic batching of user-encoder calls and ANN searches. Concurrent requests are
     # coalesced into one forward pass / one FAISS search of up to batch_max_size; a free worker
@@ -146,6 +152,15 @@ class Settings(BaseSettings):
     # reload with POST /admin/reload). Shorter: replicas follow a publish sooner, for one small
     # file read per poll.
     index_poll_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0
+
+    # Multi-vector retrieval (POST /v1/retrieve with mode "multi", on an index built with
+    # `uniserve build-index --mode multi`). multi_candidates: rows taken by MUVERA FDE inner
+    # product and re-ranked by exact Chamfer similarity per request; more: recall closer to
+    # exact Chamfer, for more re-ranking work (about linear). multi_interests: interest vectors
+    # per user (hidden states at the last event of each surface and at segment ends); more:
+    # more distinct interests matched, for a larger query FDE and re-ranking cost.
+    multi_candidates: Annotated[int, Field(ge=1, le=100_000)] = 200
+    multi_interests: Annotated[int, Field(ge=1, le=64)] = 4
 
     # Auth (sent as `Authorization: Bearer <key>`, compared in constant time). api_key: needed by
     # every /v1 route when set; unset = /v1 is open (fine on loopback, the default bind; set it

@@ -10,6 +10,7 @@ from service.engine import Engine
 from service.events import EventStore, InProcessEventStore
 from service.metrics import Metrics
 from service.settings import Settings
+from service.shedding import PendingLimit
 from service.singleflight import SingleFlight
 
 if TYPE_CHECKING:
@@ -30,6 +31,10 @@ class AppState:
     reloader: Reloader | None = None  # set by the lifespan: swaps `engine` (reload, rollback)
     redis: RedisLink | None = None  # set when redis_url is: the cache and events live there
     flights: SingleFlight[bytes] = field(default_factory=SingleFlight)  # shared by requests
+    pending: PendingLimit = field(init=False)  # compute requests in progress (load shedding)
+
+    def __post_init__(self) -> None:
+        self.pending = PendingLimit(self.settings.max_pending_requests)
 
     @classmethod
     def create(cls, settings: Settings) -> AppState:

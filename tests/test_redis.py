@@ -264,7 +264,9 @@ async def test_concurrent_identical_misses_after_a_flush_encode_once(
     redis_server: RedisServer,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    async with serve(settings_for(uniserve_data_dir, redis_server.url)) as served:
+    # all 200 admitted at once (the default pending limit would shed most of such a burst)
+    settings = settings_for(uniserve_data_dir, redis_server.url, max_pending_requests=200)
+    async with serve(settings) as served:
         body = {"events": events_of(served, 8), "k": K}
         warm = await post(served, "/v1/retrieve", body)
         redis_server.client().flushall()

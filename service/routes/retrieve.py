@@ -1,4 +1,5 @@
-"""POST /v1/retrieve: top-k items for a user by ANN search, with filters inside the search."""
+"""POST /v1/retrieve: top-k items for a user by ANN search (single vector, or MUVERA + exact
+Chamfer re-ranking in mode "multi"), with filters inside the search."""
 
 from __future__ import annotations
 
@@ -22,5 +23,6 @@ async def retrieve(req: RetrieveRequest, serving: ServingDep, settings: Settings
         surfaces=req.surfaces,
         exclude=req.exclude,
         exclude_seen=req.exclude_seen,
+        mode=req.mode,
     )
     return json_bytes(body)

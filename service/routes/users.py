@@ -15,4 +15,4 @@ router = APIRouter(tags=["users"], route_class=StrictJSONRoute)
 @router.post("/v1/users/embed", response_model=UserEmbedResponse, responses=ERROR_RESPONSES)
 async def embed_user(req: UserEmbedRequest, serving: ServingDep, settings: SettingsDep) -> Response:
     req.check_limits(settings)
-    return json_bytes(await serving.embed_user(req.user_id, req.request_events()))
+    return json_bytes(await serving.embed_user(req.user_id, req.request_events(), multi=req.multi))
