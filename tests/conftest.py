@@ -8,13 +8,15 @@ pay for torch and faiss at collection.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import httpx
+import numpy as np
 import pytest
 from fastapi import FastAPI
 
@@ -81,3 +83,15 @@ async def api(uniserve_data_dir: Path) -> AsyncIterator[Served]:
 
     async with _serve(Settings(data_dir=uniserve_data_dir, bootstrap=False)) as served:
         yield served
+
+
+class BlockedEmbedder:
+    """Stands in for a model stuck in a long forward pass: holds the encode worker until
+    `release` is set (tests that need a request held in progress)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
+        self.release.wait(10)
+        return np.zeros((len(histories), 1), np.float32)

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 import uuid
 from collections import Counter
 from pathlib import Path
@@ -386,19 +385,10 @@ async def test_overload_is_429_not_a_queue(api: Served) -> None:
     assert "max_inflight" in assert_error(resp, 429, "overloaded")
 
 
-class BlockedEmbedder:
-    """Stands in for a model stuck in a long forward pass: holds the encode worker."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
-        self.release.wait(10)
-        return np.zeros((len(histories), 1), np.float32)
-
-
 @pytest.mark.anyio
 async def test_full_batch_queue_is_429_at_once(serve: ServeFn, uniserve_data_dir: Path) -> None:
+    from conftest import BlockedEmbedder
+
     from service.engine import EncodeJob
 
     settings = Settings(

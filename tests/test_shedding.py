@@ -5,12 +5,11 @@ held by a blocked encoder and released by the test, never by sleeping a duration
 from __future__ import annotations
 
 import asyncio
-import threading
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
 import pytest
+from conftest import BlockedEmbedder
 
 from service.engine import EncodeJob
 from service.settings import Settings
@@ -37,17 +36,6 @@ def test_max_pending_requests_setting_is_validated() -> None:
     assert Settings().max_pending_requests == 32
     with pytest.raises(ValueError):
         Settings(max_pending_requests=0)
-
-
-class BlockedEmbedder:
-    """Stands in for a model stuck in a long forward pass: holds the encode worker."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
-        self.release.wait(10)
-        return np.zeros((len(histories), 1), np.float32)
 
 
 async def wait_until(condition: Any) -> None:
