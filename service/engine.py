@@ -30,6 +30,7 @@ from index import IndexRejectedError, ItemIndex, Manifest, MultiIndex, RejectRea
 from models.compat import serves_index_of
 from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
+from models.matryoshka import truncate_np
 from models.vocab import History
 from service.batcher import Batcher, BatchStats
 from service.errors import ErrorType, ServiceError
@@ -45,6 +46,13 @@ class ArtifactMismatchError(IndexRejectedError):
     """The index was not built from the loaded model (other fingerprint, dimension or metric)."""
 
 
+def index_dim(embedder: Embedder, manifest: Manifest) -> int:
+    """The dimension an index version searches in: the model's, or the Matryoshka prefix it was
+    built over (`uniserve build-index --dim`, recorded as `matryoshka_dim`)."""
+    prefix = manifest.extra.get("matryoshka_dim")
+    return prefix if isinstance(prefix, int) and not isinstance(prefix, bool) else embedder.dim
+
+
 def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -> None:
     """Raise ArtifactMismatchError unless the index was built from this model's item vectors,
     or from those of an old model this one was trained to be backward-compatible with."""
@@ -57,12 +65,14 @@ def check_compatible(embedder: Embedder, index: ItemIndex, manifest: Manifest) -
                 f"but the loaded model is {embedder.fingerprint[:12]}...",
             )
         )
-    if not (index.dim == manifest.dim == embedder.dim):
+    served = index_dim(embedder, manifest)
+    if not (index.dim == manifest.dim == served and 1 <= served <= embedder.dim):
+        prefix = f" (prefix {served} of it)" if served != embedder.dim else ""
         problems.append(
             (
                 RejectReason.DIMENSION,
                 f"dimensions differ: index {index.dim}, manifest {manifest.dim}, "
-                f"model {embedder.dim}",
+                f"model {embedder.dim}{prefix}",
             )
         )
     if index.metric != "ip":
@@ -136,7 +146,7 @@ def search_batch(jobs: list[SearchJob]) -> list[tuple[list[str], np.ndarray]]:
         first = jobs[members[0]]
         engine = first.engine
         allowed = engine.allowed_rows(first.surfaces, first.exclude)  # (N,) bool or None
-        queries = np.stack([jobs[i].vector for i in members])  # (b, D)
+        queries = engine.index_queries(np.stack([jobs[i].vector for i in members]))  # (b, d)
         scores, rows = engine.index.search(queries, first.k, allowed=allowed)  # (b, k)
         for row, i in enumerate(members):
             valid = rows[row] >= 0
@@ -250,6 +260,9 @@ class Engine:
         self.multi = multi
         self.manifest = manifest
         self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
+        # the index may hold a Matryoshka prefix of the model's vectors: queries are cut alike
+        self.index_dim = index_dim(embedder, manifest)
+        self._normalize = bool(embedder.config["model"]["item"].get("normalize", True))
         self.admission = admission or Admission(max_inflight, worker_threads)
         self.loaded_at = time.time()  # when this engine was built (epoch seconds)
         self._surface_masks: dict[frozenset[str], np.ndarray] = {}
@@ -278,10 +291,17 @@ class Engine:
     def dim(self) -> int:
         return self.embedder.dim
 
+    def index_queries(self, user_vectors: np.ndarray) -> np.ndarray:
+        """User vectors (B, D) in the index's space (B, index_dim): the first index_dim
+        dimensions, unit norm again for a cosine model, exactly as the build cut the items."""
+        if self.index_dim == self.embedder.dim:
+            return user_vectors
+        return truncate_np(user_vectors, self.index_dim, self._normalize)
+
     def warm_up(self) -> None:
         """One dummy user embedding and one search, so the first request pays no lazy init."""
         vec = self.embedder.user_vectors([([], [])])  # (1, D)
-        self.index.search(vec, 1)
+        self.index.search(self.index_queries(vec), 1)
         if self.multi is not None:
             vecs, mask = self.embedder.user_multi_vectors([([], [])], 1)  # (1, 1, D)
             self.multi.search(vecs, 1, query_mask=mask, candidates=1)

@@ -48,7 +48,7 @@ from index import (
 from models.artifacts import ModelArtifactError, model_fingerprint, read_config
 from models.compat import serves_index_of
 from models.embedder import Embedder
-from service.engine import Admission, ArtifactMismatchError, Engine
+from service.engine import Admission, ArtifactMismatchError, Engine, index_dim
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -94,7 +94,7 @@ def open_engine(
     manifest = verify_version(root, version)  # sha256 of every file before faiss reads one
     embedder = _embedder_for(manifest, settings, current)
     index = open_version(root, manifest)
-    check_servable(index, dim=embedder.dim)
+    check_servable(index, dim=index_dim(embedder, manifest))
     multi = open_multi(root, manifest, index)  # None unless built with --mode multi
     engine = Engine(embedder, index, manifest, admission=admission, multi=multi)
     engine.warm_up()

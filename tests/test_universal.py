@@ -247,6 +247,39 @@ def test_matryoshka_prefixes_are_valid_embeddings_used_by_index_build(tmp_path: 
     assert (manifest.recall_at_10 or 0.0) >= 0.95
 
 
+@pytest.mark.anyio
+async def test_service_serves_a_matryoshka_prefix_index(tmp_path: Path, serve) -> None:
+    """A `build-index --dim 16` version is served: queries are cut to the same prefix, so the
+    scores are the re-normalised 16-dim inner products; a prefix the model lacks is refused."""
+    out = _train(tmp_path, "mrl", "--matryoshka", "16,32")
+    root = tmp_path / "index16"
+    build_and_publish(out, root, index_type="Flat", dim=16)
+    settings = Settings(data_dir=tmp_path / "data", model_dir=out, index_root=root, bootstrap=False)
+    embedder = Embedder.from_dir(out)
+    events = [{"item_id": str(i)} for i in embedder.item_ids[:6]]
+    async with serve(settings) as served:
+        engine = served.state.engine
+        assert engine is not None and engine.index_dim == 16 and engine.dim == 64
+        user = (await served.client.post("/v1/users/embed", json={"events": events})).json()
+        resp = await served.client.post("/v1/retrieve", json={"events": events, "k": 5})
+        assert resp.status_code == 200, resp.text
+    items = resp.json()["items"]
+    assert len(items) == 5
+    query = truncate_np(np.asarray([user["embedding"]], np.float32), 16)[0]  # (16,)
+    table = truncate_np(embedder.item_vectors(), 16)  # (N, 16)
+    rows = embedder.item_rows([it["item_id"] for it in items])
+    np.testing.assert_allclose(
+        [it["score"] for it in items], table[rows] @ query, rtol=1e-4, atol=1e-5
+    )
+    assert items[0]["score"] == pytest.approx(float((table @ query).max()), abs=1e-5)
+
+    # an index claiming a prefix wider than the model's vectors is refused
+    index, manifest = load_current(root)
+    manifest.extra["matryoshka_dim"] = 128
+    with pytest.raises(ArtifactMismatchError, match="prefix 128"):
+        check_compatible(embedder, index, manifest)
+
+
 def test_evaluate_cli_protocol_json_and_prefix_dim(base_model: Path, capsys) -> None:
     capsys.readouterr()
     args = ["evaluate", "--model", str(base_model), "--dataset", "sample", "--json"]
