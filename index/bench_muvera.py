@@ -38,6 +38,7 @@ import numpy as np
 from index.chamfer import chamfer_pairs, chamfer_topk
 from index.fde import FDEConfig, encode_documents, encode_queries
 from index.multi import build_multi_index
+from index.recall import overlap_recall
 
 K = 10
 DEFAULT_CANDIDATES = (10, 20, 50, 100, 200, 500)
@@ -58,13 +59,6 @@ PRESETS: dict[str, FDEConfig] = {
 DEFAULT_PRESETS = ("r8-k1-ams8", "r8-k2-ams8", "r16-k2-ams8", "r32-k2-ams8", "r16-k3-ams8")
 
 
-def recall(found: np.ndarray, exact: np.ndarray) -> float:
-    """Mean |found_i ∩ exact_i| / k over queries; both (Q, k) rows."""
-    return float(
-        np.mean([len(set(f) & set(e)) / e.size for f, e in zip(found, exact, strict=True)])
-    )
-
-
 def rerank_recall(
     fde_scores: np.ndarray,
     queries: np.ndarray,
@@ -81,7 +75,7 @@ def rerank_recall(
         cand = top[:, :c]
         s = chamfer_pairs(queries, docs[cand], qmask, dmask[cand])  # (Q, c)
         best = np.take_along_axis(cand, np.argsort(-s, axis=1, kind="stable")[:, :K], axis=1)
-        out[c] = recall(best, exact_rows)
+        out[c] = overlap_recall(best, exact_rows)
     return out
 
 
@@ -187,7 +181,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "queries": nq,
                 "muvera": fde_lat,
                 "speedup_mean": round(brute_lat["mean_ms"] / fde_lat["mean_ms"], 1),
-                "recall@10": round(recall(got[j], exact_rows[:nq]), 4),
+                "recall@10": round(overlap_recall(got[j], exact_rows[:nq]), 4),
             }
             print(json.dumps(e2e))
             result["end_to_end"].append(e2e)

@@ -55,5 +55,11 @@ def recall_at_k(
         raise ValueError(f"exact top-k has shape {exact.shape}, the search gave {ann.shape}")
     if ann.shape[0] == 0:
         raise ValueError("recall needs at least one query, got none")
-    hits = [np.intersect1d(a[a >= 0], e).size for a, e in zip(ann, exact, strict=True)]
+    return overlap_recall(ann, exact)
+
+
+def overlap_recall(found: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of |found_i ∩ exact_i| / k, both (Q, k) rows (-1 = no result)."""
+    k = exact.shape[1]
+    hits = [np.intersect1d(f[f >= 0], e).size for f, e in zip(found, exact, strict=True)]
     return float(np.mean(hits) / k)

@@ -17,6 +17,7 @@ import torch
 from models.artifacts import load_model, model_fingerprint
 from models.features import SURFACE_FIELD, FeatureSpec
 from models.item_encoder import FIRST_ITEM_ID, UNK_ID
+from models.matryoshka import truncate_np
 from models.multi import item_facet_vectors, user_interest_vectors
 from models.recommender import Recommender
 from models.vocab import History, Ids, Vocab
@@ -56,6 +57,12 @@ class Embedder:
     @property
     def metadata_fields(self) -> dict[str, str]:
         return self.spec.fields
+
+    def prefix(self, vectors: np.ndarray, dim: int) -> np.ndarray:
+        """The first `dim` dimensions of user or item vectors (N, D) -> (N, dim), unit norm
+        again when the model scores by cosine: a Matryoshka prefix, cut the same way for the
+        index build and for the queries served against it."""
+        return truncate_np(vectors, dim, self.model.config.item.normalize)
 
     def item_rows(self, item_ids: Ids) -> np.ndarray:
         """Catalogue rows (M,) int64; -1 for ids the model does not know."""

@@ -18,7 +18,6 @@ import asyncio
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -30,17 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from index import load_current, publish
+from service.benchmark import free_port
 from service.bootstrap import ensure_artifacts
 from service.report import render
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_ok(url: str, seconds: float) -> None:

@@ -30,7 +30,6 @@ from index import IndexRejectedError, ItemIndex, Manifest, MultiIndex, RejectRea
 from models.compat import serves_index_of
 from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
-from models.matryoshka import truncate_np
 from models.vocab import History
 from service.batcher import Batcher, BatchStats
 from service.errors import ErrorType, ServiceError
@@ -262,7 +261,6 @@ class Engine:
         self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
         # the index may hold a Matryoshka prefix of the model's vectors: queries are cut alike
         self.index_dim = index_dim(embedder, manifest)
-        self._normalize = bool(embedder.config["model"]["item"].get("normalize", True))
         self.admission = admission or Admission(max_inflight, worker_threads)
         self.loaded_at = time.time()  # when this engine was built (epoch seconds)
         self._surface_masks: dict[frozenset[str], np.ndarray] = {}
@@ -296,7 +294,7 @@ class Engine:
         dimensions, unit norm again for a cosine model, exactly as the build cut the items."""
         if self.index_dim == self.embedder.dim:
             return user_vectors
-        return truncate_np(user_vectors, self.index_dim, self._normalize)
+        return self.embedder.prefix(user_vectors, self.index_dim)
 
     def warm_up(self) -> None:
         """One dummy user embedding and one search, so the first request pays no lazy init."""

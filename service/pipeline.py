@@ -29,6 +29,7 @@ from index import (
 )
 from index.chamfer import chamfer_topk
 from index.multi import DEFAULT_CANDIDATES
+from index.recall import overlap_recall
 from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
@@ -38,7 +39,6 @@ from models.evaluate import (
     evaluate_within_surface,
     popularity_scores,
 )
-from models.matryoshka import truncate_np
 from models.train import TrainConfig, train
 from service.catalog import ENCODE_BATCH, encode_catalogue
 
@@ -183,9 +183,8 @@ def build_and_publish(
         embedder, catalog, device=device, batch_size=batch_size, progress=progress
     )
     vectors = encoded.vectors  # (N, D)
-    normalize = bool(embedder.config["model"]["item"].get("normalize", True))
     if dim is not None:  # a Matryoshka prefix: a smaller index from the same model
-        vectors = truncate_np(vectors, dim, normalize)  # (N, dim)
+        vectors = embedder.prefix(vectors, dim)  # (N, dim)
     check_vectors_finite(vectors)
 
     t0 = time.perf_counter()
@@ -205,7 +204,7 @@ def build_and_publish(
     t0 = time.perf_counter()
     queries, query_source = recall_queries(embedder, corpus, n_queries, seed, items=vectors)
     if dim is not None and queries.shape[1] != dim:
-        queries = truncate_np(queries, dim, normalize)
+        queries = embedder.prefix(queries, dim)
     tuned = tune_search_params(
         index,
         vectors,
@@ -308,7 +307,7 @@ def build_muvera(
     k = min(10, multi.count)
     _, exact = chamfer_topk(queries, vectors, k, qmask, mask)  # (Q, k)
     _, found = multi.search(queries, k, query_mask=qmask, candidates=candidates)  # (Q, k)
-    recall = float(np.mean([len(set(f) & set(e)) / k for f, e in zip(found, exact, strict=True)]))
+    recall = overlap_recall(found, exact)
     log.info(
         "MUVERA: %d items x %d facets, FDE dim %d (%s), recall@10 %.4f vs exact Chamfer "
         "with %d candidates on %d %s",

@@ -18,7 +18,6 @@ import math
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -32,6 +31,7 @@ import pytest
 import yaml
 
 from index import load_current, publish
+from service.benchmark import free_port
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -59,13 +59,6 @@ GRAFANA_VARIABLES = {"$__rate_interval": "30s", "$instance": ".*"}
 
 
 # ---------------------------------------------------------------------------- helpers
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 def wait_until_ok(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
