@@ -1,11 +1,12 @@
 # `make run`: create .venv, install (CPU torch first, then uniserve), train+index the shipped
-# sample on first start, serve on 127.0.0.1:8000.   `make test`: install, run the test suite.
+# sample on first start, serve on 127.0.0.1:8000.   `make test`: install (with the `ray` extra,
+# which the Ray rebuild tests need and `make run` does not), run the test suite.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: run install test lint typecheck clean
+.PHONY: run install install-ray test lint typecheck clean
 
 run: install
 	$(BIN)/uniserve serve
@@ -20,7 +21,13 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-test: install
+install-ray: $(VENV)/.installed-ray
+
+$(VENV)/.installed-ray: $(VENV)/.installed
+	$(BIN)/python -m pip install --quiet -e '.[ray]'
+	touch $@
+
+test: install-ray
 	$(BIN)/python -m pytest -q
 
 lint: install

@@ -72,6 +72,24 @@ def build_index(
     n, dim = x.shape
     ids = check_item_ids(item_ids, n)  # (N,)
     surf = check_surfaces(surfaces, n)  # (N,)
+    index = new_index(dim, index_type, n, seed=seed)
+    if not index.is_trained:
+        rows = training_rows(n, index, seed, train_size)  # (T,)
+        train_index(index, x if len(rows) == n else x[rows], index_type, use_gpu=use_gpu)
+    # added in chunks (same index as one add) so a long HNSW build can report progress
+    with tqdm(total=n, desc=f"adding to {index_type}", unit="item", disable=not progress) as bar:
+        for lo in range(0, n, ADD_CHUNK):
+            index.add(x[lo : lo + ADD_CHUNK])
+            bar.update(min(ADD_CHUNK, n - lo))
+    return ItemIndex(
+        index, ids, surf, index_type=index_type, metric=metric, search_params=search_params
+    )
+
+
+def new_index(dim: int, index_type: str, n: int, *, seed: int = 0) -> faiss.Index:
+    """An empty inner-product `index_type` index of dimension `dim` that will hold `n` vectors,
+    its k-means seeded from `seed`; ValueError for a type faiss cannot make or an IVF with
+    fewer than MIN_POINTS_PER_LIST vectors per list. Trainable unless `is_trained` already."""
     try:
         index = faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as e:
@@ -89,27 +107,38 @@ def build_index(
                 f"{n // MIN_POINTS_PER_LIST} lists (or Flat / HNSW for so few items)"
             )
     _configure_training(index, seed)
-    if not index.is_trained:
-        sample = _training_sample(x, index, seed, train_size)  # (T, D)
-        gpu_assigner = _gpu_clustering_index(index, use_gpu)  # kept alive while training
-        try:
-            index.train(sample)
-        except RuntimeError as e:
-            raise ValueError(
-                f"training {index_type!r} on {sample.shape[0]} vectors failed: {e}"
-            ) from e
-        finally:
-            if gpu_assigner is not None:
-                ivf: Any = faiss.extract_index_ivf(index)
-                ivf.clustering_index = None  # the index is saved and served without it
-    # added in chunks (same index as one add) so a long HNSW build can report progress
-    with tqdm(total=n, desc=f"adding to {index_type}", unit="item", disable=not progress) as bar:
-        for lo in range(0, n, ADD_CHUNK):
-            index.add(x[lo : lo + ADD_CHUNK])
-            bar.update(min(ADD_CHUNK, n - lo))
-    return ItemIndex(
-        index, ids, surf, index_type=index_type, metric=metric, search_params=search_params
-    )
+    return index
+
+
+def training_rows(n: int, index: faiss.Index, seed: int, train_size: int | None) -> np.ndarray:
+    """Sorted rows (T,) of the n vectors an untrained `index` is trained on: a sample of at most
+    `train_size` drawn with `seed` (default 256 points per centroid), or all n when that is
+    fewer. The same rows whether the vectors are in one array or arrive in blocks."""
+    if train_size is None:
+        ivf = faiss.try_extract_index_ivf(index)
+        centroids = max(PQ_CENTROIDS, ivf.nlist if ivf is not None else 0)
+        train_size = MAX_TRAIN_POINTS_PER_CENTROID * centroids
+    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
+        raise ValueError(f"train_size must be a positive int, got {train_size!r}")
+    if train_size >= n:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))
+
+
+def train_index(
+    index: faiss.Index, sample: np.ndarray, index_type: str, *, use_gpu: bool | None = None
+) -> None:
+    """Train `index` on `sample` (T, D) float32, IVF k-means on the GPUs when `use_gpu` (None:
+    when faiss reports any); ValueError when faiss refuses."""
+    gpu_assigner = _gpu_clustering_index(index, use_gpu)  # kept alive while training
+    try:
+        index.train(sample)
+    except RuntimeError as e:
+        raise ValueError(f"training {index_type!r} on {sample.shape[0]} vectors failed: {e}") from e
+    finally:
+        if gpu_assigner is not None:
+            ivf: Any = faiss.extract_index_ivf(index)
+            ivf.clustering_index = None  # the index is saved and served without it
 
 
 def _check_vectors(vectors: np.ndarray) -> np.ndarray:
@@ -151,20 +180,3 @@ def _gpu_clustering_index(index: faiss.Index, use_gpu: bool | None) -> faiss.Ind
     ivf.clustering_index = gpu_index
     log.info("IVF k-means on %d GPU(s); the index stays on the CPU for serving", gpus)
     return gpu_index
-
-
-def _training_sample(
-    x: np.ndarray, index: faiss.Index, seed: int, train_size: int | None
-) -> np.ndarray:
-    """A seeded sample of rows of x (N, D) for training; returns (T, D)."""
-    n = x.shape[0]
-    if train_size is None:
-        ivf = faiss.try_extract_index_ivf(index)
-        centroids = max(PQ_CENTROIDS, ivf.nlist if ivf is not None else 0)
-        train_size = MAX_TRAIN_POINTS_PER_CENTROID * centroids
-    if isinstance(train_size, bool) or not isinstance(train_size, int) or train_size < 1:
-        raise ValueError(f"train_size must be a positive int, got {train_size!r}")
-    if train_size >= n:
-        return x
-    rows = np.sort(np.random.default_rng(seed).choice(n, size=train_size, replace=False))  # (T,)
-    return x[rows]

@@ -56,13 +56,21 @@ class OldModel:
     def dim(self) -> int:
         return self.model.dim
 
+    def to(self, device: torch.device) -> OldModel:
+        """Move the frozen model and the row map to ``device`` (training's), in place."""
+        self.model.to(device)
+        self.rows = self.rows.to(device)
+        return self
+
     @torch.no_grad()
     def queries(
         self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """The old model's served user vectors at every position: (B, T) -> (B, T, dim)."""
-        hidden = self.model.hidden(self.rows[ids], surfaces, mask)  # (B, T, D)
-        return self.model.query_vectors(hidden)
+        old_ids = self.rows[ids]  # (B, T)
+        hidden = self.model.hidden(old_ids, surfaces, mask)  # (B, T, D)
+        content = self.model.user_content(old_ids, mask) if self.model.has_content else None
+        return self.model.query_vectors(hidden, content)
 
     @torch.no_grad()
     def item_vectors(self, rows: torch.Tensor) -> torch.Tensor:
@@ -84,7 +92,8 @@ def _softmax_ce(
     neg_logit = queries @ neg.T / temperature - log_q[negatives]  # (M, K)
     neg_logit = neg_logit.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
     logits = torch.cat([pos_logit, neg_logit], dim=1)  # (M, 1 + K)
-    return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long), reduction="none")
+    zero = torch.zeros(len(targets), dtype=torch.long, device=logits.device)  # (M,)
+    return F.cross_entropy(logits, zero, reduction="none")
 
 
 def compatibility_loss(

@@ -93,8 +93,10 @@ def user_vectors_for(
     seqs = histories.history
     for lo in range(0, len(seqs), batch_size):
         batch = [seqs.sequence(i) for i in range(lo, min(len(seqs), lo + batch_size))]
-        ids, surfaces, mask = vocab.batch(batch, max_len)
-        out.append(model.user_vectors(ids, surfaces, mask).numpy())
+        ids, surfaces, mask = vocab.batch(batch, max_len)  # (B, T) each, on the CPU
+        device = model.item_cat.device  # training may run on a GPU
+        vecs = model.user_vectors(ids.to(device), surfaces.to(device), mask.to(device))
+        out.append(vecs.cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
 
 
@@ -117,7 +119,7 @@ def evaluate_model(
     users, items = _vectors(model, vocab, eval_set, dim)
     if item_model is not None:
         with torch.inference_mode():
-            items = item_model.eval().all_item_vectors().numpy()  # (N, D)
+            items = item_model.eval().all_item_vectors().cpu().numpy()  # (N, D)
         if items.shape != (len(vocab), users.shape[1]):
             raise ValueError(
                 f"item model vectors {items.shape} do not fit {len(vocab)} items x "
@@ -154,8 +156,9 @@ def sampled_metrics(
     rows = vocab.item_rows(eval_set.target_item)
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)  # (U, K)
     candidates = np.concatenate([np.maximum(rows, 0)[:, None], negatives], axis=1)  # (U, 1 + K)
-    items = model.item_vectors(torch.from_numpy(candidates + FIRST_ITEM_ID))  # (U, 1 + K, D)
-    scores = torch.einsum("ud,ukd->uk", users, items).numpy()  # (U, 1 + K)
+    device = model.item_cat.device
+    items = model.item_vectors(torch.from_numpy(candidates + FIRST_ITEM_ID).to(device))
+    scores = torch.einsum("ud,ukd->uk", users.to(device), items).cpu().numpy()  # (U, 1 + K)
     ranks = (scores[:, 1:] >= scores[:, :1]).sum(1).astype(np.float64)
     ranks[rows < 0] = np.inf
     return metrics_from_ranks(ranks, ks)
@@ -188,7 +191,7 @@ def _vectors(
     """(users (U, d), items (N, d)) float32: served vectors, or their ``dim`` prefix."""
     with torch.inference_mode():
         model.eval()
-        items = model.all_item_vectors().numpy()  # (N, D)
+        items = model.all_item_vectors().cpu().numpy()  # (N, D)
     users = user_vectors_for(model, vocab, eval_set)  # (U, D)
     if dim is not None and dim != model.dim:
         norm = model.config.item.normalize

@@ -49,6 +49,9 @@ def make_cold(model: Recommender, rows: np.ndarray) -> None:
     table = torch.from_numpy(np.asarray(rows, dtype=np.int64) + FIRST_ITEM_ID)
     with torch.no_grad():
         emb = model.item_encoder.id_embedding.weight
+        table = table.to(emb.device)
+        if model.config.item.content_dim:
+            model.item_encoder.metadata_only[table] = True
         emb[table] = emb[UNK_ID].clone()
         if model.config.item.bias:
             bias = model.item_encoder.bias.weight

@@ -66,6 +66,7 @@ def user_interest_vectors(
     model: Recommender, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Interest vectors (B, K, dim) (served like user vectors) and their (B, K) bool mask."""
+    _check_single_channel(model)
     hidden = model.hidden(ids, surfaces, mask)  # (B, T, D)
     pos, valid = interest_positions(surfaces.cpu().numpy(), mask.cpu().numpy(), k)
     index = torch.from_numpy(pos).to(hidden.device)  # (B, K)
@@ -77,6 +78,7 @@ def item_facet_vectors(model: Recommender, ids: torch.Tensor) -> tuple[torch.Ten
     """Id-table rows (N,) -> facet vectors (N, F, dim) and their (N, F) bool mask, with
     F = 2 + categorical fields + text fields (served vector, id, metadata parts; with metadata
     off, F = 2)."""
+    _check_single_channel(model)
     enc = model.item_encoder
     cfg = model.config.item
     cat, tokens = model.item_cat[ids], model.item_tokens[ids]  # (N, C), (N, F_t, L)
@@ -107,3 +109,11 @@ def item_facet_vectors(model: Recommender, ids: torch.Tensor) -> tuple[torch.Ten
         vectors = torch.cat([vectors, bias], dim=-1)  # (N, F, D + 1)
     facet_mask = torch.stack([torch.ones_like(present[0]), *present], dim=1)  # (N, F)
     return vectors, facet_mask
+
+
+def _check_single_channel(model: Recommender) -> None:
+    if model.has_content:
+        raise ValueError(
+            "MUVERA multi-vectors are not available for a model with a content channel "
+            "(trained with --content-dim)"
+        )

@@ -10,6 +10,14 @@ With ``ItemEncoderConfig.bias`` on, the served vectors have one more dimension: 
 logit times the temperature, and plain inner-product search ranks by it. ``dim`` is the served
 dimension; training, evaluation and serving all score with these same vectors.
 
+With ``ItemEncoderConfig.content_dim`` K > 0, both sides end with a fixed lexical channel of K
+dims: an item's TF-IDF bag of text tokens, randomly projected (``ItemEncoder.content``), and for a
+user the decayed sum of their history items' channels, unit norm, times a learnt weight ``w``.
+The served score gains ``w x cos(history words, item words)``, trained jointly: the learnt part
+fits what word overlap with the recent history does not explain, and an item never trained on
+(cold start) still scores by its words. Served layout: user ``[u, (1), w c_u]``, item
+``[v, (b), c_i]``; ``dim`` counts every column.
+
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
 from ``items.parquet`` and the feature spec, so the weights file holds only learnt parameters).
 """
@@ -65,11 +73,33 @@ class Recommender(nn.Module):
         pad_tok = torch.zeros((FIRST_ITEM_ID, *item_tokens.shape[1:]), dtype=torch.long)
         self.register_buffer("item_cat", torch.cat([pad_cat, item_cat]), persistent=False)
         self.register_buffer("item_tokens", torch.cat([pad_tok, item_tokens]), persistent=False)
+        if config.item.content_dim:
+            self.item_encoder.set_content_idf(item_tokens)
+            self.content_weight = nn.Parameter(torch.tensor(1.0))  # learnt weight of the channel
 
     @property
     def dim(self) -> int:
         """Dimension of the served user and item vectors: D, or D + 1 with the item bias."""
-        return self.config.item.dim + int(self.config.item.bias)
+        item = self.config.item
+        return item.dim + int(item.bias) + item.content_dim
+
+    @property
+    def has_content(self) -> bool:
+        return bool(self.config.item.content_dim)
+
+    def user_content(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The user side of the lexical channel at every position: ids, mask (B, T) -> (B, T, K),
+        the unit-norm sum of the channels of the events up to each position, an event ``a``
+        steps older weighted ``content_decay ** a``; unknown items and padding add nothing."""
+        item = self.item_encoder.content(self.item_tokens[ids])  # (B, T, K)
+        item = item * mask.unsqueeze(-1)
+        t = ids.shape[1]
+        steps = torch.arange(t, device=ids.device)
+        age = (steps[:, None] - steps[None, :]).float()  # (T, T): row t, column j: t - j
+        decay = torch.where(
+            age >= 0, self.config.item.content_decay ** age.clamp(min=0), torch.zeros_like(age)
+        )  # (T, T)
+        return F.normalize(torch.einsum("tj,bjk->btk", decay, item), dim=-1)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """Catalogue id-table rows (*S) int64 -> served item vectors (*S, dim).
@@ -109,16 +139,24 @@ class Recommender(nn.Module):
         item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
         return self.user_encoder.forward_with_attention(item_vecs, surfaces, mask)
 
-    def query_vectors(self, hidden: torch.Tensor) -> torch.Tensor:
+    def query_vectors(
+        self, hidden: torch.Tensor, content: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """User states (*S, D) -> served user vectors (*S, dim): unit norm, then a constant 1
-        that picks up the item bias column when the bias is on."""
+        that picks up the item bias column when the bias is on, then the user's lexical channel
+        (*S, K) (``user_content`` at the same positions) times its learnt weight."""
         queries = F.normalize(hidden, dim=-1)  # (*S, D)
         if self.config.item.bias:
             queries = torch.cat([queries, torch.ones_like(queries[..., :1])], dim=-1)
+        if self.has_content:
+            if content is None:
+                raise ValueError("a model with a content channel needs the users' histories")
+            queries = torch.cat([queries, self.content_weight * content], dim=-1)
         return queries
 
     def user_vectors(
         self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Served user vectors from left-padded histories (B, T) -> (B, dim)."""
-        return self.query_vectors(self.hidden(ids, surfaces, mask)[:, -1])
+        content = self.user_content(ids, mask)[:, -1] if self.has_content else None
+        return self.query_vectors(self.hidden(ids, surfaces, mask)[:, -1], content)

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 from models.autocdsr import cross_surface_attention_loss, pareto_combine
 from models.compat import OldModel, compatibility_loss
 from models.corpus import Corpus, Sequences
-from models.evaluate import sampled_metrics
+from models.device import DEVICES, select_device
+from models.evaluate import evaluate_model, sampled_metrics
 from models.features import FeatureSpec
 from models.holdout import hold_out_items, make_cold
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, ItemEncoderConfig
@@ -62,9 +63,18 @@ class TrainConfig:
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
     time_budget_s: float | None = None  # stop early after this much wall time
     text_buckets: int = 1 << 15
-    select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10 (sampled)
+    select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10
+    select_on: str = "sampled"  # which validation NDCG@10 picks the epoch: "sampled" (target
+    # vs 100 uniform negatives, the AutoCDSR protocol) or "full" (against the whole catalogue:
+    # what retrieval serves; costs one full scoring of the validation users per epoch)
     progress: bool = True
     id_only: bool = False  # the id-only baseline: no surface tokens, no item metadata
+    id_free: bool = False  # no per-item id embeddings: items are their metadata alone (M2TRec),
+    # so a new item is encoded exactly like a trained one (cold start)
+    content_dim: int = 0  # K > 0: add the fixed lexical channel (IDF-weighted text tokens,
+    # randomly projected to K dims; see models/recommender.py), served as K more dims
+    content_decay: float = 0.8  # weight of a history event one step older in the user side
+    cold_boost: float = 1.0  # served channel of items without a trained id times this
     autocdsr: bool = False  # add AutoCDSR's cross-surface attention loss, MGDA-weighted
     mgda_normalize: str = "none"  # gradient scaling before the MGDA solve: none, loss, l2
     compatible_with: str | None = None  # old model directory: train backward-compatible
@@ -74,6 +84,8 @@ class TrainConfig:
     # of the served vectors is then a usable embedding; the full dim is always trained
     holdout_items: float = 0.0  # fraction of catalogue items kept out of training entirely
     # (cold-start evaluation); their vectors come from metadata alone
+    device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU), cpu or cuda; the
+    # saved model is always on the CPU
 
     def __post_init__(self) -> None:
         for name in (
@@ -98,20 +110,36 @@ class TrainConfig:
             )
         self.matryoshka = tuple(int(m) for m in self.matryoshka)
         if self.matryoshka and (
-            self.item_bias
+            self.content_dim
+            or self.item_bias
             or not self.normalize_items
             or max(self.matryoshka) > self.dim
             or min(self.matryoshka) < 1
         ):
             raise ValueError(
                 f"matryoshka dims {self.matryoshka} need 1 <= m <= dim {self.dim}, unit-norm "
-                f"items and no item bias (got normalize_items={self.normalize_items}, "
-                f"item_bias={self.item_bias})"
+                f"items, no item bias and no content channel (got normalize_items="
+                f"{self.normalize_items}, item_bias={self.item_bias}, content_dim="
+                f"{self.content_dim})"
+            )
+        if self.id_free and (self.id_only or self.item_bias):
+            raise ValueError(
+                "id_free items are their metadata alone: it excludes id_only and the per-item "
+                f"bias (got id_only={self.id_only}, item_bias={self.item_bias})"
             )
         if not 0.0 <= self.holdout_items < 1.0:
             raise ValueError(f"holdout_items must be in [0, 1), got {self.holdout_items}")
         if self.compat_weight < 0:
             raise ValueError(f"compat_weight must be >= 0, got {self.compat_weight}")
+        if self.cold_boost <= 0 or self.content_dim < 0:
+            raise ValueError(
+                f"cold_boost must be > 0 and content_dim >= 0, got {self.cold_boost}, "
+                f"{self.content_dim}"
+            )
+        if self.select_on not in ("sampled", "full"):
+            raise ValueError(f"select_on must be sampled or full, got {self.select_on!r}")
+        if self.device not in DEVICES:
+            raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.mgda_normalize not in ("none", "loss", "l2"):
             raise ValueError(
                 f"mgda_normalize must be none, loss or l2, got {self.mgda_normalize!r}"
@@ -126,6 +154,8 @@ class TrainResult:
     config: TrainConfig
     epoch_losses: list[float] = field(default_factory=list)
     valid_ndcg: list[float] = field(default_factory=list)  # sampled NDCG@10 after each epoch
+    valid_full_ndcg: list[float] = field(default_factory=list)  # full-ranking NDCG@10, when
+    # selecting on it
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     steps: int = 0
     seconds: float = 0.0
@@ -138,6 +168,11 @@ class TrainResult:
             "config": asdict(self.config),
             "epoch_losses": [round(x, 5) for x in self.epoch_losses],
             "valid_ndcg@10_sampled": [round(x, 5) for x in self.valid_ndcg],
+            **(
+                {"valid_ndcg@10_full": [round(x, 5) for x in self.valid_full_ndcg]}
+                if self.valid_full_ndcg
+                else {}
+            ),
             "best_epoch": self.best_epoch,
             "steps": self.steps,
             "seconds": round(self.seconds, 2),
@@ -163,6 +198,11 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             normalize=cfg.normalize_items,
             bias=cfg.item_bias,
             metadata=not cfg.id_only,
+            ids=not cfg.id_free,
+            content_dim=cfg.content_dim,
+            content_decay=cfg.content_decay,
+            content_cold_boost=cfg.cold_boost,
+            content_seed=cfg.seed,
         ),
         UserEncoderConfig(
             num_surfaces=vocab.num_surfaces,
@@ -225,24 +265,34 @@ def add_popularity_prior(model: Recommender, counts: np.ndarray, weight: float) 
     """
     if not model.config.item.bias:
         raise ValueError("a popularity prior needs a model with item_bias on")
-    prior = torch.from_numpy(weight * np.log1p(counts)).float()  # (N + 2,)
+    bias = model.item_encoder.bias.weight  # (N + 2, 1)
+    prior = torch.from_numpy(weight * np.log1p(counts)).float().to(bias.device)  # (N + 2,)
     prior[:FIRST_ITEM_ID] = 0.0  # padding and UNK
     with torch.no_grad():
-        model.item_encoder.bias.weight[:, 0] += prior
+        bias[:, 0] += prior
 
 
 def _served_valid_ndcg(
     model: Recommender, vocab: Vocab, corpus: Corpus, cfg: TrainConfig, counts: np.ndarray
-) -> float:
-    """Validation NDCG@10 (sampled) of the model as it would be served: with the popularity
-    prior added to the bias for the measurement, then taken off again."""
+) -> tuple[float, float | None]:
+    """Validation NDCG@10 of the model as it would be served (with the popularity prior added
+    to the bias for the measurement, then taken off again): (sampled, full ranking or None
+    unless ``cfg.select_on`` is "full")."""
+
+    def measure() -> tuple[float, float | None]:
+        sampled = sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+        if cfg.select_on != "full":
+            return sampled, None
+        report = evaluate_model(model, vocab, corpus.valid, ks=(10,), seed=cfg.seed)
+        return sampled, report["all"]["full"]["ndcg@10"]
+
     if cfg.popularity_prior == 0:
-        return sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+        return measure()
     bias = model.item_encoder.bias.weight
     saved = bias.detach().clone()
     add_popularity_prior(model, counts, cfg.popularity_prior)
     try:
-        return sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+        return measure()
     finally:
         with torch.no_grad():
             bias.copy_(saved)
@@ -279,13 +329,15 @@ def sampled_softmax_loss(
         pos, neg = pos - log_q[targets, None], neg - log_q[negatives]
         neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
         logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
-        losses.append(F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long)))
+        zero = torch.zeros(len(targets), dtype=torch.long, device=logits.device)  # (M,)
+        losses.append(F.cross_entropy(logits, zero))
     return torch.stack(losses).mean()
 
 
 def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     """Train a model on ``corpus.train``; deterministic for a given config and thread count."""
     cfg = cfg or TrainConfig()
+    device = select_device(cfg.device)
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     cold_ids = np.zeros(0, dtype=object)
@@ -308,7 +360,10 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     )
     q = expected_negative_counts(counts, cfg.in_batch_negatives, 0)
     q[pool] += cfg.num_negatives / len(pool)  # uniform negatives come from warm rows only
-    log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float()  # (N + 2,)
+    log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float().to(device)  # (N + 2,)
+    model.to(device)  # before the optimizers see the parameters
+    if old is not None:
+        old.to(device)
     sparse_names = {"item_encoder.id_embedding.weight", "item_encoder.bias.weight"}
     sparse_params = [p for n, p in model.named_parameters() if n in sparse_names]
     dense_params = [p for n, p in model.named_parameters() if n not in sparse_names]
@@ -319,6 +374,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     # AutoCDSR's shared parameters: the transformer's, not the embedding tables
     shared = [p for n, p in model.user_encoder.named_parameters() if "embedding" not in n]
     result = TrainResult(model, spec, vocab, cfg, corpus=corpus)
+    result.extra["device"] = device.type
     if len(cold_ids):
         result.extra["cold_items"] = [str(x) for x in cold_ids]
     if old is not None:
@@ -330,7 +386,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
     started = time.perf_counter()
     log.info(
-        "training on %d windows, %d items, %d steps/epoch", len(win_ids), n_items, steps_per_epoch
+        "training on %d windows, %d items, %d steps/epoch, on %s",
+        len(win_ids),
+        n_items,
+        steps_per_epoch,
+        device.type,
     )
     model.train()
     stop = False
@@ -344,8 +404,8 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            ids = torch.from_numpy(win_ids[idx])  # (B, L+1)
-            surfaces = torch.from_numpy(win_surf[idx])  # (B, L+1)
+            ids = torch.from_numpy(win_ids[idx]).to(device)  # (B, L+1)
+            surfaces = torch.from_numpy(win_surf[idx]).to(device)  # (B, L+1)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             mask = inputs != PAD_ID  # (B, L)
             in_surf = surfaces[:, :-1]  # (B, L)
@@ -355,10 +415,13 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 hidden = model.hidden(inputs, in_surf, mask)  # (B, L, D)
             keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
             batch_targets = targets[keep]  # (M,)
-            in_batch = rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
-            uniform = pool[rng.integers(0, len(pool), cfg.num_negatives)]
-            negatives = torch.cat([batch_targets[in_batch], torch.from_numpy(uniform)])  # (K,)
-            queries = model.query_vectors(hidden[keep])  # (M, dim)
+            in_batch = torch.from_numpy(
+                rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
+            ).to(device)
+            uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
+            negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
+            content = model.user_content(inputs, mask)[keep] if model.has_content else None
+            queries = model.query_vectors(hidden[keep], content)  # (M, dim)
             loss = sampled_softmax_loss(
                 model, queries, batch_targets, negatives, log_q, cfg.temperature, cfg.matryoshka
             )
@@ -391,15 +454,20 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
         if select:
             make_cold(model, cold_rows)  # held-out items: metadata-only vectors
-            ndcg = _served_valid_ndcg(model, vocab, corpus, cfg, counts)
+            ndcg, full = _served_valid_ndcg(model, vocab, corpus, cfg, counts)
             model.train()
             result.valid_ndcg.append(ndcg)
             log.info("epoch %d: valid NDCG@10 (sampled) %.4f", epoch + 1, ndcg)
-            if best_state is None or ndcg > max(result.valid_ndcg[:-1]):
+            if full is not None:
+                result.valid_full_ndcg.append(full)
+                log.info("epoch %d: valid NDCG@10 (full ranking) %.4f", epoch + 1, full)
+            chosen = result.valid_full_ndcg if full is not None else result.valid_ndcg
+            if best_state is None or chosen[-1] > max(chosen[:-1]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch + 1
         if stop:
             break
+    model.to("cpu")  # the saved and served model lives on the CPU
     if best_state is not None:
         model.load_state_dict(best_state)
     make_cold(model, cold_rows)

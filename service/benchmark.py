@@ -541,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rates",
         default=None,
-        help="comma-separated request rates per second (default 25,50,100,200,300,400,600,800,"
+        help="comma-separated request rates per second (default 25,50,100,200,300,400,500,600,800,"
         "1000,1200; --quick: 25,100,200,400)",
     )
     p.add_argument("--seconds", type=float, default=None, help="per rate (default 10; quick 4)")
@@ -570,7 +570,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else (
             [25, 100, 200, 400]
             if args.quick
-            else [25, 50, 100, 200, 300, 400, 600, 800, 1000, 1200]
+            else [25, 50, 100, 200, 300, 400, 500, 600, 800, 1000, 1200]
         )
     )
     seconds = args.seconds or (4.0 if args.quick else 10.0)

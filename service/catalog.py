@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 import torch
 from tqdm import tqdm
 
+from models.device import select_device
 from models.embedder import Embedder
 from models.features import SURFACE_FIELD
 from models.item_encoder import FIRST_ITEM_ID, UNK_ID
@@ -29,7 +30,6 @@ from models.item_encoder import FIRST_ITEM_ID, UNK_ID
 log = logging.getLogger(__name__)
 
 ENCODE_BATCH = 65_536  # items encoded per forward pass
-DEVICES = ("auto", "cpu", "cuda")
 
 
 @dataclass(frozen=True)
@@ -43,16 +43,25 @@ class EncodedCatalogue:
     cold_start: int  # items the model has never seen (metadata-only vectors)
 
 
-def select_device(device: str = "auto") -> torch.device:
-    """The torch device to encode on: "auto" is CUDA when torch sees a GPU, else the CPU;
-    "cuda" fails without one."""
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
-    return torch.device(device)
+@dataclass(frozen=True)
+class ItemInputs:
+    """A batch of B items as the item encoder reads them, with the names they are indexed by.
+
+    Made by `vocabulary_inputs` (the model's own items) or `catalogue_inputs` (rows of a generic
+    items table) and turned into vectors by `encode_item_batch`; the local build and the Ray
+    build (`service/ray_build.py`) both go through these three, so they encode alike.
+    """
+
+    item_ids: np.ndarray  # (B,) str
+    surfaces: np.ndarray  # (B,) str, "" when unknown
+    ids: torch.Tensor  # (B,) int64 id-table rows, UNK_ID for items the model never saw
+    cat: torch.Tensor  # (B, C) int64 categorical metadata codes
+    tokens: torch.Tensor  # (B, F, L) int64 text-field tokens
+
+    @property
+    def cold_start(self) -> int:
+        """Items of the batch with metadata-only vectors."""
+        return int((self.ids == UNK_ID).sum())
 
 
 def encode_catalogue(
@@ -63,45 +72,47 @@ def encode_catalogue(
     batch_size: int = ENCODE_BATCH,
     progress: bool = False,
 ) -> EncodedCatalogue:
-    """Vectors of every catalogue item: the model's vocabulary, or the items of `catalog`."""
+    """Vectors of every catalogue item: the model's vocabulary, or the items of `catalog`
+    (an items.parquet, or a directory of them read as one table)."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    model = embedder.model
+    table: pa.Table | None = None
     if catalog is None:
-        item_ids = np.asarray(embedder.item_ids, dtype=object)  # (N,)
-        surfaces = np.asarray(embedder.item_surfaces, dtype=object)  # (N,)
-        ids = torch.arange(FIRST_ITEM_ID, len(item_ids) + FIRST_ITEM_ID)  # (N,) id-table rows
-        cat = model.item_cat[FIRST_ITEM_ID:]  # (N, C)
-        tokens = model.item_tokens[FIRST_ITEM_ID:]  # (N, F, L)
+        n = len(embedder.item_ids)
         source = "model vocabulary"
     else:
-        item_ids, surfaces, cat, tokens = _read_catalogue(embedder, Path(catalog))
-        rows = embedder.item_rows(item_ids)  # (N,) -1 for unknown
-        ids = torch.from_numpy(np.where(rows >= 0, rows + FIRST_ITEM_ID, UNK_ID))  # (N,)
+        table = _read_catalogue(embedder, Path(catalog))
+        n = table.num_rows
         source = str(catalog)
     target = select_device(device)
     started = time.perf_counter()
-    out = np.empty((len(item_ids), embedder.dim), dtype=np.float32)  # (N, D)
-    encoder = model.item_encoder
+    item_ids = np.empty(n, dtype=object)  # (N,)
+    surfaces = np.empty(n, dtype=object)  # (N,)
+    out = np.empty((n, embedder.dim), dtype=np.float32)  # (N, D)
+    cold_start = 0
+    encoder = embedder.model.item_encoder
     encoder.to(target)
     try:
-        with torch.inference_mode():
-            bar = tqdm(
-                total=len(item_ids),
-                desc=f"encoding items ({target.type})",
-                unit="item",
-                unit_scale=True,
-                disable=not progress,
-                file=sys.stderr,
-            )
-            with bar:
-                for lo in range(0, len(item_ids), batch_size):
-                    hi = min(lo + batch_size, len(item_ids))
-                    vecs = encoder(
-                        ids[lo:hi].to(target), cat[lo:hi].to(target), tokens[lo:hi].to(target)
-                    )  # (b, D)
-                    out[lo:hi] = model.finish_item_vectors(vecs).float().cpu().numpy()
-                    bar.update(hi - lo)
+        bar = tqdm(
+            total=n,
+            desc=f"encoding items ({target.type})",
+            unit="item",
+            unit_scale=True,
+            disable=not progress,
+            file=sys.stderr,
+        )
+        with bar:
+            for lo in range(0, n, batch_size):
+                hi = min(lo + batch_size, n)
+                if table is None:
+                    batch = vocabulary_inputs(embedder, np.arange(lo, hi))
+                else:
+                    batch = catalogue_inputs(embedder, table.slice(lo, hi - lo), source)
+                out[lo:hi] = encode_item_batch(embedder, batch, target)  # (b, D)
+                item_ids[lo:hi] = batch.item_ids
+                surfaces[lo:hi] = batch.surfaces
+                cold_start += batch.cold_start
+                bar.update(hi - lo)
     finally:
         encoder.to("cpu")  # the embedder keeps serving user vectors on the CPU
     return EncodedCatalogue(
@@ -111,46 +122,94 @@ def encode_catalogue(
         source=source,
         device=target.type,
         seconds=time.perf_counter() - started,
-        cold_start=0 if catalog is None else int((ids == UNK_ID).sum()),
+        cold_start=cold_start,
     )
 
 
-def _read_catalogue(
-    embedder: Embedder, path: Path
-) -> tuple[np.ndarray, np.ndarray, torch.Tensor, torch.Tensor]:
-    """(item ids (N,), surfaces (N,), cat (N, C), tokens (N, F, L)) of a generic items.parquet."""
+def vocabulary_inputs(embedder: Embedder, rows: np.ndarray) -> ItemInputs:
+    """The model's own items at vocabulary rows `rows` (B,): their id-table rows and the
+    metadata codes the model stores for them, i.e. exactly the vectors it serves."""
+    rows = np.asarray(rows, dtype=np.int64)  # (B,)
+    table_rows = torch.from_numpy(rows + FIRST_ITEM_ID)  # (B,)
+    model = embedder.model
+    return ItemInputs(
+        item_ids=np.asarray(embedder.item_ids, dtype=object)[rows],
+        surfaces=np.asarray(embedder.item_surfaces, dtype=object)[rows],
+        ids=table_rows,
+        cat=model.item_cat[table_rows],  # (B, C)
+        tokens=model.item_tokens[table_rows],  # (B, F, L)
+    )
+
+
+def catalogue_inputs(embedder: Embedder, table: pa.Table, source: str) -> ItemInputs:
+    """Rows of a generic items table (`item_id`, optional `surface` and metadata columns; see
+    `check_catalogue_schema`): known ids keep their id-table row, unknown ones get UNK_ID and
+    so a metadata-only (cold-start) vector. Missing metadata columns read as ""."""
+    item_ids = _item_id_strings(table, source)  # (B,)
+    n = len(item_ids)
+    columns = {
+        name: _strings(table.column(name)) if name in table.column_names else np.full(n, "", object)
+        for name in embedder.metadata_fields  # the surface is one of the categorical fields
+    }  # field -> (B,) str
+    rows = [{name: str(col[i]) for name, col in columns.items()} for i in range(n)]
+    cat, tokens = embedder.spec.encode_rows(rows)  # (B, C), (B, F, L)
+    known = embedder.item_rows(item_ids)  # (B,) -1 for unknown
+    ids = torch.from_numpy(np.where(known >= 0, known + FIRST_ITEM_ID, UNK_ID))  # (B,)
+    return ItemInputs(item_ids, columns[SURFACE_FIELD], ids, cat, tokens)
+
+
+def encode_item_batch(embedder: Embedder, batch: ItemInputs, device: torch.device) -> np.ndarray:
+    """Served vectors (B, D) float32 of a batch, from one forward pass of the item encoder,
+    which the caller has put on `device`."""
+    model = embedder.model
+    with torch.inference_mode():
+        vecs = model.item_encoder(
+            batch.ids.to(device), batch.cat.to(device), batch.tokens.to(device)
+        )  # (B, D)
+        return model.finish_item_vectors(vecs).float().cpu().numpy()
+
+
+def check_catalogue_schema(embedder: Embedder, schema: pa.Schema, source: str) -> None:
+    """Refuse a catalogue without a string or integer `item_id` column; warn about columns
+    the model does not read (they are ignored)."""
+    if "item_id" not in schema.names:
+        raise ValueError(f"catalogue {source!r} has no item_id column; it has {schema.names}")
+    id_type = schema.field("item_id").type
+    if pa.types.is_dictionary(id_type):
+        id_type = id_type.value_type
+    if not (pa.types.is_integer(id_type) or pa.types.is_string(id_type)):
+        raise ValueError(
+            f"catalogue {source!r}: item_id has type {id_type}, expected string or int"
+        )
+    ignored = sorted(set(schema.names) - set(embedder.metadata_fields) - {"item_id"})
+    if ignored:
+        log.warning("catalogue columns the model does not read are ignored: %s", ignored)
+
+
+def check_unique_ids(item_ids: np.ndarray, source: str) -> None:
+    """Refuse a catalogue that names an item twice (the index maps each id to one row)."""
+    if len(set(item_ids.tolist())) != len(item_ids):
+        raise ValueError(f"catalogue {source!r}: item_id values are not unique")
+
+
+def _read_catalogue(embedder: Embedder, path: Path) -> pa.Table:
+    """A generic items.parquet (or a directory of them), its ids checked: present, string or
+    int, no nulls, unique."""
     try:
         table = pq.read_table(path)
     except (pa.ArrowInvalid, OSError) as e:
         raise ValueError(f"catalogue {str(path)!r} is not a readable Parquet file: {e}") from e
-    if "item_id" not in table.column_names:
-        raise ValueError(
-            f"catalogue {str(path)!r} has no item_id column; it has {table.column_names}"
-        )
+    check_catalogue_schema(embedder, table.schema, str(path))
+    check_unique_ids(_item_id_strings(table, str(path)), str(path))
+    return table
+
+
+def _item_id_strings(table: pa.Table, source: str) -> np.ndarray:
+    """The item_id column as an (N,) object array of str; ValueError on nulls."""
     id_col = table.column("item_id")
-    if pa.types.is_dictionary(id_col.type):
-        id_col = id_col.cast(id_col.type.value_type)
-    if not (pa.types.is_integer(id_col.type) or pa.types.is_string(id_col.type)):
-        raise ValueError(
-            f"catalogue {str(path)!r}: item_id has type {id_col.type}, expected string or int"
-        )
     if id_col.null_count:
-        raise ValueError(f"catalogue {str(path)!r}: item_id has {id_col.null_count} null(s)")
-    item_ids = _strings(id_col)  # (N,)
-    if len(set(item_ids.tolist())) != len(item_ids):
-        raise ValueError(f"catalogue {str(path)!r}: item_id values are not unique")
-    n = len(item_ids)
-    read = set(embedder.metadata_fields)  # the surface is one of the model's categorical fields
-    ignored = sorted(set(table.column_names) - read - {"item_id"})
-    if ignored:
-        log.warning("catalogue columns the model does not read are ignored: %s", ignored)
-    columns = {
-        name: _strings(table.column(name)) if name in table.column_names else np.full(n, "", object)
-        for name in read
-    }  # field -> (N,) str
-    rows = [{name: str(col[i]) for name, col in columns.items()} for i in range(n)]
-    cat, tokens = embedder.spec.encode_rows(rows)  # (N, C), (N, F, L)
-    return item_ids, columns[SURFACE_FIELD], cat, tokens
+        raise ValueError(f"catalogue {source!r}: item_id has {id_col.null_count} null(s)")
+    return _strings(id_col)
 
 
 def _strings(col: pa.ChunkedArray) -> np.ndarray:

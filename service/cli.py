@@ -46,12 +46,17 @@ def _train(args: argparse.Namespace) -> int:
         time_budget_s=args.time_budget,
         progress=not args.quiet,
         id_only=args.id_only,
+        id_free=args.id_free,
+        content_dim=args.content_dim,
+        cold_boost=args.cold_boost,
         autocdsr=args.autocdsr,
         mgda_normalize=args.mgda_normalize,
         compatible_with=args.compatible_with,
         compat_weight=args.compat_weight,
         matryoshka=parse_dims(args.matryoshka),
         holdout_items=args.holdout_items,
+        device=args.device,
+        select_on=args.select_on,
     )
     corpus = load_corpus(args.data)
     print(
@@ -77,6 +82,10 @@ def _evaluate(args: argparse.Namespace) -> int:
     from models.holdout import drop_items
 
     model, _, vocab, config = load_model(Path(args.model))
+    if args.cold_boost is not None:  # serving-only: the weights are the same for every boost
+        if not model.config.item.content_dim:
+            raise ValueError("--cold-boost needs a model trained with --content-dim")
+        model.config.item.content_cold_boost = args.cold_boost
     item_model = None
     if args.item_model:
         item_model, _, old_vocab, _ = load_model(Path(args.item_model))
@@ -168,9 +177,11 @@ def _print_report(report: dict[str, Any]) -> None:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
         if t.get("best_epoch"):
+            full = t.get("valid_ndcg@10_full")
             print(
-                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}: "
-                f"kept epoch {t['best_epoch']}"
+                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}"
+                + (f", (full ranking) {full}" if full else "")
+                + f": kept epoch {t['best_epoch']}"
             )
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
@@ -188,10 +199,20 @@ def _build_index(args: argparse.Namespace) -> int:
         for name, value in (("efSearch", args.ef_search), ("nprobe", args.nprobe))
         if value is not None
     }
+    if args.shards is not None and args.shard is None:  # every shard of the build, in turn
+        build_id = args.build_id or _new_build_id()
+        # refuse a bad count or build id before anything is built
+        _shard_target(argparse.Namespace(**{**vars(args), "shard": 0, "build_id": build_id}))
+        for i in range(args.shards):
+            _build_index(argparse.Namespace(**{**vars(args), "shard": i, "build_id": build_id}))
+        return 0
+    root, shard = _shard_target(args)
     corpus = load_corpus(args.data) if args.data else None
+    if args.engine == "ray":
+        return _print_build(_ray_build_index(args, corpus, fixed or None))
     manifest = build_and_publish(
         Path(args.model),
-        Path(args.index_root),
+        root,
         index_type=args.type,
         corpus=corpus,
         catalog=Path(args.catalog) if args.catalog else None,
@@ -206,7 +227,69 @@ def _build_index(args: argparse.Namespace) -> int:
         dim=args.dim,
         muvera=_fde_config(args) if args.mode == "multi" else None,
         fde_index_type=args.fde_index_type,
+        shard=shard,
     )
+    if shard is not None:  # where it went; stdout keeps one JSON line per published version
+        print(
+            f"shard {shard.index} of {shard.count} (build {shard.build_id}): {root}",
+            file=sys.stderr,
+        )
+    return _print_build(manifest)
+
+
+def _new_build_id() -> str:
+    """A fresh id for the shards of one build: UTC time and a random suffix."""
+    import secrets
+    from datetime import UTC, datetime
+
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(3)}"
+
+
+def _shard_target(args: argparse.Namespace) -> tuple[Path, Any]:
+    """(index root, ShardSpec or None) of a build-index run: `--shard I` of `--shards S`
+    publishes to `<index-root>/shard-I`; without `--shards`, to the index root itself."""
+    from index.shard import ShardSpec, shard_root
+
+    if args.shards is None:
+        if args.shard is not None or args.build_id is not None:
+            raise ValueError("--shard and --build-id need --shards (the shard count)")
+        return Path(args.index_root), None
+    if args.engine == "ray":
+        raise ValueError("--shards is built by the local engine only; drop --engine ray")
+    spec = ShardSpec(args.shard, args.shards, args.build_id or _new_build_id())
+    return shard_root(Path(args.index_root), spec.index), spec
+
+
+def _ray_build_index(
+    args: argparse.Namespace, corpus: Any, search_params: dict[str, int] | None
+) -> Any:
+    """`build-index --engine ray`: the same job with the encoding on a Ray cluster."""
+    from service.ray_build import ray_build_and_publish
+
+    if args.mode == "multi":
+        raise ValueError("--mode multi is built by the local engine only; drop --engine ray")
+    return ray_build_and_publish(
+        Path(args.model),
+        Path(args.index_root),
+        index_type=args.type,
+        corpus=corpus,
+        catalog=args.catalog,  # a path or a URI the cluster's nodes read
+        keep=args.keep,
+        seed=args.seed,
+        target_recall=args.target_recall,
+        search_params=search_params,
+        n_queries=args.recall_queries,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+        dim=args.dim,
+        address=args.address,
+        actors=args.ray_actors,
+    )
+
+
+def _print_build(manifest: Any) -> int:
+    """Print one JSON line naming the published version, its parameters and timings."""
     extra = manifest.extra
     print(
         json.dumps(
@@ -228,6 +311,11 @@ def _build_index(args: argparse.Namespace) -> int:
                     )
                 },
                 **({"muvera": extra["muvera"]} if "muvera" in extra else {}),
+                **(
+                    {"engine": "ray", "ray_actors": extra["ray"]["actors"]}
+                    if extra.get("engine") == "ray"
+                    else {}
+                ),
             }
         )
     )
@@ -284,7 +372,7 @@ def _serve(args: argparse.Namespace) -> int:
     if args.no_bootstrap:
         overrides["bootstrap"] = False
     settings = Settings(**overrides)
-    if settings.bootstrap:
+    if settings.bootstrap and not settings.shards:  # a router serves the shards' model as is
         ensure_artifacts(settings, progress=True)
     run(settings, log_level=args.log_level)  # returns once stopped by SIGTERM / SIGINT
     return 0
@@ -355,8 +443,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument(
+        "--select-on", choices=["sampled", "full"], default="sampled",
+        help="validation NDCG@10 that picks the kept epoch: sampled (100 uniform negatives, "
+        "default) or full (ranked against the whole catalogue, as retrieval serves)",
+    )  # fmt: skip
+    p.add_argument(
         "--id-only", "--no-surface", dest="id_only", action="store_true",
         help="baseline: a plain transformer over item ids (no surface tokens, no metadata)",
+    )  # fmt: skip
+    p.add_argument(
+        "--id-free", action="store_true",
+        help="no per-item id embeddings: every item is encoded from its metadata alone "
+        "(M2TRec), so new items are encoded exactly like trained ones (cold start)",
+    )  # fmt: skip
+    p.add_argument(
+        "--content-dim", type=int, default=0, metavar="K",
+        help="add a fixed lexical channel of K dims (IDF-weighted item text tokens, randomly "
+        "projected; the user side is the decayed sum over the history): scores gain a learnt "
+        "weight x word overlap with recent events, which carries cold-start items (needs "
+        "item text fields; default 0 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cold-boost", type=float, default=1.0, metavar="S",
+        help="with --content-dim: items served without a trained id (new, or held out) get "
+        "their channel times S (> 1 trades warm-item quality for new-item exposure; default 1)",
     )  # fmt: skip
     p.add_argument(
         "--autocdsr", action="store_true",
@@ -386,6 +496,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--holdout-items", type=float, default=0.0, metavar="FRACTION",
         help="keep this fraction of items out of training entirely and report cold- vs "
         "warm-target metrics (cold items get metadata-only vectors)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default auto); "
+        "the saved model is the same either way",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_train)
@@ -418,13 +533,19 @@ def build_parser() -> argparse.ArgumentParser:
         "--dim", type=int, default=None,
         help="evaluate the first DIM dimensions (a Matryoshka prefix) instead of all",
     )  # fmt: skip
+    p.add_argument(
+        "--cold-boost", type=float, default=None, metavar="S",
+        help="evaluate a --content-dim model as if trained with --cold-boost S (it only "
+        "changes the served vectors of items without a trained id): choose S on --split valid",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the 100 sampled negatives")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser(
         "build-index",
         help="encode the catalogue, build a FAISS index, tune it, gate it, publish it",
-        description="The batch rebuild: encode the catalogue (CUDA when torch sees a GPU), build "
+        description="The batch rebuild: encode the catalogue (CUDA when torch sees a GPU; with "
+        "--engine ray, on the actors of a Ray cluster), build "
         "the index (IVF k-means on GPUs when faiss reports any), pick the cheapest efSearch / "
         "nprobe meeting --target-recall, refuse an index that fails the gate (exit 3, nothing "
         "published), else publish a new version atomically and prune old ones.",
@@ -437,8 +558,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--catalog",
         default=None,
-        help="items.parquet of the generic format to index (item_id, surface, metadata; items "
-        "the model never saw get cold-start vectors); default: the model's own vocabulary",
+        help="items.parquet of the generic format to index, or a directory of them (item_id, "
+        "surface, metadata; items the model never saw get cold-start vectors); default: the "
+        "model's own vocabulary",
     )
     p.add_argument(
         "--data",
@@ -482,8 +604,27 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["auto", "cpu", "cuda"],
         default="auto",
         help="where to encode: auto = CUDA when torch sees a GPU (and faiss GPUs when faiss "
-        "reports any), cpu = CPU only for both",
+        "reports any), cpu = CPU only for both; with --engine ray: GPU actors when the "
+        "cluster has GPUs",
     )
+    p.add_argument(
+        "--engine", choices=["local", "ray"], default="local",
+        help="local: encode in this process (default); ray: read the catalogue (--catalog: a "
+        "parquet file or a directory of them) as a Ray Dataset and encode it on a pool of Ray "
+        "actors, then build, tune, gate and publish here as local does (needs `pip install "
+        "uniserve[ray]`)",
+    )  # fmt: skip
+    p.add_argument(
+        "--address", default=None,
+        help="--engine ray: the Ray cluster to join (auto, or HEAD:6379 of a `ray start "
+        "--head`; uniserve must be installed on its nodes); default: start a local Ray "
+        "instance for this job",
+    )  # fmt: skip
+    p.add_argument(
+        "--ray-actors", type=int, default=None, metavar="N",
+        help="--engine ray: encoding actors (default: one per cluster GPU, else one per "
+        "cluster CPU but one)",
+    )  # fmt: skip
     p.add_argument(
         "--batch-size", type=int, default=65536, help="items encoded per batch (default 65536)"
     )
@@ -517,6 +658,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fde-index-type", default="Flat",
         help="multi: faiss type of the FDE index (default Flat; IVF for large catalogues)",
+    )  # fmt: skip
+    p.add_argument(
+        "--shards", type=int, default=None,
+        help="split the catalogue into this many shards by a stable hash of the item id and "
+        "publish shard I as its own index root, <index-root>/shard-I, one replica serving each "
+        "(a router replica with UNISERVE_SHARD_URLS merges them); default: one unsharded index",
+    )  # fmt: skip
+    p.add_argument(
+        "--shard", type=int, default=None,
+        help="with --shards: build only this shard (0-based), what one machine of a fleet "
+        "runs; default: every shard, one after another",
+    )  # fmt: skip
+    p.add_argument(
+        "--build-id", default=None,
+        help="with --shards: the id every shard's manifest records for this build (pass the "
+        "same one to each machine's --shard run); default: a fresh time-based id",
     )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_build_index)

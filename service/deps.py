@@ -17,6 +17,7 @@ from service.errors import ErrorType, ServiceError
 from service.events import EventStore
 from service.metrics import Metrics
 from service.reloader import Reloader
+from service.router import NOT_SHARDED, RouterEngine
 from service.serving import ServingCore
 from service.settings import Settings
 from service.state import AppState
@@ -39,10 +40,22 @@ async def get_metrics(state: StateDep) -> Metrics:
 
 
 async def get_engine(state: StateDep) -> Engine:
-    """The loaded engine; 503 not_ready (with the reason) while there is none."""
+    """The loaded engine; 503 not_ready (with the reason) while there is none, 422 in router
+    mode (no local index)."""
     if state.engine is None:
+        if state.settings.shards:
+            raise ServiceError(ErrorType.INVALID_INPUT, NOT_SHARDED.format(what="search"))
         raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
     return state.engine
+
+
+async def get_live_engine(state: StateDep) -> Engine | RouterEngine:
+    """What serves requests: the router engine in router mode, else the local engine; 503
+    not_ready (with the reason) while it is not loaded."""
+    live = state.router if state.settings.shards else state.engine
+    if live is None:
+        raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
+    return live
 
 
 async def get_cache(state: StateDep) -> Cache:
@@ -56,12 +69,16 @@ async def get_event_store(state: StateDep) -> EventStore:
 SettingsDep = Annotated[Settings, Depends(get_settings)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 EngineDep = Annotated[Engine, Depends(get_engine)]
+LiveEngineDep = Annotated[Engine | RouterEngine, Depends(get_live_engine)]
 CacheDep = Annotated[Cache, Depends(get_cache)]
 EventStoreDep = Annotated[EventStore, Depends(get_event_store)]
 
 
 async def get_reloader(state: StateDep) -> Reloader:
-    """The engine swapper the lifespan made; 503 not_ready before the lifespan ran."""
+    """The engine swapper the lifespan made; 503 not_ready before the lifespan ran, 422 in
+    router mode (no local index to swap)."""
+    if state.settings.shards:
+        raise ServiceError(ErrorType.INVALID_INPUT, NOT_SHARDED.format(what="reload and roll back"))
     if state.reloader is None:
         raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
     return state.reloader
@@ -71,7 +88,7 @@ ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
 
 
 async def get_serving(
-    engine: EngineDep,
+    engine: LiveEngineDep,
     cache: CacheDep,
     events: EventStoreDep,
     settings: SettingsDep,

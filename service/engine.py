@@ -9,7 +9,8 @@ fails at once with `overloaded` instead of queueing.
 An engine is immutable: a model and an index (with its manifest) checked to belong together. A
 hot swap builds a whole new engine and replaces the one reference the app holds; a request takes
 that reference once, so it finishes on the version it started with. Engines an app swaps in
-share one `Admission`, so the in-flight bound holds across a swap.
+share one `Admission`, so the in-flight bound holds across a swap. `ModelEngine` is the half that
+needs only the model (user vectors, rank, item embeddings): what a shard router serves with.
 """
 
 from __future__ import annotations
@@ -232,7 +233,116 @@ class Admission:
             self.inflight -= 1
 
 
-class Engine:
+class ModelEngine:
+    """The model half of an engine: user encoding (batched), interest vectors, ranking and
+    item embedding, all from the model alone. `Engine` adds the live index; a router
+    (`service.router.RouterEngine`) serves with this half and searches remote shards."""
+
+    def __init__(
+        self,
+        embedder: Embedder,
+        *,
+        max_inflight: int = 64,
+        worker_threads: int | None = None,
+        admission: Admission | None = None,
+    ) -> None:
+        """`admission` is shared with the engine this one replaces; a new one when None."""
+        self.embedder = embedder
+        self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
+        self.admission = admission or Admission(max_inflight, worker_threads)
+        self.loaded_at = time.time()  # when this engine was built (epoch seconds)
+
+    @property
+    def inflight(self) -> int:
+        return self.admission.inflight
+
+    @inflight.setter
+    def inflight(self, value: int) -> None:
+        self.admission.inflight = value
+
+    @property
+    def max_inflight(self) -> int:
+        return self.admission.max_inflight
+
+    @property
+    def model_version(self) -> str:
+        return self.embedder.version
+
+    @property
+    def dim(self) -> int:
+        return self.embedder.dim
+
+    # ------------------------------------------------------------------ threads + backpressure
+    async def _run(self, fn: Callable[..., T], *args: object) -> T:
+        return await self.admission.run(fn, *args)
+
+    # ------------------------------------------------------------------ operations
+    async def user_vectors(self, histories: Sequence[History]) -> np.ndarray:
+        """(B, D) float32 user vectors; unknown item ids and surfaces map to UNK tokens.
+
+        Each history joins the encode batcher, so concurrent requests share forward passes.
+        """
+        if not histories:
+            return np.zeros((0, self.dim), np.float32)
+        encoder = self.admission.encoder
+        vectors = await asyncio.gather(
+            *(encoder.submit(EncodeJob(self.embedder, h)) for h in histories)
+        )
+        return np.stack(vectors)
+
+    async def user_interests(
+        self, histories: Sequence[History], num_interests: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Interest vectors (B, K, D) float32 and their (B, K) bool mask (models/multi.py)."""
+        return await self._run(self.embedder.user_multi_vectors, histories, num_interests)
+
+    async def rank(
+        self, user_vector: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        """Score candidates by inner product with the model's item vectors.
+
+        Returns (ids sorted by score desc, scores, unknown ids); duplicates are ranked once, ties
+        keep the candidates' order.
+        """
+        return await self._run(self._rank, user_vector, candidates)
+
+    def _rank(
+        self, user_vector: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        unique = list(dict.fromkeys(candidates))
+        rows = self.embedder.item_rows(unique)  # (M,)
+        known = rows >= 0
+        unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
+        ids = [c for c, ok in zip(unique, known, strict=True) if ok]
+        scores = self.item_vectors[rows[known]] @ user_vector  # (m,)
+        order = np.argsort(-scores, kind="stable")
+        return [ids[i] for i in order], scores[order], unknown
+
+    async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
+        """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
+        fields = set(self.embedder.metadata_fields) - {SURFACE_FIELD}
+        for i, (_, _, features) in enumerate(items):
+            if SURFACE_FIELD in features:
+                raise ServiceError(
+                    ErrorType.INVALID_INPUT,
+                    f"items[{i}].features: pass the surface as items[{i}].surface, not a feature",
+                )
+            unknown = sorted(set(features) - fields)
+            if unknown:
+                raise ServiceError(
+                    ErrorType.INVALID_INPUT,
+                    f"items[{i}].features: unknown field(s) {unknown}; "
+                    f"this model reads {sorted(fields)}",
+                )
+        try:
+            return await self._run(self.embedder.embed_items, items)
+        except ValueError as exc:  # the embedder's documented rejection of bad metadata
+            raise ServiceError(ErrorType.INVALID_INPUT, f"items: {exc}") from exc
+
+
+class Engine(ModelEngine):
+    """A model and the live index version built from it (checked to belong together)."""
+
     def __init__(
         self,
         embedder: Embedder,
@@ -254,40 +364,19 @@ class Engine:
                 f"model dim {embedder.dim}",
                 RejectReason.DIMENSION,
             )
-        self.embedder = embedder
+        super().__init__(
+            embedder, max_inflight=max_inflight, worker_threads=worker_threads, admission=admission
+        )
         self.index = index
         self.multi = multi
         self.manifest = manifest
-        self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
         # the index may hold a Matryoshka prefix of the model's vectors: queries are cut alike
         self.index_dim = index_dim(embedder, manifest)
-        self.admission = admission or Admission(max_inflight, worker_threads)
-        self.loaded_at = time.time()  # when this engine was built (epoch seconds)
         self._surface_masks: dict[frozenset[str], np.ndarray] = {}
-
-    @property
-    def inflight(self) -> int:
-        return self.admission.inflight
-
-    @inflight.setter
-    def inflight(self, value: int) -> None:
-        self.admission.inflight = value
-
-    @property
-    def max_inflight(self) -> int:
-        return self.admission.max_inflight
-
-    @property
-    def model_version(self) -> str:
-        return self.embedder.version
 
     @property
     def index_version(self) -> str:
         return self.manifest.version
-
-    @property
-    def dim(self) -> int:
-        return self.embedder.dim
 
     def index_queries(self, user_vectors: np.ndarray) -> np.ndarray:
         """User vectors (B, D) in the index's space (B, index_dim): the first index_dim
@@ -304,24 +393,7 @@ class Engine:
             vecs, mask = self.embedder.user_multi_vectors([([], [])], 1)  # (1, 1, D)
             self.multi.search(vecs, 1, query_mask=mask, candidates=1)
 
-    # ------------------------------------------------------------------ threads + backpressure
-    async def _run(self, fn: Callable[..., T], *args: object) -> T:
-        return await self.admission.run(fn, *args)
-
-    # ------------------------------------------------------------------ operations
-    async def user_vectors(self, histories: Sequence[History]) -> np.ndarray:
-        """(B, D) float32 user vectors; unknown item ids and surfaces map to UNK tokens.
-
-        Each history joins the encode batcher, so concurrent requests share forward passes.
-        """
-        if not histories:
-            return np.zeros((0, self.dim), np.float32)
-        encoder = self.admission.encoder
-        vectors = await asyncio.gather(
-            *(encoder.submit(EncodeJob(self.embedder, h)) for h in histories)
-        )
-        return np.stack(vectors)
-
+    # ------------------------------------------------------------------ index operations
     async def retrieve(
         self,
         user_vector: np.ndarray,
@@ -344,12 +416,6 @@ class Engine:
             tuple(sorted(set(exclude))),
         )
         return await self.admission.searcher.submit(job)
-
-    async def user_interests(
-        self, histories: Sequence[History], num_interests: int
-    ) -> tuple[np.ndarray, np.ndarray]:
-        """Interest vectors (B, K, D) float32 and their (B, K) bool mask (models/multi.py)."""
-        return await self._run(self.embedder.user_multi_vectors, histories, num_interests)
 
     def require_multi(self) -> MultiIndex:
         """The MUVERA index, or invalid_input when the live index was built without one."""
@@ -421,46 +487,3 @@ class Engine:
                 mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
                 mask[rows] = False
         return mask
-
-    async def rank(
-        self, user_vector: np.ndarray, candidates: Sequence[str]
-    ) -> tuple[list[str], np.ndarray, list[str]]:
-        """Score candidates by inner product with the model's item vectors.
-
-        Returns (ids sorted by score desc, scores, unknown ids); duplicates are ranked once, ties
-        keep the candidates' order.
-        """
-        return await self._run(self._rank, user_vector, candidates)
-
-    def _rank(
-        self, user_vector: np.ndarray, candidates: Sequence[str]
-    ) -> tuple[list[str], np.ndarray, list[str]]:
-        unique = list(dict.fromkeys(candidates))
-        rows = self.embedder.item_rows(unique)  # (M,)
-        known = rows >= 0
-        unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
-        ids = [c for c, ok in zip(unique, known, strict=True) if ok]
-        scores = self.item_vectors[rows[known]] @ user_vector  # (m,)
-        order = np.argsort(-scores, kind="stable")
-        return [ids[i] for i in order], scores[order], unknown
-
-    async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
-        """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
-        fields = set(self.embedder.metadata_fields) - {SURFACE_FIELD}
-        for i, (_, _, features) in enumerate(items):
-            if SURFACE_FIELD in features:
-                raise ServiceError(
-                    ErrorType.INVALID_INPUT,
-                    f"items[{i}].features: pass the surface as items[{i}].surface, not a feature",
-                )
-            unknown = sorted(set(features) - fields)
-            if unknown:
-                raise ServiceError(
-                    ErrorType.INVALID_INPUT,
-                    f"items[{i}].features: unknown field(s) {unknown}; "
-                    f"this model reads {sorted(fields)}",
-                )
-        try:
-            return await self._run(self.embedder.embed_items, items)
-        except ValueError as exc:  # the embedder's documented rejection of bad metadata
-            raise ServiceError(ErrorType.INVALID_INPUT, f"items: {exc}") from exc

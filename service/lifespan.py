@@ -5,7 +5,9 @@ route answer 503 `not_ready` with a message saying what is wrong and which comma
 With `bootstrap` on, missing artifacts are first made by `service.bootstrap.ensure_artifacts`
 (a small model trained on the shipped sample, and an index built from it). The engine is loaded
 by `service.reloader.open_engine`, as every later reload is; while the app runs, the reloader's
-watcher polls CURRENT every `index_poll_seconds` and swaps new versions in.
+watcher polls CURRENT every `index_poll_seconds` and swaps new versions in. In router mode
+(`shard_urls` set) only the model is loaded (`load_router_into`): no index, no watcher, no
+bootstrap; the shard replicas hold the index.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from models.artifacts import ModelArtifactError
 from service.engine import Admission, ArtifactMismatchError, Engine
 from service.metrics import IndexSnapshot
 from service.reloader import Reloader, created_timestamp, open_engine
+from service.router import load_router_model, make_router
 from service.settings import Settings
 from service.state import AppState
 
@@ -123,6 +126,30 @@ async def load_into(state: AppState) -> None:
     )
 
 
+async def load_router_into(state: AppState, admission: Admission) -> None:
+    """Router mode: load the model in a worker thread and publish the router engine on `state`
+    (or the reason it failed). Shards are not contacted here: they may come and go."""
+    settings = state.settings
+    try:
+        embedder = await anyio.to_thread.run_sync(load_router_model, settings)
+    except Exception as exc:
+        state.router = None
+        fix = "point UNISERVE_MODEL_DIR at the model the shards' indexes were built from"
+        state.not_ready_reason = f"router mode: loading the model failed: {exc}; {fix}"
+        log.error("not ready: %s", state.not_ready_reason)
+        return
+    state.metrics.track_shards(len(settings.shards))
+    state.router = make_router(settings, embedder, admission, state.metrics.observe_shard)
+    state.not_ready_reason = ""
+    freeze_heap()
+    log.info(
+        "ready (router): model %s, %d shards: %s",
+        embedder.version,
+        len(settings.shards),
+        ", ".join(settings.shards),
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.uniserve
@@ -133,17 +160,24 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state.metrics.queue_depth.labels("search").set_function(lambda: admission.searcher.depth)
     state.metrics.track_index(lambda: index_snapshot(state.engine))
     await state.open_backends()  # Redis down is logged, never fatal
-    await load_into(state)
+    router_mode = bool(state.settings.shards)
+    if router_mode:
+        await load_router_into(state, admission)
+    else:
+        await load_into(state)
     try:
         async with anyio.create_task_group() as background:
-            if state.settings.index_poll_seconds > 0:
+            if state.settings.index_poll_seconds > 0 and not router_mode:
                 background.start_soon(reloader.watch)
             yield
             background.cancel_scope.cancel()
     finally:
         state.engine = None
+        router, state.router = state.router, None
         state.not_ready_reason = "the service is shutting down"
         state.metrics.index_items.set(0)
         state.metrics.index_created.set(0)
         await admission.aclose()
+        if router is not None:
+            await router.fanout.aclose()
         await state.close_backends()

@@ -35,6 +35,8 @@ CACHE_RESULTS = ("hit", "miss", "error")
 # Requests refused for capacity or availability, by error type: 429 overloaded, 503 not_ready
 # (no model/index loaded) and backend_unavailable (a store the request needs is down).
 REJECT_REASONS = ("overloaded", "not_ready", "backend_unavailable")
+# Outcomes of a router's call to one shard (`service.fanout.ShardFanout`).
+SHARD_OUTCOMES = ("ok", "timeout", "error")
 
 # Request latency buckets in seconds: sub-millisecond cache hits up to multi-second overloads.
 LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -201,6 +203,21 @@ class Metrics:
             ["reason"],
             registry=self.registry,
         )
+        self.shard_requests = Counter(
+            "uniserve_shard_requests_total",
+            "Router mode: shard searches by shard (its position in UNISERVE_SHARD_URLS) and "
+            "outcome (ok; timeout or error: left out of the answer, flagged partial).",
+            ["shard", "outcome"],
+            registry=self.registry,
+        )
+        self.shard_latency = Histogram(
+            "uniserve_shard_duration_seconds",
+            "Router mode: seconds from sending a shard search to its answer (or failure), by "
+            "shard.",
+            ["shard"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self._index = _IndexCollector()
         self.registry.register(self._index)
         # every closed-set series exported from the start, at 0
@@ -241,6 +258,17 @@ class Metrics:
         if error_type not in REJECT_REASONS:
             error_type = "overloaded" if status == 429 else "not_ready"
         self.rejected.labels(error_type).inc()
+
+    def track_shards(self, count: int) -> None:
+        """Export every shard's series at 0 (router mode, `count` shards)."""
+        for shard in range(count):
+            self.shard_latency.labels(str(shard))
+            for outcome in SHARD_OUTCOMES:
+                self.shard_requests.labels(str(shard), outcome)
+
+    def observe_shard(self, shard: int, outcome: str, seconds: float) -> None:
+        self.shard_requests.labels(str(shard), outcome).inc()
+        self.shard_latency.labels(str(shard)).observe(seconds)
 
     def track_index(self, live: Callable[[], IndexSnapshot | None]) -> None:
         """Read the live index's identity and age from `live()` at every scrape."""

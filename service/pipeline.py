@@ -17,6 +17,7 @@ import numpy as np
 from index import (
     DEFAULT_TARGET_RECALL,
     FDEConfig,
+    ItemIndex,
     Manifest,
     MultiIndex,
     build_index,
@@ -30,6 +31,7 @@ from index import (
 from index.chamfer import chamfer_topk
 from index.multi import DEFAULT_CANDIDATES
 from index.recall import overlap_recall
+from index.shard import ShardSpec
 from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
@@ -154,6 +156,7 @@ def build_and_publish(
     dim: int | None = None,
     muvera: FDEConfig | None = None,
     fde_index_type: str = "Flat",
+    shard: ShardSpec | None = None,
 ) -> Manifest:
     """The batch rebuild: encode the catalogue, build, tune, gate, publish.
 
@@ -169,7 +172,13 @@ def build_and_publish(
     a MUVERA index (`build_muvera`): the items' multi-vectors, their FDEs in an `fde_index_type`
     FAISS index, and the config and seed, with its recall@10 against exact Chamfer in
     `extra["muvera"]`. Multi mode indexes the model's own vocabulary at its full dimension.
+
+    With `shard`, only the catalogue items that shard owns (`index.shard`) are indexed (and
+    tuned on) and the manifest records the spec in `extra["shard"]`; publish each shard to its
+    own index root (`index.shard.shard_root`).
     """
+    if muvera is not None and shard is not None:
+        raise ValueError("--mode multi indexes the whole vocabulary; it cannot be sharded")
     if muvera is not None and (catalog is not None or dim is not None):
         raise ValueError(
             "--mode multi indexes the model's own vocabulary at full dimension; "
@@ -182,6 +191,14 @@ def build_and_publish(
     encoded = encode_catalogue(
         embedder, catalog, device=device, batch_size=batch_size, progress=progress
     )
+    if shard is not None:  # one shard of a sharded build: only the items it owns
+        mine = shard.owns(encoded.item_ids)  # (N,) bool
+        encoded = replace(
+            encoded,
+            item_ids=encoded.item_ids[mine],
+            surfaces=encoded.surfaces[mine],
+            vectors=encoded.vectors[mine],
+        )
     vectors = encoded.vectors  # (N, D)
     if dim is not None:  # a Matryoshka prefix: a smaller index from the same model
         vectors = embedder.prefix(vectors, dim)  # (N, dim)
@@ -201,6 +218,59 @@ def build_and_publish(
     )
     build_seconds = time.perf_counter() - t0
 
+    return tune_gate_publish(
+        index,
+        vectors,
+        embedder,
+        Path(index_root),
+        corpus=corpus,
+        seed=seed,
+        target_recall=target_recall,
+        search_params=search_params,
+        n_queries=n_queries,
+        dim=dim,
+        keep=keep,
+        started=started,
+        muvera=muvera,
+        fde_index_type=fde_index_type,
+        progress=progress,
+        extra={
+            "model_dir": str(model_dir),
+            "catalog": encoded.source,
+            "cold_start_items": encoded.cold_start,
+            "encode_device": encoded.device,
+            "faiss_gpus": gpus,
+            "encode_seconds": round(encoded.seconds, 2),
+            "build_seconds": round(build_seconds, 2),
+            **({"shard": shard.to_json()} if shard is not None else {}),
+        },
+    )
+
+
+def tune_gate_publish(
+    index: ItemIndex,
+    vectors: np.ndarray,
+    embedder: Embedder,
+    index_root: Path,
+    *,
+    corpus: Corpus | None,
+    seed: int,
+    target_recall: float,
+    search_params: dict[str, int] | None,
+    n_queries: int,
+    dim: int | None,
+    keep: int,
+    started: float,
+    extra: dict[str, Any],
+    muvera: FDEConfig | None = None,
+    fde_index_type: str = "Flat",
+    progress: bool = False,
+) -> Manifest:
+    """The part of a rebuild after the index is filled, shared by the local path and the Ray
+    path (`service/ray_build.py`): tune efSearch / nprobe on held-out queries against exact
+    search over `vectors` (N, D), the index's rows (prefix-cut when `dim`), gate, add the
+    MUVERA index when asked, publish. The manifest's `extra` is the caller's `extra` plus
+    tuning, timings (total from `started`, a perf_counter reading) and the seed."""
     t0 = time.perf_counter()
     queries, query_source = recall_queries(embedder, corpus, n_queries, seed, items=vectors)
     if dim is not None and queries.shape[1] != dim:
@@ -237,19 +307,13 @@ def build_and_publish(
         )
     return publish(
         index,
-        Path(index_root),
+        index_root,
         model_fingerprint=embedder.fingerprint,
         model_version=embedder.version,
         recall_at_10=tuned.recall,
         keep=keep,
         extra={
-            "model_dir": str(model_dir),
-            "catalog": encoded.source,
-            "cold_start_items": encoded.cold_start,
-            "encode_device": encoded.device,
-            "faiss_gpus": gpus,
-            "encode_seconds": round(encoded.seconds, 2),
-            "build_seconds": round(build_seconds, 2),
+            **extra,
             "tune_seconds": round(tune_seconds, 2),
             "total_seconds": round(time.perf_counter() - started, 2),
             "recall_queries": len(queries),

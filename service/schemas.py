@@ -38,6 +38,7 @@ MIN_INT_ID, MAX_INT_ID = -(2**53 - 1), 2**53 - 1
 MAX_SURFACES = 1000  # surfaces one retrieve may filter on
 MAX_FEATURES = 64  # metadata fields of one item
 MAX_FEATURE_CHARS = 10_000  # one metadata value (a title, a description)
+MAX_VECTOR_DIM = 65_536  # dimensions of a user vector sent to POST /v1/shard/search
 
 
 def _json_type(value: Any) -> str:
@@ -83,6 +84,14 @@ def _to_id(value: Any) -> str:
     )
 
 
+def _to_number(value: Any) -> float:
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return float(value)
+    raise PydanticCustomError(
+        "number_type", "must be a number, got {kind}", {"kind": _json_type(value)}
+    )
+
+
 def _to_feature(value: Any) -> str:
     if isinstance(value, str):
         return value
@@ -114,6 +123,7 @@ FeatureValue = Annotated[
         {"anyOf": [{"type": "string", "maxLength": MAX_FEATURE_CHARS}, {"type": "number"}]}
     ),
 ]
+Number = Annotated[float, BeforeValidator(_to_number), WithJsonSchema({"type": "number"})]
 FeatureName = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
 VersionId = Annotated[
     str, Field(min_length=1, max_length=MAX_VERSION_CHARS, pattern=VERSION_ID_PATTERN)
@@ -209,6 +219,42 @@ class RetrieveRequest(_UserRequest):
             raise _too_many("exclude", len(self.exclude), settings.max_candidates, "max_candidates")
 
 
+class ShardSearchRequest(_Strict):
+    """Body of POST /v1/shard/search: what a router sends each shard replica."""
+
+    vector: list[Number] = Field(min_length=1, max_length=MAX_VECTOR_DIM)  # user vector (D,)
+    k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
+    surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
+    exclude: list[Id] = Field(default_factory=list)  # the retrieve's exclude and seen items
+
+    def check_limits(self, settings: Settings, dim: int) -> None:
+        if len(self.vector) != dim:
+            raise ServiceError(
+                ErrorType.INVALID_INPUT,
+                f"vector: {len(self.vector)} dimensions given, the model's user vectors have "
+                f"{dim} (is the router serving another model than this shard?)",
+            )
+        if self.k > settings.max_k:
+            raise ServiceError(
+                ErrorType.INVALID_INPUT,
+                f"k: {self.k} is above the limit of {settings.max_k} (UNISERVE_MAX_K)",
+            )
+        limit = shard_exclude_limit(settings)
+        if len(self.exclude) > limit:
+            raise ServiceError(
+                ErrorType.INVALID_INPUT,
+                f"exclude: {len(self.exclude)} given, at most {limit} allowed "
+                "(UNISERVE_MAX_CANDIDATES + UNISERVE_MAX_EVENTS + UNISERVE_EVENTS_MAX_PER_USER: "
+                "a retrieve's exclude list and the user's seen items)",
+            )
+
+
+def shard_exclude_limit(settings: Settings) -> int:
+    """Ids a shard search may exclude: a retrieve's own limit plus every item a user may have
+    seen (stored events and the request's), which `exclude_seen` adds."""
+    return settings.max_candidates + settings.max_events + settings.events_max_per_user
+
+
 class RankRequest(_UserRequest):
     candidates: list[Id] = Field(min_length=1)
 
@@ -268,6 +314,10 @@ def settings_limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
         },
         "RankRequest": {**events, "candidates": {"maxItems": settings.max_candidates}},
         "ItemEmbedRequest": {"items": {"maxItems": settings.max_items}},
+        "ShardSearchRequest": {
+            "k": {"maximum": settings.max_k},
+            "exclude": {"maxItems": shard_exclude_limit(settings)},
+        },
     }
 
 
@@ -291,7 +341,19 @@ class EventsResponse(_Strict):
 class RetrieveResponse(_Strict):
     items: list[ScoredItem]  # score descending, distinct
     model_version: str
+    index_version: str  # router mode: the answering shards' versions joined by "+"
+    # router mode only: true when shards were left out (timed out or failed), named by their
+    # position in UNISERVE_SHARD_URLS; a partial answer holds the top-k of the other shards
+    partial: bool | None = None
+    missing_shards: list[int] | None = None
+
+
+class ShardSearchResponse(_Strict):
+    items: list[ScoredItem]  # score descending, the shard's k best eligible items
+    model_version: str
+    model_fingerprint: str  # of the model the index was built for
     index_version: str
+    shard: dict[str, Any] | None  # the manifest's extra["shard"]; None: an unsharded index
 
 
 class RankResponse(_Strict):
@@ -319,6 +381,29 @@ class IndexInfo(_Strict):
     created_at: str
     age_seconds: float  # since the index version was created (built)
     loaded_at: str  # when this process swapped it in, ISO-8601 UTC
+
+
+class ShardReport(_Strict):
+    """What a router knows of one shard: what it last reported and how its last call went."""
+
+    shard: int  # position in UNISERVE_SHARD_URLS
+    url: str
+    outcome: str  # of the last call: ok, timeout, error; unknown before the first
+    index_version: str | None  # of the last successful answer
+    spec: dict[str, Any] | None  # the shard's manifest extra["shard"] (index, count, build_id)
+    detail: str  # why the last call failed; "" after a success
+    reported_at: str | None  # when the last call ended, ISO-8601 UTC
+
+
+class RouterInfo(_Strict):
+    """GET /v1/index in router mode: the model and the shard replicas."""
+
+    mode: Literal["router"]
+    model_version: str
+    model_fingerprint: str
+    index_version: str  # the shards' last reported versions joined by "+"
+    shard_timeout_seconds: float
+    shards: list[ShardReport]
 
 
 class SwapResponse(_Strict):

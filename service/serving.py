@@ -10,6 +10,10 @@ Each public operation runs inside one `budget()` scope (the Redis link's per-req
 budget when Redis is configured, nothing otherwise). When the event store is unreachable, a
 request that brings its own events is answered from those alone (uncached); one that relies on
 stored events, and every event write, fails with `backend_unavailable` (503).
+
+In router mode the engine is a `RouterEngine` (`service.router`): a retrieve encodes the user
+here as usual and the shard replicas search (`_fan_out`); an answer missing shards is flagged
+`partial` and returned as `Uncacheable`, so it is never stored.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from service.cache import Cache, cache_key
 from service.engine import Engine, ItemSpec
 from service.errors import ErrorType, ServiceError
 from service.events import Event, EventStore, EventStoreUnavailable
+from service.router import RouterEngine
 from service.singleflight import SingleFlight
 
 log = logging.getLogger(__name__)
@@ -36,6 +41,11 @@ log = logging.getLogger(__name__)
 def to_json(payload: Any) -> bytes:
     """Serialise a response body; NumPy arrays and scalars are written as JSON numbers."""
     return orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+class Uncacheable(bytes):
+    """A computed body that is answered but never cached (a router's partial result: the
+    missing shard may be back for the next request)."""
 
 
 @dataclass(frozen=True)
@@ -61,7 +71,7 @@ class UserHistory:
 class ServingCore:
     def __init__(
         self,
-        engine: Engine,
+        engine: Engine | RouterEngine,
         cache: Cache,
         events: EventStore,
         *,
@@ -191,7 +201,8 @@ class ServingCore:
             if (hit := await self._lookup(op, key, valid)) is not None:
                 return hit
             value = await compute()
-            await self._store(key, value)
+            if not isinstance(value, Uncacheable):
+                await self._store(key, value)
             return value
 
         return await self.flights.do(key, lookup_or_compute)
@@ -263,6 +274,9 @@ class ServingCore:
 
             async def compute() -> bytes:
                 skip = excluded | {e.item_id for e in history.events} if exclude_seen else excluded
+                if isinstance(self.engine, RouterEngine):
+                    vector = await self.user_vector(history)
+                    return await self._fan_out(self.engine, vector, k, surface_set, skip)
                 if mode == "multi":
                     ids, scores, rerank_seconds = await self.engine.retrieve_multi(
                         history.model_input(),
@@ -291,6 +305,37 @@ class ServingCore:
             body = await self._cached("retrieve", key, compute)
         self._on_stage("total", time.perf_counter() - started)
         return body
+
+    async def _fan_out(
+        self,
+        router: RouterEngine,
+        vector: np.ndarray,
+        k: int,
+        surfaces: Sequence[str] | None,
+        exclude: set[str],
+    ) -> bytes:
+        """A router's retrieve body: the shards' merged top-k, flagged `partial` (and not
+        cached) when shards are missing; 503 backend_unavailable when every shard is."""
+        merged = await router.retrieve(vector, k, surfaces=surfaces, exclude=exclude)
+        if not merged.versions:
+            raise ServiceError(
+                ErrorType.BACKEND_UNAVAILABLE,
+                f"no shard answered (all {len(merged.missing)} failed or timed out; see GET "
+                "/v1/index for why); retry shortly",
+            )
+        body = to_json(
+            {
+                "items": [
+                    {"item_id": i, "score": s}
+                    for i, s in zip(merged.item_ids, merged.scores, strict=True)
+                ],
+                "model_version": router.model_version,
+                "index_version": merged.index_version,
+                "partial": bool(merged.missing),
+                "missing_shards": merged.missing,
+            }
+        )
+        return Uncacheable(body) if merged.missing else body
 
     async def rank(
         self, user_id: str | None, events: Sequence[Event] | None, candidates: Sequence[str]

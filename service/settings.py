@@ -48,6 +48,7 @@ def weak_key_problem(key: str) -> str | None:
 # Hard ceilings: a setting above these would let one request or one user pin unbounded memory.
 _MAX_K_CEILING = 100_000
 _MAX_BODY_CEILING = 64 * 1024 * 1024  # 64 MiB
+_MAX_SHARDS = 1024  # index.shard.MAX_SHARDS (not imported: importing `index` loads faiss)
 
 
 class Settings(BaseSettings):
@@ -181,6 +182,29 @@ class Settings(BaseSettings):
     # cut requests on a slow stop; shorter: deploys and scale-in wait less.
     shutdown_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
 
+    # Sharded retrieval. shard_urls: comma-separated base URLs of the replicas serving shards
+    # 0, 1, ... of one sharded build (`uniserve build-index --shards S`); set = router mode: this
+    # replica loads only the model, encodes each user once and fans /v1/retrieve out to every
+    # shard's POST /v1/shard/search at once, merging their top-k. Unset (the default) = serve
+    # the local index. shard_timeout_seconds: the most a retrieve waits for one shard; a shard
+    # slower than this (or down) is left out and the answer is flagged partial. Shorter: a slow
+    # shard costs each request less latency; too short: healthy but busy shards are cut off.
+    shard_urls: str = ""
+    shard_timeout_seconds: Annotated[float, Field(gt=0.0, le=60.0)] = 1.0
+
+    @field_validator("shard_urls")
+    @classmethod
+    def _shard_urls(cls, value: str) -> str:
+        urls = [u.strip().rstrip("/") for u in value.split(",") if u.strip()]
+        for url in urls:
+            if not url.startswith(("http://", "https://")) or any(c.isspace() for c in url):
+                raise ValueError(f"each shard URL must be an http:// or https:// URL, got {url!r}")
+        if len(set(urls)) != len(urls):
+            raise ValueError(f"shard URLs must be distinct, got {urls}")
+        if len(urls) > _MAX_SHARDS:
+            raise ValueError(f"at most {_MAX_SHARDS} shard URLs, got {len(urls)}")
+        return ",".join(urls)
+
     @field_validator("index_poll_seconds")
     @classmethod
     def _poll(cls, value: float) -> float:
@@ -233,6 +257,11 @@ class Settings(BaseSettings):
     def index_path(self) -> Path:
         """The index root (versions + CURRENT): `index_root`, else `data_dir / "indexes"`."""
         return self.index_root if self.index_root is not None else self.data_dir / "indexes"
+
+    @property
+    def shards(self) -> tuple[str, ...]:
+        """The shard base URLs, shard 0 first; empty unless this replica is a router."""
+        return tuple(self.shard_urls.split(",")) if self.shard_urls else ()
 
     @property
     def cache_enabled(self) -> bool:

@@ -23,7 +23,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from service.errors import ERROR_TYPE_SCOPE_KEY, ErrorType, error_response
 
 # POST routes that compute (user encoder, item encoder, index); all have literal paths.
-COMPUTE_ROUTES = frozenset({"/v1/retrieve", "/v1/users/embed", "/v1/rank", "/v1/items/embed"})
+COMPUTE_ROUTES = frozenset(
+    {"/v1/retrieve", "/v1/users/embed", "/v1/rank", "/v1/items/embed", "/v1/shard/search"}
+)
 _RETRY_AFTER = {"Retry-After": "1"}  # seconds: a shed request may be retried soon
 
 

@@ -16,6 +16,7 @@ from service.singleflight import SingleFlight
 if TYPE_CHECKING:
     from service.redis_link import RedisLink
     from service.reloader import Reloader
+    from service.router import RouterEngine
 
 STARTING = "the service is starting: model and index are not loaded yet"
 
@@ -27,6 +28,7 @@ class AppState:
     cache: Cache
     events: EventStore
     engine: Engine | None = None  # None until the lifespan has loaded and warmed the artifacts
+    router: RouterEngine | None = None  # router mode (shard_urls set) instead of `engine`
     not_ready_reason: str = STARTING
     reloader: Reloader | None = None  # set by the lifespan: swaps `engine` (reload, rollback)
     redis: RedisLink | None = None  # set when redis_url is: the cache and events live there

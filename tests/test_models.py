@@ -159,6 +159,30 @@ def test_training_is_deterministic(grouped: Corpus) -> None:
     )
 
 
+def test_training_device_is_chosen_at_run_time(grouped: Corpus) -> None:
+    """With "auto", training runs on CUDA when torch sees a GPU, else on the CPU, with the
+    same result as asking for that device; "cuda" without a GPU is a clear error, not a crash
+    mid-training; the trained model is handed back on the CPU either way."""
+    cfg = TrainConfig(
+        dim=16, epochs=1, batch_size=32, num_negatives=64, max_len=10, max_steps=3, progress=False
+    )
+    auto = train(grouped, cfg)
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert auto.extra["device"] == expected
+    assert {p.device.type for p in auto.model.parameters()} == {"cpu"}
+    assert auto.model.item_cat.device.type == "cpu"
+    explicit = train(grouped, TrainConfig(**{**cfg.__dict__, "device": expected}))
+    for (name, pa), (_, pb) in zip(
+        auto.model.state_dict().items(), explicit.model.state_dict().items(), strict=True
+    ):
+        assert torch.equal(pa, pb), name
+    with pytest.raises(ValueError, match="device must be one of"):
+        TrainConfig(device="tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="no CUDA GPU"):
+            train(grouped, TrainConfig(**{**cfg.__dict__, "device": "cuda"}))
+
+
 def test_training_learns_and_beats_popularity(grouped: Corpus, trained) -> None:
     assert trained.epoch_losses[-1] < trained.epoch_losses[0]
     model_metrics = evaluate_model(trained.model, trained.vocab, grouped.test)["all"]

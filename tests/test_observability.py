@@ -2,9 +2,11 @@
 Prometheus scraping a real uniserve, `promtool` checks, `uniserve report`, and the compose file.
 
 The Prometheus test starts `uniserve serve` (a subprocess on a free loopback port, over the
-session's real artifacts) and the real `prometheus` binary (temp dir, free port, 1 s scrape and
-rule evaluation), drives traffic (cache miss then hit, a 422, an unknown path, a refused
-rollback and an index reload), then evaluates every PromQL expression of every dashboard panel
+session's real artifacts), a second one in router mode with that replica as its one shard, and
+the real `prometheus` binary scraping both (temp dir, free port, 1 s scrape and rule
+evaluation), drives traffic (cache miss then hit, a 422, an unknown path, a refused rollback, an
+index reload that makes the replica serve shard 0 of 1, and retrieves through the router before
+and after it: a shard error, then ok), then evaluates every PromQL expression of every dashboard panel
 and every alert rule through Prometheus' HTTP API: each must be valid and return data. Alert
 expressions end in `<comparison> <bound>`, which filters series out while all is well, so they
 are evaluated with the comparison turned into `bool` (0/1 per series). `.ci/run` installs
@@ -31,6 +33,7 @@ import pytest
 import yaml
 
 from index import load_current, publish
+from index.shard import ShardSpec
 from service.benchmark import free_port
 from service.settings import Settings
 
@@ -284,12 +287,14 @@ def test_promtool_checks_the_deployed_config_and_rules() -> None:
 
 # ---------------------------------------------------------------------------- real Prometheus
 class Stack:
-    """A real `uniserve serve` and a real Prometheus scraping it every second."""
+    """A real `uniserve serve`, a real router in front of it (its one shard) and a real
+    Prometheus scraping both every second."""
 
     def __init__(self, data: Path, work: Path) -> None:
         self.data = data
         self.work = work
         self.port = free_port()
+        self.router_port = free_port()
         self.prom_port = free_port()
         self.procs: list[subprocess.Popen[bytes]] = []
 
@@ -298,24 +303,33 @@ class Stack:
         return f"http://127.0.0.1:{self.port}"
 
     @property
+    def router_url(self) -> str:
+        return f"http://127.0.0.1:{self.router_port}"
+
+    @property
     def prom_url(self) -> str:
         return f"http://127.0.0.1:{self.prom_port}"
 
     def start(self) -> Stack:
-        self._start_uniserve()
+        self._start_uniserve(self.port, "uniserve.log")
+        # router mode: the same model, the replica above as shard 0 of 1
+        self._start_uniserve(self.router_port, "router.log", UNISERVE_SHARD_URLS=self.url)
         self._start_prometheus()
         return self
 
-    def _start_uniserve(self) -> None:
+    def _start_uniserve(self, port: int, log_name: str, **extra_env: str) -> None:
         env = {
             **os.environ,
             "UNISERVE_ADMIN_KEY": ADMIN_KEY,
             "UNISERVE_INDEX_POLL_SECONDS": "0",
             "UNISERVE_TORCH_THREADS": "1",
+            **extra_env,
         }
         env.pop("UNISERVE_API_KEY", None)
-        log = self.work / "uniserve.log"
-        args = ["--no-bootstrap", "--data-dir", str(self.data), "--port", str(self.port)]
+        if not extra_env:
+            env.pop("UNISERVE_SHARD_URLS", None)
+        log = self.work / log_name
+        args = ["--no-bootstrap", "--data-dir", str(self.data), "--port", str(port)]
         with open(log, "wb") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "service.cli", "serve", *args, "--log-level", "warning"],
@@ -325,7 +339,7 @@ class Stack:
                 stderr=subprocess.STDOUT,
             )
         self.procs.append(proc)
-        wait_until_ok(f"{self.url}/readyz", proc, log, 180)
+        wait_until_ok(f"http://127.0.0.1:{port}/readyz", proc, log, 180)
 
     def _start_prometheus(self) -> None:
         assert PROMETHEUS is not None
@@ -337,7 +351,9 @@ class Stack:
                 {
                     "job_name": deployed["scrape_configs"][0]["job_name"],
                     "metrics_path": deployed["scrape_configs"][0]["metrics_path"],
-                    "static_configs": [{"targets": [f"127.0.0.1:{self.port}"]}],
+                    "static_configs": [
+                        {"targets": [f"127.0.0.1:{self.port}", f"127.0.0.1:{self.router_port}"]}
+                    ],
                 }
             ],
         }
@@ -392,8 +408,9 @@ def stack(uniserve_data_dir: Path, tmp_path: Path) -> Iterator[Stack]:
 
 
 def drive_traffic(stack: Stack) -> str:
-    """Requests of every kind the dashboard shows, then an index reload; returns the new
-    live index version."""
+    """Requests of every kind the dashboard shows, then an index reload, and retrieves through
+    the router before it (the replica serves an unsharded index: a shard error, 503) and after
+    it (the new version says it is shard 0 of 1: ok); returns the new live index version."""
     root = stack.data / "indexes"
     index, manifest = load_current(root)
     ids = [str(i) for i in index.item_ids[:20]]
@@ -415,18 +432,25 @@ def drive_traffic(stack: Stack) -> str:
         missing = {"to": "00000000T000000Z-deadbeef"}
         refused = client.post("/admin/rollback", json=missing, headers=admin)
         assert refused.status_code == 409, refused.text  # counted: reason not_found
+        via_router = {"events": events, "k": 5}  # the router has its own (in-process) events
+        routed = httpx.post(f"{stack.router_url}/v1/retrieve", json=via_router, timeout=30)
+        assert routed.status_code == 503, routed.text  # the only shard is not a shard: error
+        shard = ShardSpec(0, 1, "observability").to_json()
         new = publish(
             index,
             root,
             model_fingerprint=manifest.model_fingerprint,
             model_version=manifest.model_version,
             keep=100,
-            extra=manifest.extra,
+            extra={**manifest.extra, "shard": shard},
         )
         reload = client.post("/admin/reload", headers=admin)
         assert reload.status_code == 200 and reload.json()["changed"], reload.text
         for _ in range(3):  # the new version's cache: a miss then hits
             assert client.post("/v1/retrieve", json=body).status_code == 200
+        for _ in range(3):
+            routed = httpx.post(f"{stack.router_url}/v1/retrieve", json=via_router, timeout=30)
+            assert routed.status_code == 200 and not routed.json()["partial"], routed.text
     return new.version
 
 
@@ -435,14 +459,15 @@ def drive_traffic(stack: Stack) -> str:
 def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheus(
     stack: Stack, tmp_path: Path
 ) -> None:
-    first = stack.wait_for('up{job="uniserve"} == 1')
-    assert first, "Prometheus never scraped uniserve"
+    first = stack.wait_for('count(up{job="uniserve"} == 1) == 2')
+    assert first, "Prometheus never scraped both uniserve processes"
     version = drive_traffic(stack)
     # the reload and the last requests are seen by two or more scrapes
     assert stack.wait_for(f'uniserve_index_info{{version="{version}"}}')
     assert stack.wait_for('uniserve_requests_total{route="/v1/retrieve",status="4xx"}')
     time.sleep(3)
-    reloads = stack.query("uniserve_index_reloads_total")
+    assert stack.wait_for('uniserve_shard_requests_total{outcome="ok"} > 0')
+    reloads = stack.query(f'uniserve_index_reloads_total{{instance="127.0.0.1:{stack.port}"}}')
     assert reloads and float(reloads[0]["value"][1]) >= 1
     hits = stack.query('sum(uniserve_cache_requests_total{op="retrieve",result="hit"})')
     assert float(hits[0]["value"][1]) >= 2

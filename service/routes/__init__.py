@@ -9,7 +9,18 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.routes import admin, events, health, index, items, metrics, rank, retrieve, users
+from service.routes import (
+    admin,
+    events,
+    health,
+    index,
+    items,
+    metrics,
+    rank,
+    retrieve,
+    shard,
+    users,
+)
 
 API_ROUTERS: tuple[APIRouter, ...] = (
     users.router,
@@ -18,6 +29,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     rank.router,
     items.router,
     index.router,
+    shard.router,
 )
 PROBE_ROUTERS: tuple[APIRouter, ...] = (health.router,)
 OPS_ROUTERS: tuple[APIRouter, ...] = (metrics.router, admin.router)

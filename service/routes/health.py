@@ -1,10 +1,11 @@
-"""GET /healthz (the process answers) and GET /readyz (model and index loaded and warmed)."""
+"""GET /healthz (the process answers) and GET /readyz (model and index loaded and warmed; in
+router mode the model alone: shards may come and go, a missing one makes answers partial)."""
 
 from __future__ import annotations
 
 from fastapi import APIRouter
 
-from service.deps import EngineDep
+from service.deps import LiveEngineDep
 from service.schemas import ERROR_RESPONSES, Health, Readiness
 
 router = APIRouter(tags=["health"])
@@ -16,7 +17,7 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", responses=ERROR_RESPONSES)
-async def readyz(engine: EngineDep) -> Readiness:
+async def readyz(engine: LiveEngineDep) -> Readiness:
     return Readiness(
         status="ok", model_version=engine.model_version, index_version=engine.index_version
     )
