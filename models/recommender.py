@@ -159,4 +159,6 @@ class Recommender(nn.Module):
     ) -> torch.Tensor:
         """Served user vectors from left-padded histories (B, T) -> (B, dim)."""
         content = self.user_content(ids, mask)[:, -1] if self.has_content else None
-        return self.query_vectors(self.hidden(ids, surfaces, mask)[:, -1], content)
+        item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
+        last = self.user_encoder.encode(item_vecs, surfaces, mask)  # (B, D) = hidden[:, -1]
+        return self.query_vectors(last, content)

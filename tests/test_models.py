@@ -119,6 +119,25 @@ def test_user_encoder_padding_invariance() -> None:
     torch.testing.assert_close(short, long, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layers", [1, 2, 3])
+def test_user_encoder_encode_is_the_last_position_of_forward(layers: int) -> None:
+    """`encode` (what serving calls) skips all but the last position in the last block: it
+    must give forward's last position, with left padding and an empty history in the batch."""
+    torch.manual_seed(layers)
+    enc = UserEncoder(
+        UserEncoderConfig(num_surfaces=4, dim=16, num_heads=2, max_len=12, num_layers=layers)
+    ).eval()
+    x = torch.randn(3, 9, 16)
+    surfaces = torch.randint(0, 4, (3, 9))
+    mask = torch.ones(3, 9, dtype=torch.bool)
+    mask[1, :4] = False  # a shorter history, left-padded
+    mask[2, :] = False  # no events at all
+    with torch.inference_mode():
+        torch.testing.assert_close(
+            enc.encode(x, surfaces, mask), enc(x, surfaces, mask)[:, -1], rtol=1e-5, atol=1e-6
+        )
+
+
 def test_user_encoder_rejects_long_sequences() -> None:
     with pytest.raises(ValueError, match="exceeds max_len"):
         _encoder()(
