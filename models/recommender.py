@@ -79,7 +79,8 @@ class Recommender(nn.Module):
 
     @property
     def dim(self) -> int:
-        """Dimension of the served user and item vectors: D, or D + 1 with the item bias."""
+        """Dimension of the served user and item vectors: D, + 1 with the item bias, + K with
+        the content channel."""
         item = self.config.item
         return item.dim + int(item.bias) + item.content_dim
 
@@ -87,19 +88,25 @@ class Recommender(nn.Module):
     def has_content(self) -> bool:
         return bool(self.config.item.content_dim)
 
-    def user_content(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    def user_content(
+        self, ids: torch.Tensor, mask: torch.Tensor, *, last: bool = False
+    ) -> torch.Tensor:
         """The user side of the lexical channel at every position: ids, mask (B, T) -> (B, T, K),
         the unit-norm sum of the channels of the events up to each position, an event ``a``
-        steps older weighted ``content_decay ** a``; unknown items and padding add nothing."""
+        steps older weighted ``content_decay ** a``; unknown items and padding add nothing.
+        With ``last``, only the last position's: (B, K) (what serving needs)."""
         item = self.item_encoder.content(self.item_tokens[ids])  # (B, T, K)
         item = item * mask.unsqueeze(-1)
         t = ids.shape[1]
         steps = torch.arange(t, device=ids.device)
         age = (steps[:, None] - steps[None, :]).float()  # (T, T): row t, column j: t - j
+        if last:
+            age = age[-1:]  # (1, T)
         decay = torch.where(
             age >= 0, self.config.item.content_decay ** age.clamp(min=0), torch.zeros_like(age)
-        )  # (T, T)
-        return F.normalize(torch.einsum("tj,bjk->btk", decay, item), dim=-1)
+        )  # (T or 1, T)
+        summed = torch.einsum("tj,bjk->btk", decay, item)  # (B, T or 1, K)
+        return F.normalize(summed[:, 0] if last else summed, dim=-1)
 
     def item_vectors(self, ids: torch.Tensor) -> torch.Tensor:
         """Catalogue id-table rows (*S) int64 -> served item vectors (*S, dim).
@@ -158,7 +165,7 @@ class Recommender(nn.Module):
         self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
     ) -> torch.Tensor:
         """Served user vectors from left-padded histories (B, T) -> (B, dim)."""
-        content = self.user_content(ids, mask)[:, -1] if self.has_content else None
+        content = self.user_content(ids, mask, last=True) if self.has_content else None
         item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
         last = self.user_encoder.encode(item_vecs, surfaces, mask)  # (B, D) = hidden[:, -1]
         return self.query_vectors(last, content)

@@ -190,7 +190,8 @@ def _print_report(report: dict[str, Any]) -> None:
 _METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")
 
 
-def _build_index(args: argparse.Namespace) -> int:
+def _build_index(args: argparse.Namespace, shared: tuple[Any, Any] | None = None) -> int:
+    """`shared`: (corpus, encoded catalogue) already loaded for the shards of one build."""
     from models.data import load_corpus
     from service.pipeline import build_and_publish
 
@@ -203,11 +204,15 @@ def _build_index(args: argparse.Namespace) -> int:
         build_id = args.build_id or _new_build_id()
         # refuse a bad count or build id before anything is built
         _shard_target(argparse.Namespace(**{**vars(args), "shard": 0, "build_id": build_id}))
+        shared = _load_and_encode(args)  # once for every shard, not once per shard
         for i in range(args.shards):
-            _build_index(argparse.Namespace(**{**vars(args), "shard": i, "build_id": build_id}))
+            shard_args = argparse.Namespace(**{**vars(args), "shard": i, "build_id": build_id})
+            _build_index(shard_args, shared)
         return 0
     root, shard = _shard_target(args)
-    corpus = load_corpus(args.data) if args.data else None
+    corpus, encoded = shared if shared is not None else (None, None)
+    if shared is None:
+        corpus = load_corpus(args.data) if args.data else None
     if args.engine == "ray":
         return _print_build(_ray_build_index(args, corpus, fixed or None))
     manifest = build_and_publish(
@@ -228,6 +233,7 @@ def _build_index(args: argparse.Namespace) -> int:
         muvera=_fde_config(args) if args.mode == "multi" else None,
         fde_index_type=args.fde_index_type,
         shard=shard,
+        encoded=encoded,
     )
     if shard is not None:  # where it went; stdout keeps one JSON line per published version
         print(
@@ -235,6 +241,23 @@ def _build_index(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     return _print_build(manifest)
+
+
+def _load_and_encode(args: argparse.Namespace) -> tuple[Any, Any]:
+    """The corpus (for recall queries) and the encoded catalogue of a local build-index run."""
+    from models.data import load_corpus
+    from models.embedder import Embedder
+    from service.catalog import encode_catalogue
+
+    corpus = load_corpus(args.data) if args.data else None
+    encoded = encode_catalogue(
+        Embedder.from_dir(Path(args.model)),
+        Path(args.catalog) if args.catalog else None,
+        device=args.device,
+        batch_size=args.batch_size,
+        progress=not args.quiet,
+    )
+    return corpus, encoded
 
 
 def _new_build_id() -> str:

@@ -42,7 +42,7 @@ from models.evaluate import (
     popularity_scores,
 )
 from models.train import TrainConfig, train
-from service.catalog import ENCODE_BATCH, encode_catalogue
+from service.catalog import ENCODE_BATCH, EncodedCatalogue, encode_catalogue
 
 log = logging.getLogger(__name__)
 
@@ -157,6 +157,7 @@ def build_and_publish(
     muvera: FDEConfig | None = None,
     fde_index_type: str = "Flat",
     shard: ShardSpec | None = None,
+    encoded: EncodedCatalogue | None = None,
 ) -> Manifest:
     """The batch rebuild: encode the catalogue, build, tune, gate, publish.
 
@@ -175,7 +176,8 @@ def build_and_publish(
 
     With `shard`, only the catalogue items that shard owns (`index.shard`) are indexed (and
     tuned on) and the manifest records the spec in `extra["shard"]`; publish each shard to its
-    own index root (`index.shard.shard_root`).
+    own index root (`index.shard.shard_root`). `encoded`: the catalogue already encoded by
+    this model (`encode_catalogue` of `catalog`), so the shards of one build encode it once.
     """
     if muvera is not None and shard is not None:
         raise ValueError("--mode multi indexes the whole vocabulary; it cannot be sharded")
@@ -187,10 +189,15 @@ def build_and_publish(
     started = time.perf_counter()
     model_dir = Path(model_dir).resolve()
     embedder = Embedder.from_dir(model_dir)
-    log.info("encoding %s", catalog or f"the vocabulary of {embedder.version}")
-    encoded = encode_catalogue(
-        embedder, catalog, device=device, batch_size=batch_size, progress=progress
-    )
+    if encoded is None:
+        log.info("encoding %s", catalog or f"the vocabulary of {embedder.version}")
+        encoded = encode_catalogue(
+            embedder, catalog, device=device, batch_size=batch_size, progress=progress
+        )
+    elif len(encoded.vectors) and encoded.vectors.shape[1] != embedder.dim:
+        raise ValueError(
+            f"pre-encoded catalogue has dim {encoded.vectors.shape[1]}, the model {embedder.dim}"
+        )
     if shard is not None:  # one shard of a sharded build: only the items it owns
         mine = shard.owns(encoded.item_ids)  # (N,) bool
         encoded = replace(

@@ -83,6 +83,8 @@ def test_served_vectors_carry_the_channel(grouped: Corpus, content_model) -> Non
     with torch.inference_mode():
         user = model.user_vectors(ids, surfaces, mask)[0]  # (D + K,)
         items = model.all_item_vectors()  # (N, D + K)
+        every = model.user_content(ids, mask)  # (1, T, K): what training uses
+        torch.testing.assert_close(model.user_content(ids, mask, last=True), every[:, -1])
     rows = [3, 7, 30]  # "nope" is unknown: it adds nothing
     ages = [3, 2, 0]
     ref = sum(decay**a * items[r, -K:] for r, a in zip(rows, ages, strict=True))

@@ -262,6 +262,29 @@ def test_sharded_build_partitions_the_catalogue(fleet: Fleet) -> None:
     assert "shard" not in _manifest(fleet.flat_root)["extra"]
 
 
+def test_all_shards_of_a_build_share_one_encoding(
+    fleet: Fleet, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--shards S` without `--shard` encodes the catalogue once, not once per shard."""
+    import service.catalog
+    import service.pipeline
+    from service.cli import main
+
+    calls = []
+    real = service.catalog.encode_catalogue
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(service.catalog, "encode_catalogue", counting)
+    monkeypatch.setattr(service.pipeline, "encode_catalogue", counting)
+    args = ["build-index", "--model", str(fleet.model), "--index-root", str(tmp_path)]
+    assert main([*args, "--shards", "2", "--type", "Flat", "--quiet"]) == 0
+    assert len(calls) == 1
+    assert all((tmp_path / f"shard-{i}" / "CURRENT").exists() for i in range(2))
+
+
 def test_build_index_refuses_a_shard_outside_the_count(fleet: Fleet, tmp_path: Path) -> None:
     from service.cli import EXIT_ERROR, main
 
