@@ -236,6 +236,34 @@ def load_version(root: Path, version: str, *, verify: bool = True) -> tuple[Item
     return open_version(root, manifest), manifest
 
 
+def republish(
+    root: Path,
+    version: str | None = None,
+    *,
+    keep: int = 3,
+    extra: dict[str, Any] | None = None,
+    model_fingerprint: str | None = None,
+) -> Manifest:
+    """Publish an existing version's index (default: the one CURRENT names) again as a new
+    version, which becomes CURRENT like any publish: what makes replicas reload the same index
+    (their caches start cold). The new manifest keeps the model version, and the model
+    fingerprint and `extra` unless replaced; a MUVERA index is carried along."""
+    if version is None:
+        version = current_version(root)
+        if version is None:
+            raise NoIndexError(f"no {CURRENT_FILE} pointer under {str(root)!r}")
+    index, manifest = load_version(root, version)
+    return publish(
+        index,
+        root,
+        model_fingerprint=model_fingerprint or manifest.model_fingerprint,
+        model_version=manifest.model_version,
+        keep=keep,
+        extra=manifest.extra if extra is None else extra,
+        multi=open_multi(root, manifest, index),
+    )
+
+
 def load_current(root: Path, *, verify: bool = True) -> tuple[ItemIndex, Manifest]:
     """Load the version CURRENT names; NoIndexError when there is none."""
     version = current_version(root)

@@ -21,10 +21,3 @@ def select_device(device: str = "auto") -> torch.device:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' was asked for but torch sees no CUDA GPU")
     return torch.device(device)
-
-
-def module_device(module: torch.nn.Module) -> torch.device:
-    """The device of a module's first parameter (the CPU for a module without parameters)."""
-    for param in module.parameters():
-        return param.device
-    return torch.device("cpu")

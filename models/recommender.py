@@ -19,7 +19,9 @@ fits what word overlap with the recent history does not explain, and an item nev
 ``[v, (b), c_i]``; ``dim`` counts every column.
 
 Item metadata features for the whole catalogue live in non-persistent buffers (they are derived
-from ``items.parquet`` and the feature spec, so the weights file holds only learnt parameters).
+from ``items.parquet`` and the feature spec), as do the content channel's projection and IDF
+(rebuilt from the config and catalogue); the weights file holds the learnt parameters and, for a
+content model, which rows are served from metadata alone (``metadata_only``).
 """
 
 from __future__ import annotations

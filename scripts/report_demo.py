@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import httpx
 
-from index import load_current, publish
+from index import load_current, republish
 from service.benchmark import free_port
 from service.bootstrap import ensure_artifacts
 from service.report import render
@@ -75,7 +75,7 @@ async def phase(
 
 
 async def drive(url: str, admin_key: str, root: Path, minutes: float) -> None:
-    index, manifest = load_current(root)
+    index, _ = load_current(root)
     ids = [str(i) for i in index.item_ids]
     step = minutes * 60 / 6
     limits = httpx.Limits(max_connections=256)  # the burst must reach the server
@@ -83,14 +83,7 @@ async def drive(url: str, admin_key: str, root: Path, minutes: float) -> None:
         await phase(client, ids, rate=10, seconds=step, returning=0.0)
         await phase(client, ids, rate=30, seconds=step, returning=0.3)
         await phase(client, ids, rate=40, seconds=step, returning=0.8)
-        publish(
-            index,
-            root,
-            model_fingerprint=manifest.model_fingerprint,
-            model_version=manifest.model_version,
-            keep=100,
-            extra=manifest.extra,
-        )
+        republish(root, keep=100)
         reload = await client.post(
             "/admin/reload", headers={"Authorization": f"Bearer {admin_key}"}
         )

@@ -36,8 +36,8 @@ from index import (
     current_version,
     list_versions,
     load_current,
-    load_version,
     publish,
+    republish,
     set_current,
 )
 from models.data import load_corpus
@@ -123,16 +123,8 @@ def publish_halves(root: Path, embedder: Embedder) -> tuple[str, str, dict[str, 
 
 def _republish_plain(root: Path) -> str:
     """Publish the live index again as a new version (not CURRENT); returns its name."""
-    index, manifest = load_current(root)
     live = current_version(root)
-    new = publish(
-        index,
-        root,
-        model_fingerprint=manifest.model_fingerprint,
-        model_version=manifest.model_version,
-        keep=100,
-        extra=manifest.extra,
-    )
+    new = republish(root, keep=100)
     assert live is not None
     set_current(root, live)
     return new.version
@@ -237,15 +229,7 @@ async def test_swap_under_load_every_response_comes_from_the_version_it_names(ho
 # ---------------------------------------------------------------------------- bad artifacts
 def _republish(hot: Hot, version: str, **kwargs: Any) -> Path:
     """A new version holding `version`'s index; returns its directory."""
-    index, manifest = load_version(hot.root, version)
-    new = publish(
-        index,
-        hot.root,
-        model_fingerprint=kwargs.pop("model_fingerprint", manifest.model_fingerprint),
-        model_version=manifest.model_version,
-        keep=100,
-        **kwargs,
-    )
+    new = republish(hot.root, version, keep=100, extra={}, **kwargs)
     return hot.root / "versions" / new.version
 
 

@@ -39,6 +39,7 @@ from index import (
     prune_versions,
     publish,
     recall_at_k,
+    republish,
     rollback,
     set_current,
     sha256_file,
@@ -391,6 +392,21 @@ def test_tampering_is_detected(name, small, tmp_path):
     path.unlink()
     with pytest.raises(IndexIntegrityError, match=f"{name}.*missing"):
         load_current(tmp_path)
+
+
+def test_republish_makes_a_verified_copy_of_a_version_current(small, tmp_path):
+    with pytest.raises(NoIndexError):
+        republish(tmp_path)
+    first = publish(
+        small, tmp_path, model_fingerprint="fp", model_version="m1", extra={"catalog": "c"}
+    )
+    again = republish(tmp_path)
+    assert again.version != first.version and current_version(tmp_path) == again.version
+    assert (again.model_fingerprint, again.model_version, again.extra) == ("fp", "m1", first.extra)
+    index, manifest = load_current(tmp_path)  # verified: every file hashed
+    assert manifest == again and list(index.item_ids) == list(small.item_ids)
+    stamped = republish(tmp_path, first.version, extra={}, model_fingerprint="other")
+    assert (stamped.model_fingerprint, stamped.extra) == ("other", {})
 
 
 def test_bad_manifest_is_refused(small, tmp_path):

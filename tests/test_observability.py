@@ -32,7 +32,7 @@ import httpx
 import pytest
 import yaml
 
-from index import load_current, publish
+from index import load_current, republish
 from index.shard import ShardSpec
 from service.benchmark import free_port
 from service.settings import Settings
@@ -436,14 +436,7 @@ def drive_traffic(stack: Stack) -> str:
         routed = httpx.post(f"{stack.router_url}/v1/retrieve", json=via_router, timeout=30)
         assert routed.status_code == 503, routed.text  # the only shard is not a shard: error
         shard = ShardSpec(0, 1, "observability").to_json()
-        new = publish(
-            index,
-            root,
-            model_fingerprint=manifest.model_fingerprint,
-            model_version=manifest.model_version,
-            keep=100,
-            extra={**manifest.extra, "shard": shard},
-        )
+        new = republish(root, keep=100, extra={**manifest.extra, "shard": shard})
         reload = client.post("/admin/reload", headers=admin)
         assert reload.status_code == 200 and reload.json()["changed"], reload.text
         for _ in range(3):  # the new version's cache: a miss then hits
