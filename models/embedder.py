@@ -16,7 +16,7 @@ import torch
 
 from models.artifacts import load_model, model_fingerprint
 from models.features import SURFACE_FIELD, FeatureSpec
-from models.item_encoder import FIRST_ITEM_ID, UNK_ID
+from models.item_encoder import FIRST_ITEM_ID, PAD_ID, UNK_ID
 from models.matryoshka import truncate_np
 from models.multi import item_facet_vectors, user_interest_vectors
 from models.recommender import Recommender
@@ -48,6 +48,8 @@ class Embedder:
         surface_names = np.array(["", *spec.categorical[SURFACE_FIELD]], dtype=object)
         self.item_surfaces = surface_names[surface_col]  # (N,)
         self._item_vectors: np.ndarray | None = None
+        with torch.inference_mode():  # id-table rows 0 and 1, not in the catalogue table
+            self._pad_unk_vectors = model.item_vectors(torch.tensor([PAD_ID, UNK_ID])).numpy()
 
     @classmethod
     def from_dir(cls, directory: Path) -> Embedder:
@@ -83,10 +85,26 @@ class Embedder:
                 ids, surfaces, mask = self.vocab.batch(
                     histories[lo : lo + batch_size], self.max_len
                 )
-                out.append(self.model.user_vectors(ids, surfaces, mask).numpy())
-        return (
-            np.concatenate(out).astype(np.float32) if out else np.zeros((0, self.dim), np.float32)
-        )
+                item_vecs = self._held_item_vectors(ids)
+                out.append(self.model.user_vectors(ids, surfaces, mask, item_vecs).numpy())
+        if not out:
+            return np.zeros((0, self.dim), np.float32)
+        vectors = out[0] if len(out) == 1 else np.concatenate(out)
+        return vectors.astype(np.float32, copy=False)
+
+    def _held_item_vectors(self, ids: torch.Tensor) -> torch.Tensor | None:
+        """Served vectors (B, T, dim) of id-table rows (B, T), read from the table of every
+        catalogue item when it is already held (the service holds it to rank), else None: the
+        model then encodes them. Reading rows holds the GIL far less than the item encoder, and
+        gives the same vectors; the table is never built here, as it costs N x dim floats."""
+        table = self._item_vectors
+        if table is None:
+            return None
+        rows = ids.numpy()
+        vecs = table.take(np.maximum(rows - FIRST_ITEM_ID, 0), axis=0)  # (B, T, dim)
+        pad_or_unk = rows < FIRST_ITEM_ID
+        vecs[pad_or_unk] = self._pad_unk_vectors[rows[pad_or_unk]]
+        return torch.from_numpy(vecs)
 
     def user_multi_vectors(
         self, histories: Sequence[History], num_interests: int = 4, batch_size: int = 256

@@ -164,10 +164,20 @@ class Recommender(nn.Module):
         return queries
 
     def user_vectors(
-        self, ids: torch.Tensor, surfaces: torch.Tensor, mask: torch.Tensor
+        self,
+        ids: torch.Tensor,
+        surfaces: torch.Tensor,
+        mask: torch.Tensor,
+        item_vecs: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Served user vectors from left-padded histories (B, T) -> (B, dim)."""
+        """Served user vectors from left-padded histories (B, T) -> (B, dim).
+
+        ``item_vecs`` (B, T, dim): the served vectors of ``ids`` (``item_vectors(ids)``) when the
+        caller already has them, e.g. read from a table of every item; encoded here when None.
+        """
         content = self.user_content(ids, mask, last=True) if self.has_content else None
-        item_vecs = self.item_vectors(ids)[..., : self.config.item.dim]  # (B, T, D) no bias
+        if item_vecs is None:
+            item_vecs = self.item_vectors(ids)  # (B, T, dim)
+        item_vecs = item_vecs[..., : self.config.item.dim]  # (B, T, D) no bias
         last = self.user_encoder.encode(item_vecs, surfaces, mask)  # (B, D) = hidden[:, -1]
         return self.query_vectors(last, content)

@@ -18,6 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -131,12 +132,32 @@ class UserEncoder(nn.Module):
         *lower, last = self.blocks.layers
         for layer in lower:
             x = layer(x, src_mask=blocked)  # (B, T, D)
-        h = last.norm1(x)  # (B, T, D)
-        attended, _ = last.self_attn(
-            h[:, -1:], h, h, attn_mask=blocked[:, -1:], need_weights=False
-        )  # (B, 1, D)
+        attended = self._last_attention(last.self_attn, last.norm1(x), blocked)  # (B, 1, D)
         y = x[:, -1:] + last.dropout1(attended)  # (B, 1, D)
         y = y + last.dropout2(
             last.linear2(last.dropout(last.activation(last.linear1(last.norm2(y)))))
         )
         return self.norm(y)[:, 0]  # (B, D)
+
+    def _last_attention(
+        self, attn: nn.MultiheadAttention, h: torch.Tensor, blocked: torch.Tensor
+    ) -> torch.Tensor:
+        """``attn(h[:, -1:], h, h, attn_mask=blocked[:, -1:])[0]``: the last position's
+        attention over h (B, T, D) -> (B, 1, D), computed the way ``nn.MultiheadAttention``
+        does (packed in-projection, scaled dot-product attention, out-projection) without its
+        generic argument handling, which holds the GIL in the serving thread longer than the
+        attention itself takes."""
+        b, t, d = h.shape
+        heads = attn.num_heads
+        w_q, w_kv = attn.in_proj_weight.split([d, 2 * d])
+        b_q, b_kv = attn.in_proj_bias.split([d, 2 * d])
+        q = F.linear(h[:, -1:], w_q, b_q).view(b, 1, heads, d // heads).transpose(1, 2)
+        kv = F.linear(h, w_kv, b_kv).view(b, t, 2, heads, d // heads)  # (B, T, 2, H, D/H)
+        k, v = kv.permute(2, 0, 3, 1, 4)  # (B, H, T, D/H) each
+        allowed = ~blocked[:, -1:].view(b, heads, 1, t)  # (B, H, 1, T)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=attn.dropout if self.training else 0.0
+        )  # (B, H, 1, D/H)
+        return F.linear(
+            out.transpose(1, 2).reshape(b, 1, d), attn.out_proj.weight, attn.out_proj.bias
+        )

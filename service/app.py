@@ -14,6 +14,7 @@ from fastapi import APIRouter, FastAPI, Security
 
 from service.auth import API_KEY, AuthMiddleware, Keys
 from service.errors import install_error_handlers
+from service.fastlane import FastLane, fast_routes
 from service.lifespan import lifespan
 from service.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.routes import API_ROUTERS, PROBE_ROUTERS, ROUTERS
@@ -75,6 +76,10 @@ def _mount(app: FastAPI, state: AppState, routers: Sequence[APIRouter]) -> None:
     )
     for router in routers:
         app.include_router(router, **(api if router in API_ROUTERS else {}))
+    # Added first = innermost of ours: hot routes skip the framework's routing (service.fastlane).
+    app.add_middleware(
+        FastLane, state=state, routes=fast_routes(r for router in routers for r in router.routes)
+    )
     # Added last = outermost: metrics see every response, the 401s, 413s and shed 429s
     # included; keys are checked, then overload shed, before anything reads the body.
     app.add_middleware(ShedMiddleware, limit=state.pending)

@@ -232,6 +232,7 @@ def inprocess_limit(data_dir: Path, bodies: Sequence[bytes], batch: int) -> dict
     manifest = verify_version(root, current_version(root) or "")
     index = open_version(root, manifest)
     embedder = Embedder.from_dir(data_dir / "model")
+    embedder.item_vectors()  # held, as the service's engine holds it (history items read from it)
     histories = []
     for body in bodies:
         events = json.loads(body)["events"]

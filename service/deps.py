@@ -1,8 +1,10 @@
-"""Dependency aliases: how routes reach the long-lived resources the lifespan put on app.state.
+"""How routes reach the long-lived resources the lifespan put on app.state.
 
-Every dependency is `async def` although none awaits: FastAPI runs a plain `def` dependency in
-its thread pool, a thread hop per dependency per request that cost most of the event loop's
-throughput under load (profiled with py-spy, `uniserve bench service`).
+Routes that do work take `StateDep` and call the plain functions here (`serving_core`,
+`local_engine`, `live_engine`) themselves: each FastAPI dependency costs its solver time on
+every request, and routes of that shape (a body model plus the state) are also served by the
+fast lane (`service.fastlane`). Every dependency is `async def` although none awaits: FastAPI
+runs a plain `def` dependency in its thread pool, a thread hop per request.
 """
 
 from __future__ import annotations
@@ -11,15 +13,12 @@ from typing import Annotated
 
 from fastapi import Depends, Request
 
-from service.cache import Cache
 from service.engine import Engine
 from service.errors import ErrorType, ServiceError
-from service.events import EventStore
 from service.metrics import Metrics
 from service.reloader import Reloader
 from service.router import NOT_SHARDED, RouterEngine
 from service.serving import ServingCore
-from service.settings import Settings
 from service.state import AppState
 
 
@@ -31,15 +30,7 @@ async def get_state(request: Request) -> AppState:
 StateDep = Annotated[AppState, Depends(get_state)]
 
 
-async def get_settings(state: StateDep) -> Settings:
-    return state.settings
-
-
-async def get_metrics(state: StateDep) -> Metrics:
-    return state.metrics
-
-
-async def get_engine(state: StateDep) -> Engine:
+def local_engine(state: AppState) -> Engine:
     """The loaded engine; 503 not_ready (with the reason) while there is none, 422 in router
     mode (no local index)."""
     if state.engine is None:
@@ -49,7 +40,7 @@ async def get_engine(state: StateDep) -> Engine:
     return state.engine
 
 
-async def get_live_engine(state: StateDep) -> Engine | RouterEngine:
+def live_engine(state: AppState) -> Engine | RouterEngine:
     """What serves requests: the router engine in router mode, else the local engine; 503
     not_ready (with the reason) while it is not loaded."""
     live = state.router if state.settings.shards else state.engine
@@ -58,20 +49,30 @@ async def get_live_engine(state: StateDep) -> Engine | RouterEngine:
     return live
 
 
-async def get_cache(state: StateDep) -> Cache:
-    return state.cache
+def serving_core(state: AppState) -> ServingCore:
+    """A ServingCore over the live engine (cheap: it only holds references); 503 not_ready (with
+    the reason) while no engine is loaded."""
+    settings = state.settings
+    return ServingCore(
+        live_engine(state),
+        state.cache,
+        state.events,
+        cache_ttl=settings.cache_ttl_seconds if settings.cache_enabled else 0.0,
+        on_cache=state.metrics.observe_cache,
+        flights=state.flights,
+        budget=state.redis.budget if state.redis is not None else None,
+        on_stage=state.metrics.observe_stage,
+        multi_candidates=settings.multi_candidates,
+        multi_interests=settings.multi_interests,
+    )
 
 
-async def get_event_store(state: StateDep) -> EventStore:
-    return state.events
+async def get_metrics(state: StateDep) -> Metrics:
+    return state.metrics
 
 
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-MetricsDep = Annotated[Metrics, Depends(get_metrics)]
-EngineDep = Annotated[Engine, Depends(get_engine)]
-LiveEngineDep = Annotated[Engine | RouterEngine, Depends(get_live_engine)]
-CacheDep = Annotated[Cache, Depends(get_cache)]
-EventStoreDep = Annotated[EventStore, Depends(get_event_store)]
+async def get_live_engine(state: StateDep) -> Engine | RouterEngine:
+    return live_engine(state)
 
 
 async def get_reloader(state: StateDep) -> Reloader:
@@ -84,30 +85,6 @@ async def get_reloader(state: StateDep) -> Reloader:
     return state.reloader
 
 
+MetricsDep = Annotated[Metrics, Depends(get_metrics)]
+LiveEngineDep = Annotated[Engine | RouterEngine, Depends(get_live_engine)]
 ReloaderDep = Annotated[Reloader, Depends(get_reloader)]
-
-
-async def get_serving(
-    engine: LiveEngineDep,
-    cache: CacheDep,
-    events: EventStoreDep,
-    settings: SettingsDep,
-    metrics: MetricsDep,
-    state: StateDep,
-) -> ServingCore:
-    """A ServingCore over the live engine (cheap: it only holds references)."""
-    return ServingCore(
-        engine,
-        cache,
-        events,
-        cache_ttl=settings.cache_ttl_seconds if settings.cache_enabled else 0.0,
-        on_cache=metrics.observe_cache,
-        flights=state.flights,
-        budget=state.redis.budget if state.redis is not None else None,
-        on_stage=metrics.observe_stage,
-        multi_candidates=settings.multi_candidates,
-        multi_interests=settings.multi_interests,
-    )
-
-
-ServingDep = Annotated[ServingCore, Depends(get_serving)]

@@ -8,7 +8,7 @@ Unexpected exceptions become 500 `internal` in `service.middleware`, which also 
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping, MutableMapping, Sequence
 from enum import StrEnum
 from typing import Any, cast
 
@@ -130,10 +130,14 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
 ERROR_TYPE_SCOPE_KEY = "uniserve.error_type"
 
 
-async def _service_error(request: Request, exc: Exception) -> Response:
-    error = cast(ServiceError, exc)
-    request.scope[ERROR_TYPE_SCOPE_KEY] = error.error_type.value
+def service_error_response(scope: MutableMapping[str, Any], error: ServiceError) -> Response:
+    """The answer to `error`, its type left in `scope` for the metrics middleware."""
+    scope[ERROR_TYPE_SCOPE_KEY] = error.error_type.value
     return error_response(error.error_type, error.message, headers=error.headers)
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    return service_error_response(request.scope, cast(ServiceError, exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

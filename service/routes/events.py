@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import ServingDep, SettingsDep
+from service.deps import StateDep, serving_core
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, EventsRequest, EventsResponse
 
@@ -13,7 +13,8 @@ router = APIRouter(tags=["events"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/events", response_model=EventsResponse, responses=ERROR_RESPONSES)
-async def append_events(req: EventsRequest, serving: ServingDep, settings: SettingsDep) -> Response:
-    req.check_limits(settings)
+async def append_events(req: EventsRequest, state: StateDep) -> Response:
+    serving = serving_core(state)
+    req.check_limits(state.settings)
     events = [e.to_event() for e in req.events]
     return json_bytes(await serving.record_events(req.user_id, events))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import ServingDep, SettingsDep
+from service.deps import StateDep, serving_core
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, ItemEmbedRequest, ItemEmbedResponse
 
@@ -13,8 +13,7 @@ router = APIRouter(tags=["items"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/items/embed", response_model=ItemEmbedResponse, responses=ERROR_RESPONSES)
-async def embed_items(
-    req: ItemEmbedRequest, serving: ServingDep, settings: SettingsDep
-) -> Response:
-    req.check_limits(settings)
+async def embed_items(req: ItemEmbedRequest, state: StateDep) -> Response:
+    serving = serving_core(state)
+    req.check_limits(state.settings)
     return json_bytes(await serving.embed_items([item.to_spec() for item in req.items]))

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import ServingDep, SettingsDep
+from service.deps import StateDep, serving_core
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, RankRequest, RankResponse
 
@@ -13,6 +13,7 @@ router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/rank", response_model=RankResponse, responses=ERROR_RESPONSES)
-async def rank(req: RankRequest, serving: ServingDep, settings: SettingsDep) -> Response:
-    req.check_limits(settings)
+async def rank(req: RankRequest, state: StateDep) -> Response:
+    serving = serving_core(state)
+    req.check_limits(state.settings)
     return json_bytes(await serving.rank(req.user_id, req.request_events(), req.candidates))

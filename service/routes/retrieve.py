@@ -6,7 +6,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import ServingDep, SettingsDep
+from service.deps import StateDep, serving_core
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, RetrieveRequest, RetrieveResponse
 
@@ -14,8 +14,9 @@ router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERROR_RESPONSES)
-async def retrieve(req: RetrieveRequest, serving: ServingDep, settings: SettingsDep) -> Response:
-    req.check_limits(settings)
+async def retrieve(req: RetrieveRequest, state: StateDep) -> Response:
+    serving = serving_core(state)
+    req.check_limits(state.settings)
     body = await serving.retrieve(
         req.user_id,
         req.request_events(),

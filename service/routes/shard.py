@@ -13,7 +13,7 @@ import numpy as np
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import EngineDep, SettingsDep
+from service.deps import StateDep, local_engine
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, ShardSearchRequest, ShardSearchResponse
 from service.serving import to_json
@@ -22,10 +22,9 @@ router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/shard/search", response_model=ShardSearchResponse, responses=ERROR_RESPONSES)
-async def shard_search(
-    req: ShardSearchRequest, engine: EngineDep, settings: SettingsDep
-) -> Response:
-    req.check_limits(settings, engine.dim)
+async def shard_search(req: ShardSearchRequest, state: StateDep) -> Response:
+    engine = local_engine(state)
+    req.check_limits(state.settings, engine.dim)
     ids, scores = await engine.retrieve(
         np.asarray(req.vector, dtype=np.float32), req.k, surfaces=req.surfaces, exclude=req.exclude
     )

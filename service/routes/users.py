@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 from starlette.responses import Response
 
-from service.deps import ServingDep, SettingsDep
+from service.deps import StateDep, serving_core
 from service.routes._json import StrictJSONRoute, json_bytes
 from service.schemas import ERROR_RESPONSES, UserEmbedRequest, UserEmbedResponse
 
@@ -13,6 +13,7 @@ router = APIRouter(tags=["users"], route_class=StrictJSONRoute)
 
 
 @router.post("/v1/users/embed", response_model=UserEmbedResponse, responses=ERROR_RESPONSES)
-async def embed_user(req: UserEmbedRequest, serving: ServingDep, settings: SettingsDep) -> Response:
-    req.check_limits(settings)
+async def embed_user(req: UserEmbedRequest, state: StateDep) -> Response:
+    serving = serving_core(state)
+    req.check_limits(state.settings)
     return json_bytes(await serving.embed_user(req.user_id, req.request_events(), multi=req.multi))

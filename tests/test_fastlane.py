@@ -1,0 +1,180 @@
+"""The fast lane (`service.fastlane`): hot POST routes answered without FastAPI's routing and
+dependency solving, exactly as the full app answers them.
+
+Every request below goes to two real apps over the same artifacts, one with the lane and one
+without (its route table emptied), and the answers must be the same: status, error type and
+message, and body. The lane must also really be taken on the happy path (FastAPI's dependency
+solver never runs for it) and never on an error path (the full app answers those).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import fastapi.routing
+import orjson
+import pytest
+
+from service.fastlane import fast_routes
+from service.routes import ROUTERS
+from service.settings import Settings
+from service.shedding import COMPUTE_ROUTES
+
+if TYPE_CHECKING:
+    from conftest import Served, ServeFn
+
+LANE_ROUTES = {
+    "/v1/retrieve",
+    "/v1/rank",
+    "/v1/users/embed",
+    "/v1/items/embed",
+    "/v1/events",
+    "/v1/shard/search",
+}
+
+
+def test_the_lane_serves_the_post_routes_of_a_body_model_and_the_state() -> None:
+    routes = fast_routes(r for router in ROUTERS for r in router.routes)
+    assert set(routes) == LANE_ROUTES
+    assert set(routes) >= COMPUTE_ROUTES  # every route the load shedder counts
+    assert {fr.route.path for fr in routes.values()} == LANE_ROUTES  # the metrics' template
+
+
+@asynccontextmanager
+async def two_apps(
+    serve: ServeFn, settings: Settings, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[tuple[Served, Served]]:
+    """(with the lane, without it) over the same settings."""
+    async with serve(settings) as lane:
+        with monkeypatch.context() as patch:
+            patch.setattr("service.app.fast_routes", lambda routes: {})
+            async with serve(settings) as full:
+                assert not _lane_of(full).routes and _lane_of(lane).routes
+                yield lane, full
+
+
+def _lane_of(served: Served) -> Any:
+    from service.fastlane import FastLane
+
+    app = served.app.middleware_stack or served.app.build_middleware_stack()
+    served.app.middleware_stack = app
+    while not isinstance(app, FastLane):
+        app = app.app
+    return app
+
+
+def _requests(ids: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
+    """(path, body, headers): valid requests of every lane route, then error cases of each
+    kind the full app answers (validation, strict JSON, content type, limits, not found)."""
+    json_h = {"content-type": "application/json"}
+    user = f"user-{uuid.uuid4().hex[:8]}"
+    events = [{"item_id": i, "surface": "feed"} for i in ids[:6]]
+
+    def j(path: str, body: Any, headers: dict[str, str] = json_h) -> tuple[str, bytes, dict]:
+        return path, orjson.dumps(body), headers
+
+    return [
+        j("/v1/retrieve", {"events": events, "k": 5}),
+        j("/v1/retrieve", {"events": events, "k": 3, "exclude_seen": True, "exclude": ids[7:9]}),
+        j("/v1/rank", {"events": events, "candidates": [*ids[10:14], "no-such-item"]}),
+        j("/v1/users/embed", {"events": events}),
+        j("/v1/items/embed", {"items": [{"item_id": ids[0]}, {"features": {"title": "a b"}}]}),
+        j("/v1/events", {"user_id": user, "events": events}),
+        j("/v1/retrieve", {"user_id": user, "k": 4}),  # the stored events just sent
+        j("/v1/shard/search", {"vector": [0.1] * 8, "k": 3}),  # wrong dimension: 422
+        j("/v1/retrieve", {"user_id": "nobody-" + user, "k": 4}),  # 404 unknown_user
+        j("/v1/retrieve", {"events": events, "k": 10**6}),  # over max_k: check_limits
+        j("/v1/retrieve", {"events": events, "k": 0}),
+        j("/v1/retrieve", {"events": events, "k": 5, "bogus": 1}),
+        j("/v1/retrieve", {}),
+        j("/v1/retrieve", [1, 2]),
+        j("/v1/rank", {"events": events, "candidates": []}),
+        ("/v1/retrieve", b'{"events": [{"item_id": "1"}], "k": NaN}', json_h),
+        ("/v1/retrieve", b'{"events": [{"item_id": "1"}], "k": 3', json_h),
+        ("/v1/retrieve", b'{"k": [[[[[[[[[[1]]]]]]]]]]}', json_h),
+        ("/v1/retrieve", b"", json_h),
+        ("/v1/retrieve", b'{"events": [{"item_id": "1"}], "k": 3}', {}),
+        ("/v1/retrieve", b'{"events": [{"item_id": "1"}], "k": 3}', {"content-type": "text/plain"}),
+        j("/v1/retrieve", {"events": events, "k": 5}, {"content-type": "application/x+json"}),
+        j("/v1/retrieve/", {"events": events, "k": 5}),
+    ]
+
+
+@pytest.mark.anyio
+async def test_the_lane_answers_every_request_as_the_full_app_does(
+    serve: ServeFn, uniserve_data_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = Settings(data_dir=uniserve_data_dir, bootstrap=False)
+    async with two_apps(serve, settings, monkeypatch) as (lane, full):
+        engine = lane.state.engine
+        assert engine is not None
+        ids = [str(i) for i in engine.index.item_ids[:20]]
+        statuses = set()
+        for path, body, headers in _requests(ids):
+            a = await lane.client.post(path, content=body, headers=headers)
+            b = await full.client.post(path, content=body, headers=headers)
+            assert a.status_code == b.status_code, (path, body, a.text, b.text)
+            assert a.headers.get("content-type") == b.headers.get("content-type"), (path, a.text)
+            assert a.content == b.content, (path, body)
+            statuses.add(a.status_code)
+        assert statuses == {200, 307, 404, 422}  # 307: the trailing-slash redirect
+        # the metrics label lane requests with their route template, as the full app does
+        text = (await lane.client.get("/metrics")).text
+        assert 'route="/v1/rank"' in text and 'route="/v1/retrieve"' in text
+
+
+@pytest.mark.anyio
+async def test_the_happy_path_skips_fastapis_dependency_solver_and_errors_do_not(
+    api: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    calls = []
+    solve = fastapi.routing.solve_dependencies
+
+    async def counted(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        return await solve(*args, **kwargs)
+
+    monkeypatch.setattr(fastapi.routing, "solve_dependencies", counted)
+    engine = api.state.engine
+    assert engine is not None
+    events = [{"item_id": str(i)} for i in engine.index.item_ids[:5]]
+    resp = await api.client.post("/v1/retrieve", json={"events": events, "k": 3})
+    assert resp.status_code == 200 and len(resp.json()["items"]) == 3
+    assert calls == []
+    resp = await api.client.post("/v1/retrieve", json={"events": events, "k": -1})
+    assert resp.status_code == 422 and resp.json()["error_type"] == "invalid_input"
+    assert calls == [1]  # the full app answered the invalid body
+    assert (await api.client.get("/v1/index")).status_code == 200  # other routes: FastAPI's
+    assert calls == [1, 1]
+
+
+def _sample(text: str, series: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(series + " "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+@pytest.mark.anyio
+async def test_a_service_error_from_a_lane_route_is_answered_and_counted(api: Served) -> None:
+    engine = api.state.engine
+    assert engine is not None
+    events = [{"item_id": str(i)} for i in engine.index.item_ids[:5]]
+    body = {"events": events, "candidates": [str(i) for i in engine.index.item_ids[5:9]]}
+    rejected = 'uniserve_rejected_requests_total{reason="overloaded"}'
+    served = 'uniserve_requests_total{route="/v1/rank",status="4xx"}'
+    before = (await api.client.get("/metrics")).text
+    engine.inflight = engine.max_inflight  # the engine refuses: ServiceError(overloaded)
+    try:
+        resp = await api.client.post("/v1/rank", json=body)
+    finally:
+        engine.inflight = 0
+    assert resp.status_code == 429 and resp.json()["error_type"] == "overloaded"
+    assert "max_inflight" in resp.json()["error"]
+    after = (await api.client.get("/metrics")).text
+    assert _sample(after, rejected) == _sample(before, rejected) + 1
+    assert _sample(after, served) == _sample(before, served) + 1
