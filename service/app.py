@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,6 +33,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         summary="Embedding serving for recommender systems: user embeddings, retrieval, ranking.",
         version="1",
         lifespan=lifespan,
+        **_telemetry(settings),
     )
     app.state.uniserve = AppState.create(settings)
     _mount(app, app.state.uniserve, ROUTERS)
@@ -42,10 +44,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 def create_public_app(app: FastAPI) -> FastAPI:
     """The public listener's app when an admin port is set: /v1, /healthz and /readyz, no docs;
     `app`'s state and lifespan (run once, by whoever serves `app`) serve both."""
-    public = FastAPI(title="uniserve", docs_url=None, redoc_url=None, openapi_url=None)
+    public = FastAPI(
+        title="uniserve",
+        docs_url=None,
+        redoc_url=None,
+        openapi_url=None,
+        **_telemetry(app.state.uniserve.settings),
+    )
     public.state.uniserve = app.state.uniserve
     _mount(public, app.state.uniserve, API_ROUTERS + PROBE_ROUTERS)
     return public
+
+
+def _telemetry(settings: Settings) -> dict[str, Any]:
+    """FastAPI's native OpenTelemetry switched as `otel_telemetry` says, where FastAPI has it."""
+    if "telemetry" not in inspect.signature(FastAPI).parameters:
+        return {}
+    on = settings.otel_telemetry
+    return {"telemetry": {"tracing": on, "metrics": on, "logs": on}}
 
 
 def _document_limits(app: FastAPI, settings: Settings) -> None:

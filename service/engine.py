@@ -285,6 +285,8 @@ class ModelEngine:
         if not histories:
             return np.zeros((0, self.dim), np.float32)
         encoder = self.admission.encoder
+        if len(histories) == 1:  # every request: no gather (a task per history) on the loop
+            return (await encoder.submit(EncodeJob(self.embedder, histories[0])))[None]
         vectors = await asyncio.gather(
             *(encoder.submit(EncodeJob(self.embedder, h)) for h in histories)
         )

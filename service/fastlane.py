@@ -8,8 +8,9 @@ exception and exit-stack middleware, FastAPI's request handler and its dependenc
 (profiled with py-spy, `uniserve bench service`). `FastLane` sits inside our own middleware
 (metrics, body limit, API key, load shedding all still apply) and in front of all of that. For
 a POST to an eligible route with a JSON body it reads the body, parses it strictly
-(`parse_json`), validates the route's body model and awaits the endpoint with the app state,
-the same function FastAPI would call.
+(`parse_json`), validates the route's body model (first its string-id variant,
+`service.schemas.STR_ID_MODELS`, which pydantic-core checks without a Python call per id) and
+awaits the endpoint with the app state, the same function FastAPI would call.
 
 Only the happy path is taken here. When anything before the endpoint fails (no JSON content
 type, a body that is not JSON or does not validate, reading the body fails, e.g. 413) the
@@ -36,13 +37,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from service.deps import get_state
 from service.errors import ServiceError, service_error_response
 from service.routes._json import StrictJSONRoute, parse_json
+from service.schemas import STR_ID_MODELS
 from service.state import AppState
 
 
 @dataclass(frozen=True)
 class FastRoute:
     route: APIRoute  # what the metrics middleware reads as scope["route"] (path = template)
-    model: type[BaseModel]
+    models: tuple[type[BaseModel], ...]  # tried in order: the str-id variant, then the model
     call: Callable[..., Awaitable[Response]]
     body_param: str
     state_param: str
@@ -71,7 +73,8 @@ def fast_route(route: Any) -> FastRoute | None:
         return None
     state_param = d.dependencies[0].name
     assert d.call is not None and state_param is not None
-    return FastRoute(route, model, d.call, body.name, state_param)
+    models = (STR_ID_MODELS[model], model) if model in STR_ID_MODELS else (model,)
+    return FastRoute(route, models, d.call, body.name, state_param)
 
 
 def fast_routes(routes: Iterable[Any]) -> dict[str, FastRoute]:
@@ -106,10 +109,7 @@ class FastLane:
         except Exception as exc:  # e.g. 413 from the body limit: the full app answers it
             await self.app(scope, _raising(exc, receive), send)
             return
-        try:
-            req = fast.model.model_validate(parse_json(body)) if body else None
-        except (ValueError, ValidationError):  # json.JSONDecodeError is a ValueError
-            req = None
+        req = _validate(fast.models, body)
         if req is None:  # the full app answers with its own error, from the same bytes
             await self.app(scope, _replaying(body, receive), send)
             return
@@ -119,6 +119,23 @@ class FastLane:
         except ServiceError as exc:
             response = service_error_response(scope, exc)
         await response(scope, receive, send)
+
+
+def _validate(models: tuple[type[BaseModel], ...], body: bytes) -> BaseModel | None:
+    """The body as the first of `models` that accepts it; None when it is empty, not strict
+    JSON, or no model accepts it."""
+    try:
+        value = parse_json(body) if body else None
+    except ValueError:  # json.JSONDecodeError
+        return None
+    if value is None:
+        return None
+    for model in models:
+        try:
+            return model.model_validate(value)
+        except ValidationError:
+            continue
+    return None
 
 
 async def _read_body(receive: Receive) -> bytes:

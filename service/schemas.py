@@ -18,8 +18,10 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    Strict,
     StrictBool,
     StrictFloat,
+    StringConstraints,
     WithJsonSchema,
     model_validator,
 )
@@ -178,7 +180,9 @@ class _UserRequest(_Strict):
         return self
 
     def request_events(self) -> list[Event] | None:
-        return None if self.events is None else [e.to_event() for e in self.events]
+        if self.events is None:
+            return None
+        return [Event(e.item_id, e.surface or "", e.ts) for e in self.events]  # to_event, inline
 
     def check_limits(self, settings: Settings) -> None:
         if self.events is not None and len(self.events) > settings.max_events:
@@ -298,6 +302,53 @@ class RollbackRequest(_Strict):
     """Body of POST /admin/rollback; without one, the newest older version that loads."""
 
     to: VersionId  # the version to make live and CURRENT
+
+
+# ---------------------------------------------------------------------------- the fast lane's
+# The hot requests again with string ids only, which pydantic-core checks without calling Python
+# (`Id` calls `_to_id` per id: two calls per event, 100 for a 50-event history, about half of
+# a retrieve's validation time). `service.fastlane` tries these first and the models above when
+# they refuse a body (integer ids, and every invalid body), so no answer or error message
+# changes: a body either validates to equal values under both or goes to the model above.
+# tests/test_fastlane.py checks that on generated bodies.
+StrId = Annotated[str, Strict(), StringConstraints(min_length=1, max_length=MAX_ID_CHARS)]
+
+
+class StrIdEventIn(EventIn):
+    item_id: StrId
+    surface: StrId | None = None
+
+
+class _StrIdUser(_UserRequest):
+    user_id: StrId | None = None
+    # narrower items than the base's list[EventIn]; the lists are only read
+    events: list[StrIdEventIn] | None = Field(None, min_length=1)  # type: ignore[assignment]
+
+
+class StrIdUserEmbedRequest(_StrIdUser, UserEmbedRequest):
+    pass
+
+
+class StrIdEventsRequest(EventsRequest):
+    user_id: StrId
+    events: list[StrIdEventIn] = Field(min_length=1)  # type: ignore[assignment]
+
+
+class StrIdRetrieveRequest(_StrIdUser, RetrieveRequest):
+    surfaces: list[StrId] | None = Field(None, min_length=1, max_length=MAX_SURFACES)
+    exclude: list[StrId] = Field(default_factory=list)
+
+
+class StrIdRankRequest(_StrIdUser, RankRequest):
+    candidates: list[StrId] = Field(min_length=1)
+
+
+STR_ID_MODELS: dict[type[BaseModel], type[BaseModel]] = {
+    UserEmbedRequest: StrIdUserEmbedRequest,
+    EventsRequest: StrIdEventsRequest,
+    RetrieveRequest: StrIdRetrieveRequest,
+    RankRequest: StrIdRankRequest,
+}
 
 
 def settings_limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:

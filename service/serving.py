@@ -23,6 +23,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -62,10 +63,11 @@ class UserHistory:
 
     def key_params(self) -> dict[str, Any]:
         """What, beside the watermark, determines this history (for cache keys)."""
-        return {
-            "user": self.user_id,
-            "events": [[e.item_id, e.surface] for e in self.request_events],
-        }
+        return {"user": self.user_id, "events": self._event_keys}
+
+    @cached_property
+    def _event_keys(self) -> list[tuple[str, str]]:  # made once: a retrieve needs two keys
+        return [(e.item_id, e.surface) for e in self.request_events]
 
 
 class ServingCore:

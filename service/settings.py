@@ -148,6 +148,11 @@ class Settings(BaseSettings):
     # OpenMP threads for FAISS searches; None keeps FAISS's default (all cores). A batched search
     # splits its queries over these threads.
     faiss_threads: Annotated[int | None, Field(ge=1, le=1024)] = None
+    # FastAPI's own OpenTelemetry instrumentation (in FastAPI versions that have it): spans and
+    # metrics per request once an OpenTelemetry SDK is configured in the process. Off, FastAPI
+    # does not look for a configured provider on every request (a few percent of the event
+    # loop's time); uniserve's own metrics are Prometheus (/metrics) either way.
+    otel_telemetry: bool = False
 
     # Hot swap: how often CURRENT under the index root is checked for a new version (0 = never;
     # reload with POST /admin/reload). Shorter: replicas follow a publish sooner, for one small

@@ -18,9 +18,19 @@ from typing import TYPE_CHECKING, Any
 import fastapi.routing
 import orjson
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from pydantic import ValidationError
 
 from service.fastlane import fast_routes
 from service.routes import ROUTERS
+from service.schemas import (
+    STR_ID_MODELS,
+    EventsRequest,
+    RankRequest,
+    RetrieveRequest,
+    UserEmbedRequest,
+)
 from service.settings import Settings
 from service.shedding import COMPUTE_ROUTES
 
@@ -85,6 +95,10 @@ def _requests(ids: list[str]) -> list[tuple[str, bytes, dict[str, str]]]:
         j("/v1/items/embed", {"items": [{"item_id": ids[0]}, {"features": {"title": "a b"}}]}),
         j("/v1/events", {"user_id": user, "events": events}),
         j("/v1/retrieve", {"user_id": user, "k": 4}),  # the stored events just sent
+        j(
+            "/v1/retrieve",
+            {"events": [{"item_id": int(ids[0]) if ids[0].isdigit() else 7}], "k": 2},
+        ),
         j("/v1/shard/search", {"vector": [0.1] * 8, "k": 3}),  # wrong dimension: 422
         j("/v1/retrieve", {"user_id": "nobody-" + user, "k": 4}),  # 404 unknown_user
         j("/v1/retrieve", {"events": events, "k": 10**6}),  # over max_k: check_limits
@@ -178,3 +192,81 @@ async def test_a_service_error_from_a_lane_route_is_answered_and_counted(api: Se
     after = (await api.client.get("/metrics")).text
     assert _sample(after, rejected) == _sample(before, rejected) + 1
     assert _sample(after, served) == _sample(before, served) + 1
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize("otel", [False, True])
+async def test_fastapis_telemetry_looks_for_a_provider_only_when_switched_on(
+    serve: ServeFn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, otel: bool
+) -> None:
+    trace = pytest.importorskip("opentelemetry.trace")  # absent: FastAPI has no telemetry
+    looked = []
+    provider = trace.get_tracer_provider
+
+    def counted() -> Any:
+        looked.append(1)
+        return provider()
+
+    monkeypatch.setattr(trace, "get_tracer_provider", counted)
+    async with serve(Settings(data_dir=tmp_path, bootstrap=False, otel_telemetry=otel)) as served:
+        looked.clear()
+        for _ in range(3):
+            assert (await served.client.get("/healthz")).status_code == 200
+    assert bool(looked) is otel
+
+
+# ---------------------------------------------------------------------------- str-id variants
+_ID = st.one_of(
+    st.text(min_size=0, max_size=3),
+    st.just("x" * 256),
+    st.just("x" * 257),
+    st.integers(-(2**54), 2**54),
+    st.sampled_from([5.0, 5.5, True, None, [], {}]),
+)
+_EVENT = st.dictionaries(
+    st.sampled_from(["item_id", "surface", "ts", "extra"]),
+    st.one_of(_ID, st.floats(allow_nan=False), st.just(1)),
+    max_size=4,
+)
+_BODY = st.fixed_dictionaries(
+    {},
+    optional={
+        "user_id": _ID,
+        "events": st.lists(_EVENT, max_size=4),
+        "k": st.sampled_from([1, 5, 5.0, 0, "5", True]),
+        "surfaces": st.lists(_ID, max_size=3),
+        "exclude": st.lists(_ID, max_size=3),
+        "candidates": st.lists(_ID, max_size=3),
+        "exclude_seen": st.sampled_from([True, "yes"]),
+        "multi": st.sampled_from([False, 1]),
+        "bogus": st.just(1),
+    },
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(body=_BODY)
+def test_a_str_id_variant_accepts_only_what_its_model_accepts_with_equal_values(
+    body: dict[str, Any],
+) -> None:
+    for model, variant in STR_ID_MODELS.items():
+        assert issubclass(variant, model)  # the endpoint gets an instance of its own model
+        try:
+            fast = variant.model_validate(body)
+        except ValidationError:
+            continue
+        assert model.model_validate(body).model_dump() == fast.model_dump(), (model, body)
+
+
+def test_a_str_id_variant_accepts_a_typical_body() -> None:
+    events = [{"item_id": f"i{i}", "surface": "feed"} for i in range(50)] + [{"item_id": "j"}]
+    bodies = {
+        RetrieveRequest: {"events": events, "k": 10, "exclude": ["a"], "surfaces": ["feed"]},
+        RankRequest: {"user_id": "u", "events": events, "candidates": ["a", "b"]},
+        UserEmbedRequest: {"events": events, "multi": True},
+        EventsRequest: {"user_id": "u", "events": events},
+    }
+    assert set(bodies) == set(STR_ID_MODELS)
+    for model, body in bodies.items():
+        fast = STR_ID_MODELS[model].model_validate(body)
+        assert fast.model_dump() == model.model_validate(body).model_dump()
