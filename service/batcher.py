@@ -138,51 +138,54 @@ class Batcher(Generic[In, Out]):
 
     async def _consume(self) -> None:
         queue = self._queue
-        assert queue is not None and self._executor is not None
+        assert queue is not None
+        while True:  # no local here keeps a finished batch's items alive until the next batch
+            await self._run(await self._gather(queue))
+
+    async def _run(self, gathered: list[_Pending[In, Out]]) -> None:
+        assert self._executor is not None
         loop = asyncio.get_running_loop()
-        while True:
-            batch = [p for p in await self._gather(queue) if not p.future.done()]
-            if not batch:
-                continue
-            started = time.perf_counter()
-            items = [p.item for p in batch]
-            self.running += len(batch)
-            try:
-                results = await loop.run_in_executor(self._executor, self.run_batch, items)
-                if len(results) != len(batch):
-                    raise RuntimeError(
-                        f"{self.name}: run_batch returned {len(results)} results for "
-                        f"{len(batch)} items"
-                    )
-            except asyncio.CancelledError:  # closing: the batch's callers must not hang
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(
-                            ServiceError(ErrorType.NOT_READY, "the service is shutting down")
-                        )
-                raise
-            except Exception as exc:
-                log.warning("%s batch of %d failed: %r", self.name, len(batch), exc)
-                for p in batch:
-                    if not p.future.done():
-                        p.future.set_exception(exc)
-                failed = True
-            else:
-                for p, result in zip(batch, results, strict=True):
-                    if not p.future.done():
-                        p.future.set_result(result)
-                failed = False
-            finally:
-                self.running -= len(batch)
-            self._on_batch(
-                BatchStats(
-                    self.name,
-                    len(batch),
-                    tuple(started - p.enqueued for p in batch),
-                    time.perf_counter() - started,
-                    failed,
+        batch = [p for p in gathered if not p.future.done()]
+        if not batch:
+            return
+        started = time.perf_counter()
+        items = [p.item for p in batch]
+        self.running += len(batch)
+        try:
+            results = await loop.run_in_executor(self._executor, self.run_batch, items)
+            if len(results) != len(batch):
+                raise RuntimeError(
+                    f"{self.name}: run_batch returned {len(results)} results for {len(batch)} items"
                 )
+        except asyncio.CancelledError:  # closing: the batch's callers must not hang
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(
+                        ServiceError(ErrorType.NOT_READY, "the service is shutting down")
+                    )
+            raise
+        except Exception as exc:
+            log.warning("%s batch of %d failed: %r", self.name, len(batch), exc)
+            for p in batch:
+                if not p.future.done():
+                    p.future.set_exception(exc)
+            failed = True
+        else:
+            for p, result in zip(batch, results, strict=True):
+                if not p.future.done():
+                    p.future.set_result(result)
+            failed = False
+        finally:
+            self.running -= len(batch)
+        self._on_batch(
+            BatchStats(
+                self.name,
+                len(batch),
+                tuple(started - p.enqueued for p in batch),
+                time.perf_counter() - started,
+                failed,
             )
+        )
 
     async def aclose(self) -> None:
         """Stop the consumers; queued and running items fail with `not_ready`."""

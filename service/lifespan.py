@@ -12,7 +12,6 @@ bootstrap; the shard replicas hold the index.
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,6 +23,7 @@ from fastapi import FastAPI
 from index import IndexIntegrityError, IndexRejectedError, NoIndexError
 from models.artifacts import ModelArtifactError
 from service.engine import Admission, ArtifactMismatchError, Engine
+from service.heap import freeze_heap
 from service.metrics import IndexSnapshot
 from service.reloader import Reloader, created_timestamp, open_engine
 from service.router import load_router_model, make_router
@@ -75,14 +75,6 @@ def index_snapshot(engine: Engine | None) -> IndexSnapshot | None:
         index_type=engine.index.index_type,
         created=created_timestamp(engine.manifest),
     )
-
-
-def freeze_heap() -> None:
-    """Move every object alive now (model, index, catalogue ids) out of the garbage collector's
-    view: full collections then scan only what requests allocate, not everything loaded at
-    startup (a full collection runs on the event loop and pauses every request)."""
-    gc.collect()
-    gc.freeze()
 
 
 def not_ready_reason(exc: Exception) -> str:

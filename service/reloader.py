@@ -49,6 +49,7 @@ from models.artifacts import ModelArtifactError, model_fingerprint, read_config
 from models.compat import serves_index_of
 from models.embedder import Embedder
 from service.engine import Admission, ArtifactMismatchError, Engine, index_dim
+from service.heap import freeze_heap
 from service.settings import Settings
 
 if TYPE_CHECKING:
@@ -298,6 +299,7 @@ class Reloader:
         state.metrics.index_created.set(created_timestamp(engine.manifest))
         state.metrics.index_reloads.inc()
         self.refused = None
+        freeze_heap()  # the old engine's cycles collected, the new one kept out of full passes
         log.info(
             "swapped in index %s (%s, %d items, params %s) with model %s",
             engine.index_version,

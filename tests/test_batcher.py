@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -208,3 +209,17 @@ async def test_batched_encode_and_search_equal_unbatched_calls(uniserve_data_dir
     assert max(s.size for s in stats if s.name == "search") > 1
     assert encode_batch([]) == []
     await admission.aclose()
+
+
+async def test_a_finished_batch_keeps_nothing_alive_while_the_batcher_waits() -> None:
+    class Job:  # stands in for a job holding an engine (a swapped-out one must be freed)
+        pass
+
+    batcher: Batcher[Job, int] = Batcher(lambda jobs: [1] * len(jobs), name="t", max_wait=0.0)
+    job = Job()
+    gone = weakref.ref(job)
+    assert await batcher.submit(job) == 1
+    del job
+    await asyncio.sleep(0)  # the consumer is back waiting for the next item
+    assert gone() is None
+    await batcher.aclose()

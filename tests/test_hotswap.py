@@ -9,6 +9,7 @@ publisher at chosen points.
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -20,6 +21,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from weakref import ref
 
 import anyio
 import anyio.to_thread
@@ -346,6 +348,24 @@ async def test_bad_artifacts_are_refused_and_the_old_version_keeps_serving(
 
 
 # ---------------------------------------------------------------------------- watcher + admin
+@pytest.mark.anyio
+async def test_a_swapped_in_engine_is_kept_out_of_collections_and_the_old_one_is_freed(
+    hot: Hot,
+) -> None:
+    def collectable(obj: object) -> bool:  # seen by the collector's passes (not frozen)
+        return any(o is obj for o in gc.get_objects())
+
+    await hot.make_live(hot.a)
+    engine = hot.served.state.engine
+    assert engine is not None and not collectable(engine)
+    old = ref(engine)
+    del engine
+    await hot.make_live(hot.b)
+    new = hot.served.state.engine
+    assert new is not None and not collectable(new) and not collectable(new.index)
+    assert old() is None  # nothing in flight held it: freed at the swap
+
+
 @pytest.mark.anyio
 async def test_watcher_follows_current(hot: Hot) -> None:
     await hot.make_live(hot.a)
