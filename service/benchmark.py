@@ -10,7 +10,8 @@ What it does, in order:
    Then an index published by the real rebuild job (`build_and_publish`: build, tune search
    parameters to recall@10 >= 0.95 on user vectors of held-out histories, gate, publish).
 2. **In-process limit**: the same encode + search pipeline called directly in batches of
-   `--batch` histories, no HTTP, on the same thread settings: histories/s.
+   `--batch` histories, no HTTP, on the same thread settings, the item-vector table held as the
+   service holds it: histories/s, the fastest of three passes.
 3. **Load ladder** against the real uniserve (`uniserve serve`, one uvicorn worker) and then
    against a **naive service** (`naive_app` below: a sync FastAPI endpoint doing its own encoder
    forward and FAISS search per request, stdlib JSON, the way most teams first write it), same
@@ -227,8 +228,12 @@ def request_bodies(n_items: int, n: int, seed: int, k: int = 10) -> list[bytes]:
 
 
 # ------------------------------------------------------------------------------ in-process
-def inprocess_limit(data_dir: Path, bodies: Sequence[bytes], batch: int) -> dict[str, float]:
-    """Histories/s of encode + search called directly in batches (no HTTP, no JSON)."""
+def inprocess_limit(
+    data_dir: Path, bodies: Sequence[bytes], batch: int, passes: int = 3
+) -> dict[str, float]:
+    """Histories/s of encode + search called directly in batches (no HTTP, no JSON): the
+    fastest of `passes` passes over `bodies`, so a slow moment of a shared machine does not
+    lower the limit the service is measured against."""
     from index import current_version, open_version, verify_version
     from models.embedder import Embedder
 
@@ -242,24 +247,29 @@ def inprocess_limit(data_dir: Path, bodies: Sequence[bytes], batch: int) -> dict
         events = json.loads(body)["events"]
         histories.append(([e["item_id"] for e in events], [e["surface"] for e in events]))
     embedder.user_vectors(histories[:batch], batch_size=batch)  # warm-up
-    encode = search = 0.0
-    done = 0
-    started = time.perf_counter()
-    for lo in range(0, len(histories), batch):
-        t0 = time.perf_counter()
-        vectors = embedder.user_vectors(histories[lo : lo + batch], batch_size=batch)
-        t1 = time.perf_counter()
-        index.search(vectors, 10)
-        search += time.perf_counter() - t1
-        encode += t1 - t0
-        done += len(vectors)
-    total = time.perf_counter() - started
-    return {
-        "rps": done / total,
-        "encode_ms_per_batch": 1000 * encode / -(-done // batch),
-        "search_ms_per_batch": 1000 * search / -(-done // batch),
-        "batch": batch,
-    }
+    best: dict[str, float] = {}
+    for _ in range(passes):
+        encode = search = 0.0
+        done = 0
+        started = time.perf_counter()
+        for lo in range(0, len(histories), batch):
+            t0 = time.perf_counter()
+            vectors = embedder.user_vectors(histories[lo : lo + batch], batch_size=batch)
+            t1 = time.perf_counter()
+            index.search(vectors, 10)
+            search += time.perf_counter() - t1
+            encode += t1 - t0
+            done += len(vectors)
+        rps = done / (time.perf_counter() - started)
+        if rps > best.get("rps", 0.0):
+            best = {
+                "rps": rps,
+                "encode_ms_per_batch": 1000 * encode / -(-done // batch),
+                "search_ms_per_batch": 1000 * search / -(-done // batch),
+                "batch": batch,
+                "passes": passes,
+            }
+    return best
 
 
 # ------------------------------------------------------------------------------ servers
@@ -461,14 +471,14 @@ async def run_step(
     latencies = np.full(n, np.nan)
     statuses = np.zeros(n, dtype=np.int64)
     reject_latency: list[float] = []
-    loop = asyncio.get_running_loop()
-    start = loop.time() + 0.05
+    clock = time.perf_counter  # not loop.time(): uvloop's advances in whole milliseconds
+    start = clock() + 0.05
 
     async def one(i: int) -> None:
         due = start + i / rate
-        sent = loop.time()
+        sent = clock()
         status = await client.post("/v1/retrieve", bodies[(offset + i) % len(bodies)])
-        done = loop.time()
+        done = clock()
         statuses[i] = status
         latencies[i] = done - due
         if status == 429:
@@ -476,12 +486,12 @@ async def run_step(
 
     tasks = []
     for i in range(n):
-        delay = start + i / rate - loop.time()
+        delay = start + i / rate - clock()
         if delay > 0:
             await asyncio.sleep(delay)
         tasks.append(asyncio.ensure_future(one(i)))
     await asyncio.gather(*tasks)
-    elapsed = loop.time() - start
+    elapsed = clock() - start
     ok = int((statuses == 200).sum())
     rejected = int((statuses == 429).sum())
     ms = 1000 * latencies
@@ -557,8 +567,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rates",
         default=None,
-        help="comma-separated request rates per second (default 25,50,100,200,300,400,500,600,700,"
-        "800,900,1000,1200; --quick: 25,100,200,400)",
+        help="comma-separated request rates per second (default 25,50,100,150,200,250,300,400,500,"
+        "600,700,800,900,1000,1200; --quick: 25,100,200,400)",
     )
     p.add_argument("--seconds", type=float, default=None, help="per rate (default 10; quick 4)")
     p.add_argument("--threads", type=int, default=1, help="torch and FAISS threads per server")
@@ -586,7 +596,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else (
             [25, 100, 200, 400]
             if args.quick
-            else [25, 50, 100, 200, 300, 400, 500, 600, 700, 800, 900, 1000, 1200]
+            else [25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 800, 900, 1000, 1200]
         )
     )
     seconds = args.seconds or (4.0 if args.quick else 10.0)
