@@ -91,9 +91,10 @@ class Settings(BaseSettings):
     # Compute requests (retrieve, users/embed, rank, items/embed) in progress at once, from
     # receipt to answer; beyond this a request gets 429 from its headers alone, before its body
     # is read or parsed. That bounds the wait of admitted requests to about this many divided by
-    # the throughput, and keeps an overloaded service's answers (429s included) fast. Raise it
-    # on machines that serve many more requests per second than this one does per 50 ms.
-    max_pending_requests: Annotated[int, Field(ge=1, le=100_000)] = 32
+    # the throughput, and keeps an overloaded service's answers (429s included) fast. The
+    # default is what one process on 2 cores serves in 50 ms (about 800 req/s at capacity,
+    # BENCHMARKS.md); scale it with the throughput of bigger machines.
+    max_pending_requests: Annotated[int, Field(ge=1, le=100_000)] = 40
 
     # Dynamic batching of user-encoder calls and ANN searches. Concurrent requests are
     # coalesced into one forward pass / one FAISS search of up to batch_max_size; a free worker

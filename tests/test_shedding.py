@@ -33,7 +33,7 @@ def test_pending_limit_admits_up_to_its_limit() -> None:
 
 
 def test_max_pending_requests_setting_is_validated() -> None:
-    assert Settings().max_pending_requests == 32
+    assert Settings().max_pending_requests == 40
     with pytest.raises(ValueError):
         Settings(max_pending_requests=0)
 
