@@ -157,29 +157,29 @@ class _Disconnected(Exception):
 
 def _replaying(body: bytes, receive: Receive) -> Receive:
     """`receive` that first returns `body` as the whole request, then defers to `receive`."""
-    sent = False
-
-    async def replay() -> Message:
-        nonlocal sent
-        if not sent:
-            sent = True
-            return {"type": "http.request", "body": body, "more_body": False}
-        return await receive()
-
-    return replay
+    return _first_then(lambda: {"type": "http.request", "body": body, "more_body": False}, receive)
 
 
 def _raising(exc: Exception, receive: Receive) -> Receive:
     """`receive` whose first call fails as reading the body did (or reports the disconnect)."""
-    raised = False
 
-    async def fail() -> Message:
-        nonlocal raised
-        if not raised:
-            raised = True
-            if isinstance(exc, _Disconnected):
-                return exc.message
-            raise exc
+    def again() -> Message:
+        if isinstance(exc, _Disconnected):
+            return exc.message
+        raise exc
+
+    return _first_then(again, receive)
+
+
+def _first_then(first: Callable[[], Message], receive: Receive) -> Receive:
+    """`receive` whose first call is answered by `first()`, every later one by `receive`."""
+    used = False
+
+    async def wrapped() -> Message:
+        nonlocal used
+        if not used:
+            used = True
+            return first()
         return await receive()
 
-    return fail
+    return wrapped
