@@ -53,9 +53,9 @@ import numpy as np
 
 from models.item_encoder import FIRST_ITEM_ID
 
-P99_BOUND_MS = 50.0
 T = TypeVar("T")
 
+P99_BOUND_MS = 50.0
 RECALL_TARGET = 0.95
 HISTORY_LEN = 50
 SURFACES = ("feed", "search", "live", "shop")

@@ -180,9 +180,7 @@ class _UserRequest(_Strict):
         return self
 
     def request_events(self) -> list[Event] | None:
-        if self.events is None:
-            return None
-        return [Event(e.item_id, e.surface or "", e.ts) for e in self.events]  # to_event, inline
+        return None if self.events is None else [e.to_event() for e in self.events]
 
     def check_limits(self, settings: Settings) -> None:
         if self.events is not None and len(self.events) > settings.max_events:

@@ -22,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
+from service.events import EventStoreUnavailable
 from service.fastlane import fast_routes
 from service.routes import ROUTERS
 from service.schemas import (
@@ -192,6 +193,24 @@ async def test_a_service_error_from_a_lane_route_is_answered_and_counted(api: Se
     after = (await api.client.get("/metrics")).text
     assert _sample(after, rejected) == _sample(before, rejected) + 1
     assert _sample(after, served) == _sample(before, served) + 1
+
+
+@pytest.mark.anyio
+async def test_a_lane_routes_error_type_reaches_the_rejection_metric(
+    api: Served, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 503 counts as not_ready unless the answer names its type; backend_unavailable is only
+    counted as such when the lane left the error type for the metrics middleware."""
+
+    async def down(user_id: str) -> Any:
+        raise EventStoreUnavailable("event store unreachable")
+
+    monkeypatch.setattr(api.state.events, "read", down)
+    series = 'uniserve_rejected_requests_total{reason="backend_unavailable"}'
+    before = _sample((await api.client.get("/metrics")).text, series)
+    resp = await api.client.post("/v1/retrieve", json={"user_id": "someone", "k": 3})
+    assert resp.status_code == 503 and resp.json()["error_type"] == "backend_unavailable"
+    assert _sample((await api.client.get("/metrics")).text, series) == before + 1
 
 
 @pytest.mark.anyio
