@@ -27,7 +27,7 @@ COPY pyproject.toml README.md ./
 COPY service ./service
 COPY models ./models
 COPY index ./index
-RUN pip install . && python -c "import service.app, faiss, torch"
+RUN pip install . && python -c "import service.api.app, faiss, torch"
 
 FROM ${BASE_IMAGE} AS runtime
 ENV DEBIAN_FRONTEND=noninteractive

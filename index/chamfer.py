@@ -6,7 +6,7 @@ these functions. Point clouds are padded arrays with masks: queries (B, n_q, dim
 (B, n_q) bool, documents (N, n_d, dim) with (N, n_d) bool. A padded query vector adds nothing; a
 padded document vector is never the max; a document with no vectors scores -inf.
 
-Tests: ``tests/test_fde.py`` (against a per-pair loop), ``tests/test_muvera.py``.
+Tests: ``tests/index/test_fde.py`` (against a per-pair loop), ``tests/index/test_muvera.py``.
 """
 
 from __future__ import annotations

@@ -33,7 +33,7 @@ Departures from the reference implementation:
   the disagreeing hyperplanes, not to the first point, so a document's FDE does not depend on
   the order of its vectors.
 
-Tests: ``tests/test_fde.py`` (hypothesis properties against exact Chamfer similarity).
+Tests: ``tests/index/test_fde.py`` (hypothesis properties against exact Chamfer similarity).
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ similarity (`index/chamfer.py`) and keeps the top k.
 
 Files, beside the single-vector index of the version: `fde.faiss`, `fde.json` (config, index
 type, search parameters, shapes), `item_multivectors.npy` and `item_multimask.npy` (read with
-`allow_pickle=False`). Tests: `tests/test_muvera.py`.
+`allow_pickle=False`). Tests: `tests/index/test_muvera.py`.
 """
 
 from __future__ import annotations

@@ -287,14 +287,22 @@ def set_current(root: Path, version: str) -> None:
     _fsync_dir(root)
 
 
+def older_versions(root: Path, before: str | None = None) -> list[str]:
+    """What a rollback may go back to: the complete versions older than `before` (default:
+    CURRENT; every version when neither names one), newest first. The one definition of
+    "previous" shared by `previous_version` (`uniserve rollback`: the first whose files verify)
+    and the service's rollback (the first that also loads and passes the gate)."""
+    live = before if before is not None else current_version(root)
+    return [v for v in reversed(list_versions(root)) if live is None or v < live]
+
+
 def previous_version(root: Path, before: str | None = None) -> str:
     """The newest complete version older than `before` (default: CURRENT) whose files verify.
 
     Damaged versions are skipped. Raises NoIndexError when there is none.
     """
     live = before if before is not None else current_version(root)
-    older = [v for v in list_versions(root) if live is None or v < live]
-    for version in reversed(older):
+    for version in older_versions(root, live):
         try:
             verify_version(root, version)
         except IndexRejectedError:

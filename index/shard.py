@@ -6,7 +6,7 @@ count. It depends on nothing but the id and the count, so every machine of a fle
 process (no `hash()` salt) and any later build agree on where an item lives. Each shard is
 published as a normal index root, `<index-root>/shard-<i>` (`shard_root`), whose manifest
 records its `ShardSpec` under `extra["shard"]`; one uniserve replica serves one shard and a
-router (`service.router`) merges their top-k.
+router (`service.core.router`) merges their top-k.
 """
 
 from __future__ import annotations

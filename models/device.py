@@ -1,6 +1,6 @@
 """Where torch work runs: CUDA when torch sees a GPU, else the CPU, decided at run time.
 
-Training (`models/train.py`) and catalogue encoding (`service/catalog.py`) both choose their
+Training (`models/train.py`) and catalogue encoding (`service/jobs/catalog.py`) both choose their
 device here, so "auto" means the same thing everywhere and a machine without a GPU needs no flag.
 """
 

@@ -15,7 +15,7 @@ by the same factor as the served vector (1 / norm of the sum, when items are nor
 add up to it; each row carries the item's bias column when the model has one. Parts that are
 absent (a missing categorical value, an empty text field) are masked out.
 
-Tests: ``tests/test_muvera.py``.
+Tests: ``tests/index/test_muvera.py``.
 """
 
 from __future__ import annotations

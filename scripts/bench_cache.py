@@ -30,8 +30,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 import numpy as np
 
-from service.app import create_app
-from service.bootstrap import ensure_artifacts
+from service.api.app import create_app
+from service.jobs.bootstrap import ensure_artifacts
 from service.settings import Settings
 
 

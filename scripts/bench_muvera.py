@@ -5,7 +5,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from index.bench_muvera import main
+from service.bench.muvera import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,7 +1,7 @@
 """`python scripts/bench_service.py` == `uniserve bench service`; see its `--help`.
 
 Throughput at a p99 bound: uniserve vs the in-process limit and a naive service (what it
-measures: service/benchmark.py). Example: python scripts/bench_service.py --quick
+measures: service/bench/service.py). Example: python scripts/bench_service.py --quick
 """
 
 import sys

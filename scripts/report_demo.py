@@ -7,7 +7,7 @@ real `prometheus` (temp dir, free loopback ports, 2 s scrapes), then drives phas
 fresh users (cache misses) at a rising rate, then returning users (cache hits), with a few
 invalid requests, an index reload half-way (a republished version: the cache starts cold again),
 and a burst of 300 fresh requests/s offered (queueing shows in the stage timings; 429s when the
-queues fill). Finally `service.report.render` draws the Prometheus
+queues fill). Finally `service.jobs.report.render` draws the Prometheus
 series into `--out`. Needs the `prometheus` binary (Debian: apt-get install prometheus).
 """
 
@@ -29,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from index import load_current, republish
-from service.benchmark import free_port
-from service.bootstrap import ensure_artifacts
-from service.report import render
+from service.bench.service import free_port
+from service.jobs.bootstrap import ensure_artifacts
+from service.jobs.report import render
 from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]

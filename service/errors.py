@@ -1,22 +1,14 @@
-"""The closed set of error types, their status codes (in one place), and the JSON error shape.
-
-Every error response is `{"error": <readable message>, "error_type": <ErrorType>}`. The core
-raises `ServiceError`; the handlers installed by `install_error_handlers` translate it, FastAPI's
-validation errors and Starlette's HTTP errors (unknown route, wrong method) into that shape.
-Unexpected exceptions become 500 `internal` in `service.middleware`, which also logs them.
+"""The closed set of error types and their status codes (in one place), `ServiceError`, and the
+readable one-line message of a list of validation problems. No HTTP framework here: the serving
+core raises `ServiceError`, and `service.api.handlers` renders it (and FastAPI's and Starlette's
+own errors) as the one JSON error shape `{"error", "error_type"}`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, MutableMapping, Sequence
+from collections.abc import Mapping, Sequence
 from enum import StrEnum
-from typing import Any, cast
-
-import orjson
-from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
-from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from typing import Any
 
 
 class ErrorType(StrEnum):
@@ -59,14 +51,6 @@ def status_code(error_type: ErrorType) -> int:
             return 500
 
 
-def _error_type_of_status(status: int) -> ErrorType:
-    """Best error type for an HTTP status raised by the framework (not by our code)."""
-    for error_type in ErrorType:
-        if status_code(error_type) == status and error_type is not ErrorType.UNKNOWN_USER:
-            return error_type
-    return ErrorType.INTERNAL if status >= 500 else ErrorType.INVALID_INPUT
-
-
 class ServiceError(Exception):
     """An expected failure with a type from the closed set and a message for the caller."""
 
@@ -81,16 +65,6 @@ class ServiceError(Exception):
     @property
     def status_code(self) -> int:
         return status_code(self.error_type)
-
-
-def error_response(
-    error_type: ErrorType, message: str, headers: Mapping[str, str] | None = None
-) -> Response:
-    """The one JSON error response; also an ASGI app, so middleware can send it directly."""
-    body = orjson.dumps({"error": message, "error_type": error_type.value})
-    return Response(
-        body, status_code=status_code(error_type), media_type="application/json", headers=headers
-    )
 
 
 _MAX_REPORTED = 5  # validation problems quoted in one message
@@ -124,47 +98,3 @@ def validation_message(errors: Sequence[Mapping[str, Any]]) -> str:
     if len(errors) > _MAX_REPORTED:
         parts.append(f"... and {len(errors) - _MAX_REPORTED} more")
     return "; ".join(parts) or "invalid request"
-
-
-# Scope key where the error handler leaves the error type, for the metrics middleware.
-ERROR_TYPE_SCOPE_KEY = "uniserve.error_type"
-
-
-def service_error_response(scope: MutableMapping[str, Any], error: ServiceError) -> Response:
-    """The answer to `error`, its type left in `scope` for the metrics middleware."""
-    scope[ERROR_TYPE_SCOPE_KEY] = error.error_type.value
-    return error_response(error.error_type, error.message, headers=error.headers)
-
-
-async def _service_error(request: Request, exc: Exception) -> Response:
-    return service_error_response(request.scope, cast(ServiceError, exc))
-
-
-async def _validation_error(request: Request, exc: Exception) -> Response:
-    content_type = request.headers.get("content-type", "")
-    if request.method in ("POST", "PUT", "PATCH") and "json" not in content_type.lower():
-        # FastAPI does not parse a body without a JSON content type: say so, not "not an object"
-        message = (
-            f"send the body as JSON with Content-Type: application/json (got {content_type!r})"
-        )
-        return error_response(ErrorType.INVALID_INPUT, message)
-    errors = cast(RequestValidationError, exc).errors()
-    return error_response(ErrorType.INVALID_INPUT, validation_message(errors))
-
-
-async def _http_error(request: Request, exc: Exception) -> Response:
-    http_exc = cast(StarletteHTTPException, exc)
-    error_type = _error_type_of_status(http_exc.status_code)
-    if error_type is ErrorType.NOT_FOUND:
-        message = f"no route {request.url.path!r}"
-    elif error_type is ErrorType.METHOD_NOT_ALLOWED:
-        message = f"method {request.method} is not allowed on {request.url.path!r}"
-    else:
-        message = str(http_exc.detail)
-    return error_response(error_type, message, headers=http_exc.headers)
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(ServiceError, _service_error)
-    app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(StarletteHTTPException, _http_error)

@@ -1,28 +1,26 @@
 """Shared fixtures: small real artifacts made once per session, and the real app over them.
 
-The API tests drive `service.app.create_app` through its lifespan with httpx's ASGITransport; the
+The API tests drive `service.api.app.create_app` through its lifespan with httpx's ASGITransport; the
 model and index are real (the embedded default: trained on the shipped sample, indexed and
-published by `service.bootstrap.ensure_artifacts`), never mocked. `service` is imported inside the fixtures so other suites do not
+published by `service.jobs.bootstrap.ensure_artifacts`), never mocked. `service` is imported inside the fixtures so other suites do not
 pay for torch and faiss at collection.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import AsyncIterator, Callable
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import httpx
-import numpy as np
 import pytest
 from fastapi import FastAPI
 
 if TYPE_CHECKING:
+    from service.api.state import AppState
     from service.settings import Settings
-    from service.state import AppState
 
 
 @dataclass
@@ -51,7 +49,7 @@ def uniserve_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     `ensure_artifacts` trains the default model on the shipped sample (seconds) and builds and
     publishes its index; the API tests and the sample training test share the result.
     """
-    from service.bootstrap import ensure_artifacts
+    from service.jobs.bootstrap import ensure_artifacts
     from service.settings import Settings
 
     settings = Settings(data_dir=tmp_path_factory.mktemp("uniserve-data"))
@@ -61,7 +59,7 @@ def uniserve_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @asynccontextmanager
 async def _serve(settings: Settings) -> AsyncIterator[Served]:
-    from service.app import create_app
+    from service.api.app import create_app
 
     app = create_app(settings)
     async with app.router.lifespan_context(app):
@@ -83,15 +81,3 @@ async def api(uniserve_data_dir: Path) -> AsyncIterator[Served]:
 
     async with _serve(Settings(data_dir=uniserve_data_dir, bootstrap=False)) as served:
         yield served
-
-
-class BlockedEmbedder:
-    """Stands in for a model stuck in a long forward pass: holds the encode worker until
-    `release` is set (tests that need a request held in progress)."""
-
-    def __init__(self) -> None:
-        self.release = threading.Event()
-
-    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
-        self.release.wait(10)
-        return np.zeros((len(histories), 1), np.float32)

@@ -1,0 +1,41 @@
+"""POST /v1/shard/search: this replica's top-k for a user vector a router computed.
+
+Internal, but harmless on every replica: it searches the live index exactly as /v1/retrieve
+does (filters inside the search, k items whenever k are eligible), for a given vector instead of
+a user's events, and reports which shard of which build the index is (`extra["shard"]` of its
+manifest; null for an unsharded index), so the router can check its fleet. No cache: the router
+caches whole answers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter
+from starlette.responses import Response
+
+from service.api.deps import StateDep, local_engine
+from service.api.routes._json import StrictJSONRoute, json_bytes
+from service.api.schemas import ERROR_RESPONSES, ShardSearchRequest, ShardSearchResponse
+from service.core.filters import Filters
+from service.core.serving import scored_items, to_json
+
+router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
+
+
+@router.post("/v1/shard/search", response_model=ShardSearchResponse, responses=ERROR_RESPONSES)
+async def shard_search(req: ShardSearchRequest, state: StateDep) -> Response:
+    engine = local_engine(state)
+    req.check_limits(state.settings, engine.dim)
+    filters = Filters.of(req.surfaces, req.exclude)  # normalised here, once, as retrieve does
+    ids, scores = await engine.retrieve(np.asarray(req.vector, dtype=np.float32), req.k, filters)
+    return json_bytes(
+        to_json(
+            {
+                "items": scored_items(ids, scores),
+                "model_version": engine.model_version,
+                "model_fingerprint": engine.manifest.model_fingerprint,
+                "index_version": engine.index_version,
+                "shard": engine.manifest.extra.get("shard"),
+            }
+        )
+    )

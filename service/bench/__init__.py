@@ -1,0 +1,1 @@
+"""Benchmarks (entry points in scripts/): the service against its peers, ANN indexes, MUVERA."""

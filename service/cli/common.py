@@ -1,0 +1,50 @@
+"""What the subcommands share: the --data help, exit statuses, the metrics report printer."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DATA_HELP = (
+    "dataset: 'sample' (shipped KuaiRand sample), 'kuairand', 'amazon-art-office', "
+    "or a directory in the generic format (interactions.parquet [+ items.parquet])"
+)
+
+EXIT_ERROR = 2  # bad arguments or inputs
+EXIT_REFUSED = 3  # the index was refused (gate, or a damaged version); nothing was changed
+
+
+def print_report(report: dict[str, Any]) -> None:
+    metrics = report.get("metrics")
+    if metrics:
+        print(
+            f"{'':14}{'group':>8}{'n':>6}  {'protocol':<8}" + "".join(f"{m:>11}" for m in _METRICS)
+        )
+        for who in ("most_popular", "model"):
+            for group, res in metrics.get(who, {}).items():
+                for protocol in ("full", "sampled"):
+                    if protocol not in res:
+                        continue
+                    vals = "".join(f"{res[protocol][m]:>11.4f}" for m in _METRICS)
+                    print(f"{who:<14}{group:>8}{res['n']:>6}  {protocol:<8}{vals}")
+    within = report.get("within_surface")
+    if within:
+        print("full ranking within the target's surface (what /v1/retrieve with surfaces does):")
+        for who in ("most_popular", "model"):
+            for group, res in within[who].items():
+                vals = "".join(f"{res[m]:>11.4f}" for m in _METRICS)
+                print(f"{who:<14}{group:>16}{res['n']:>6}  {vals}")
+    if "training" in report:
+        t = report["training"]
+        print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
+        if t.get("best_epoch"):
+            full = t.get("valid_ndcg@10_full")
+            print(
+                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}"
+                + (f", (full ranking) {full}" if full else "")
+                + f": kept epoch {t['best_epoch']}"
+            )
+    if "fingerprint" in report:
+        print(f"model fingerprint {report['fingerprint']}")
+
+
+_METRICS = ("recall@10", "ndcg@10", "recall@20", "ndcg@20")

@@ -1,0 +1,51 @@
+"""`uniserve` command line: train, evaluate, build-index, rollback, serve, bench, report.
+
+Each subcommand is one module of `service.cli` holding its flags (`add_parser`) next to the
+handler that reads them (`run`); a handler calls one function of `service.jobs`, `models`,
+`index` or the app runner, so nothing here holds logic worth testing on its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+
+from service.cli import bench, build_index, evaluate, report, rollback, serve, train
+from service.cli.common import DATA_HELP, EXIT_ERROR, EXIT_REFUSED
+
+__all__ = ["DATA_HELP", "EXIT_ERROR", "EXIT_REFUSED", "build_parser", "main"]
+
+SUBCOMMANDS = (train, evaluate, build_index, rollback, bench, serve, report)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="uniserve", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    for command in SUBCOMMANDS:
+        command.add_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from index import IndexRejectedError, NoIndexError
+    from models.artifacts import ModelArtifactError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        return int(args.func(args))
+    except IndexRejectedError as exc:
+        what = "nothing was published" if args.command == "build-index" else "CURRENT unchanged"
+        print(f"uniserve {args.command}: refused ({exc.reason}): {exc}; {what}", file=sys.stderr)
+        return EXIT_REFUSED
+    except (ValueError, FileNotFoundError, ModelArtifactError, NoIndexError) as exc:
+        print(f"uniserve {args.command}: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,163 @@
+"""`uniserve train`: train the user and item encoders on a dataset, evaluate them, save a
+model directory."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from service.cli.common import DATA_HELP, print_report
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "train", help="train the user and item encoders, evaluate, save a model directory"
+    )
+    p.add_argument("--data", "--dataset", dest="data", default="sample", help=DATA_HELP)
+    p.add_argument("--out", required=True, help="model directory to write")
+    p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
+    p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
+    p.add_argument("--max-len", type=int, default=50, help="events per user kept (default 50)")
+    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
+    p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
+    p.add_argument("--negatives", type=int, default=1024, help="uniform negatives per step")
+    p.add_argument(
+        "--in-batch-negatives", type=int, default=1024,
+        help="negatives drawn from the batch's own targets (0 = uniform negatives only)",
+    )  # fmt: skip
+    p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (cosine)")
+    p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
+    p.add_argument(
+        "--id-dropout", type=float, default=0.1, help="item-id dropout (cold-start path)"
+    )
+    p.add_argument(
+        "--no-normalize-items", action="store_true",
+        help="let item vector norms vary (popularity) instead of unit-norm cosine scoring",
+    )  # fmt: skip
+    p.add_argument(
+        "--item-bias", action=argparse.BooleanOptionalAction, default=False,
+        help="learn a per-item score bias (popularity prior), served as one more vector "
+        "dimension (default off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--popularity-prior", type=float, default=0.0,
+        help="with --item-bias: after training add this x log(1 + training count) to each "
+        "item's bias, in cosine units (default 0)",
+    )  # fmt: skip
+    p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
+    p.add_argument(
+        "--select-on", choices=["sampled", "full"], default="sampled",
+        help="validation NDCG@10 that picks the kept epoch: sampled (100 uniform negatives, "
+        "default) or full (ranked against the whole catalogue, as retrieval serves)",
+    )  # fmt: skip
+    p.add_argument(
+        "--id-only", "--no-surface", dest="id_only", action="store_true",
+        help="baseline: a plain transformer over item ids (no surface tokens, no metadata)",
+    )  # fmt: skip
+    p.add_argument(
+        "--id-free", action="store_true",
+        help="no per-item id embeddings: every item is encoded from its metadata alone "
+        "(M2TRec), so new items are encoded exactly like trained ones (cold start)",
+    )  # fmt: skip
+    p.add_argument(
+        "--content-dim", type=int, default=0, metavar="K",
+        help="add a fixed lexical channel of K dims (IDF-weighted item text tokens, randomly "
+        "projected; the user side is the decayed sum over the history): scores gain a learnt "
+        "weight x word overlap with recent events, which carries cold-start items (needs "
+        "item text fields; default 0 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cold-boost", type=float, default=1.0, metavar="S",
+        help="with --content-dim: items served without a trained id (new, or held out) get "
+        "their channel times S (> 1 trades warm-item quality for new-item exposure; default 1)",
+    )  # fmt: skip
+    p.add_argument(
+        "--autocdsr", action="store_true",
+        help="AutoCDSR: add the cross-surface attention loss, weighted against the "
+        "recommendation loss by the two-task MGDA (min-norm) solution each step",
+    )  # fmt: skip
+    p.add_argument(
+        "--mgda-normalize", choices=["none", "loss", "l2"], default="none",
+        help="with --autocdsr: scale each task's gradient before the min-norm solve (none: "
+        "plain MGDA; loss: by its loss value; l2: unit norm, i.e. equal weights)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compatible-with", default=None, metavar="OLD_MODEL_DIR",
+        help="train user vectors that stay usable against OLD_MODEL_DIR's item index "
+        "(backward-compatible training); the model records the old fingerprint and may be "
+        "served against the old index",
+    )  # fmt: skip
+    p.add_argument(
+        "--compat-weight", type=float, default=1.0, help="weight of the compatibility loss"
+    )
+    p.add_argument(
+        "--matryoshka", default=None, metavar="DIMS",
+        help="also train these prefix dims, e.g. 16,32 (each prefix is a usable embedding; "
+        "`build-index --dim` then builds a smaller index)",
+    )  # fmt: skip
+    p.add_argument(
+        "--holdout-items", type=float, default=0.0, metavar="FRACTION",
+        help="keep this fraction of items out of training entirely and report cold- vs "
+        "warm-target metrics (cold items get metadata-only vectors)",
+    )  # fmt: skip
+    p.add_argument(
+        "--device", choices=["auto", "cpu", "cuda"], default="auto",
+        help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default auto); "
+        "the saved model is the same either way",
+    )  # fmt: skip
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.data import load_corpus
+    from models.matryoshka import parse_dims
+    from models.train import TrainConfig
+    from service.jobs.pipeline import train_to_dir
+
+    cfg = TrainConfig(
+        dim=args.dim,
+        num_layers=args.layers,
+        max_len=args.max_len,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        num_negatives=args.negatives,
+        in_batch_negatives=args.in_batch_negatives,
+        temperature=args.temperature,
+        dropout=args.dropout,
+        id_dropout=args.id_dropout,
+        normalize_items=not args.no_normalize_items,
+        item_bias=args.item_bias,
+        popularity_prior=args.popularity_prior,
+        lr=args.lr,
+        seed=args.seed,
+        max_steps=args.max_steps,
+        time_budget_s=args.time_budget,
+        progress=not args.quiet,
+        id_only=args.id_only,
+        id_free=args.id_free,
+        content_dim=args.content_dim,
+        cold_boost=args.cold_boost,
+        autocdsr=args.autocdsr,
+        mgda_normalize=args.mgda_normalize,
+        compatible_with=args.compatible_with,
+        compat_weight=args.compat_weight,
+        matryoshka=parse_dims(args.matryoshka),
+        holdout_items=args.holdout_items,
+        device=args.device,
+        select_on=args.select_on,
+    )
+    corpus = load_corpus(args.data)
+    print(
+        f"training on {corpus.name}: {len(corpus.train)} sequences, {len(corpus.items)} items",
+        file=sys.stderr,
+    )
+    report = train_to_dir(corpus, cfg, Path(args.out), evaluate=not args.no_eval)
+    print_report(report)
+    return 0

@@ -1,0 +1,1 @@
+"""uniserve test suites, grouped like the code; shared helpers in `tests.helpers`."""

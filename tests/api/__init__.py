@@ -1,0 +1,1 @@
+"""Tests of `service/api`: the HTTP layer through the real app and real servers."""

@@ -1,0 +1,1 @@
+"""Tests of `service/bench`: the ANN benchmark end to end."""

@@ -1,0 +1,1 @@
+"""Tests of `service/core`: batchers, engine, hot swap, router and fan-out."""

@@ -1,0 +1,98 @@
+"""What several test suites share: free loopback ports, a copy of the session's artifacts, a
+started `uniserve serve` process (and waiting for a URL to answer), and `BlockedEmbedder`.
+
+Fixtures live in `tests/conftest.py`; plain helpers here, imported as `tests.helpers`.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def copy_data(source: Path, target: Path) -> Path:
+    """A private copy of a data dir (model + index root) a test may damage or republish."""
+    shutil.copytree(source, target)
+    return target
+
+
+def start_serve(
+    args: list[str], log: Path, env: dict[str, str | None] | None = None
+) -> subprocess.Popen[bytes]:
+    """`uniserve serve ARGS` as a real subprocess (output to `log`): no CURRENT watcher and one
+    torch thread unless `env` says otherwise (a None value unsets that variable). Wait for it
+    with `wait_until_ok`."""
+    merged: dict[str, str | None] = {
+        **os.environ,
+        "UNISERVE_INDEX_POLL_SECONDS": "0",
+        "UNISERVE_TORCH_THREADS": "1",
+        **(env or {}),
+    }
+    full_env = {name: value for name, value in merged.items() if value is not None}
+    with open(log, "wb") as out:
+        return subprocess.Popen(
+            [sys.executable, "-m", "service.cli", "serve", *args],
+            cwd=REPO,
+            env=full_env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+
+
+def wait_until_ok(url: str, proc: subprocess.Popen[bytes], log: Path, seconds: float) -> None:
+    """Return once `url` answers 200; raise with the log's tail when `proc` exits or `seconds`
+    pass first (a bound: a startup imports torch on a busy machine)."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{proc.args[0]} exited: {log.read_text()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=2).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"{url} did not answer 200 in {seconds} s: {log.read_text()[-3000:]}")
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM, then SIGKILL if it does not exit in 20 s."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+class BlockedEmbedder:
+    """Stands in for a model stuck in a long forward pass: holds the encode worker until
+    `release` is set (tests that need a request held in progress)."""
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+
+    def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
+        self.release.wait(10)
+        return np.zeros((len(histories), 1), np.float32)

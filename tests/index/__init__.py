@@ -1,0 +1,1 @@
+"""Tests of `index/`: FAISS indexes, publish, MUVERA."""

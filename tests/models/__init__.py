@@ -1,0 +1,1 @@
+"""Tests of `models/`: encoders, training, evaluation, data loaders."""

@@ -1,0 +1,1 @@
+"""Tests of `service/store`: cache and event store, against a real redis-server."""
