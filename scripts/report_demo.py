@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import httpx
 
 from index import load_current, republish
-from service.bench.service import free_port
+from service.bench.servers import free_port
 from service.jobs.bootstrap import ensure_artifacts
 from service.jobs.report import render
 from service.settings import Settings

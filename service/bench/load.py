@@ -1,0 +1,251 @@
+"""The open-loop load: a raw HTTP/1.1 keep-alive client, one rate step (latency from each
+request's scheduled send time), the ladder of steps, and the overload and cache-hit phases."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import time
+from collections.abc import Coroutine, Sequence
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+from service.bench.servers import Server
+
+T = TypeVar("T")
+
+P99_BOUND_MS = 50.0
+IDLE_REUSE_S = 3.0  # keep-alive connections idle longer are not reused (uvicorn closes at 5 s)
+
+
+# ------------------------------------------------------------------------------ load
+@dataclass
+class StepResult:
+    target_rps: float
+    achieved_rps: float
+    sent: int
+    ok: int
+    rejected: int  # 429
+    errors: int  # anything else: other statuses, resets, timeouts
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    reject_p99_ms: float  # 429 latency from the actual send, not the schedule
+
+    def sustained(self) -> bool:
+        return (
+            self.errors == 0 and self.rejected <= 0.001 * self.sent and self.p99_ms <= P99_BOUND_MS
+        )
+
+
+class Client:
+    """Raw HTTP/1.1 keep-alive connections to one port; a pool grows as the load needs."""
+
+    def __init__(self, port: int, max_connections: int = 512) -> None:
+        self.port = port
+        self.max_connections = max_connections
+        self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
+        self.open = 0
+
+    async def post(self, path: str, body: bytes, timeout: float = 10.0) -> int:
+        now = time.monotonic()
+        while self.idle and now - self.idle[-1][2] > IDLE_REUSE_S:  # the server may close it
+            self.idle.pop()[1].close()
+            self.open -= 1
+        if self.idle:
+            reader, writer, _ = self.idle.pop()
+            conn = (reader, writer)
+        else:
+            self.open += 1
+            try:
+                conn = await asyncio.open_connection("127.0.0.1", self.port)
+            except OSError:
+                self.open -= 1
+                return -1
+        reader, writer = conn
+        try:
+            writer.write(
+                b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+                b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
+            )
+            status, close = await asyncio.wait_for(self._read(reader), timeout)
+        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+            writer.close()
+            self.open -= 1
+            return -1
+        if close:
+            writer.close()
+            self.open -= 1
+        else:
+            self.idle.append((reader, writer, time.monotonic()))
+        return status
+
+    @staticmethod
+    async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
+        """(status, whether the server closes the connection); the body is read and dropped."""
+        status = int((await reader.readline()).split()[1])
+        length, close = 0, False
+        while (line := await reader.readline()) not in (b"\r\n", b""):
+            name, _, value = line.partition(b":")
+            name = name.strip().lower()
+            if name == b"content-length":
+                length = int(value)
+            elif name == b"connection" and value.strip().lower() == b"close":
+                close = True
+        await reader.readexactly(length)
+        return status, close
+
+    def close(self) -> None:
+        for _, writer, _ in self.idle:
+            writer.close()
+        self.idle.clear()
+
+
+async def run_step(
+    client: Client, bodies: Sequence[bytes], rate: float, seconds: float, offset: int = 0
+) -> StepResult:
+    """Open loop: request i is due at start + i / rate; latency counts from when it was due."""
+    n = max(1, int(rate * seconds))
+    latencies = np.full(n, np.nan)
+    statuses = np.zeros(n, dtype=np.int64)
+    reject_latency: list[float] = []
+    clock = time.perf_counter  # not loop.time(): uvloop's advances in whole milliseconds
+    start = clock() + 0.05
+
+    async def one(i: int) -> None:
+        due = start + i / rate
+        sent = clock()
+        status = await client.post("/v1/retrieve", bodies[(offset + i) % len(bodies)])
+        done = clock()
+        statuses[i] = status
+        latencies[i] = done - due
+        if status == 429:
+            reject_latency.append(done - sent)
+
+    # No collector passes in the client while it times requests: one over the step's tasks
+    # stopped it for up to 78 ms (measured), then it sent the overdue requests in one burst.
+    gc.disable()
+    try:
+        tasks = []
+        for i in range(n):
+            delay = start + i / rate - clock()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.ensure_future(one(i)))
+        await asyncio.gather(*tasks)
+        elapsed = clock() - start
+    finally:
+        gc.enable()
+    ok = int((statuses == 200).sum())
+    rejected = int((statuses == 429).sum())
+    ms = 1000 * latencies
+    return StepResult(
+        target_rps=rate,
+        achieved_rps=ok / elapsed,
+        sent=n,
+        ok=ok,
+        rejected=rejected,
+        errors=n - ok - rejected,
+        p50_ms=float(np.percentile(ms, 50)),
+        p95_ms=float(np.percentile(ms, 95)),
+        p99_ms=float(np.percentile(ms, 99)),
+        reject_p99_ms=float(np.percentile(reject_latency, 99) * 1000) if reject_latency else 0.0,
+    )
+
+
+def run_load(coro: Coroutine[Any, Any, T]) -> T:
+    """Run a load-generating coroutine to completion, on uvloop when it is installed (the client
+    then takes less of the cores it shares with the server under test).
+
+    First the garbage collector collects what earlier phases left (the in-process limit's model
+    and index) and freezes everything alive: a full collection in the client over those objects
+    stopped it for about 100 ms (measured), after which it sent the overdue requests in one
+    burst, and the burst, not the server, made the latency and 429s of that moment (`run_step`
+    also keeps the collector off while it times requests)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def ladder(
+    port: int, bodies: Sequence[bytes], rates: Sequence[float], seconds: float, label: str
+) -> list[StepResult]:
+    """Each rate in turn; stops after the first rate whose p99 passes 4x the bound."""
+    client = Client(port)
+    results = []
+    offset = 0
+    try:
+        await run_step(client, bodies, min(rates[0], 20.0), 1.0, offset)  # connections, warm-up
+        for rate in rates:
+            step = await run_step(client, bodies, rate, seconds, offset)
+            offset += step.sent
+            results.append(step)
+            print(format_step(label, step), flush=True)
+            if step.p99_ms > 4 * P99_BOUND_MS:
+                break
+            await asyncio.sleep(0.5)  # let queues drain between steps
+    finally:
+        client.close()
+    return results
+
+
+def format_step(label: str, s: StepResult) -> str:
+    return (
+        f"{label:9s} target {s.target_rps:7.0f}/s achieved {s.achieved_rps:7.1f}/s  "
+        f"p50 {s.p50_ms:7.1f}  p95 {s.p95_ms:7.1f}  p99 {s.p99_ms:8.1f} ms  "
+        f"429 {s.rejected:5d}  errors {s.errors:4d}" + ("  ok" if s.sustained() else "")
+    )
+
+
+def best_rate(steps: Sequence[StepResult]) -> StepResult | None:
+    ok = [s for s in steps if s.sustained()]
+    return max(ok, key=lambda s: s.achieved_rps) if ok else None
+
+
+async def overload(
+    srv: Server, bodies: Sequence[bytes], sustainable: float, seconds: float, offset: int
+) -> dict[str, Any]:
+    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery; bodies from
+    `offset` on (none sent before, so no cache hits)."""
+    client = Client(srv.port)
+    rss_before = srv.rss_mb()
+    hot = await run_step(client, bodies, 2 * sustainable, seconds, offset=offset)
+    rss_after = srv.rss_mb()
+    await asyncio.sleep(0.5)
+    calm = await run_step(client, bodies, sustainable / 2, seconds, offset=offset + hot.sent)
+    client.close()
+    print(format_step("2x load", hot), flush=True)
+    print(format_step("recovery", calm), flush=True)
+    return {
+        "rate": 2 * sustainable,
+        "step": asdict(hot),
+        "reject_p99_ms": round(hot.reject_p99_ms, 2),
+        "rss_mb_before": round(rss_before, 1),
+        "rss_mb_after": round(rss_after, 1),
+        "recovery_step": asdict(calm),
+        "recovered": calm.sustained(),
+    }
+
+
+async def cache_hits(
+    port: int, bodies: Sequence[bytes], rate: float, seconds: float
+) -> dict[str, Any]:
+    """The same 200 requests over and over (warmed once first): the cache-hit path."""
+    client = Client(port)
+    repeated = list(bodies[:200])
+    for body in repeated:
+        await client.post("/v1/retrieve", body)
+    steps = []
+    for r in (rate, 2 * rate, 4 * rate):
+        step = await run_step(client, repeated, r, seconds)
+        print(format_step("cache hit", step), flush=True)
+        steps.append(asdict(step))
+    client.close()
+    return {"steps": steps}
