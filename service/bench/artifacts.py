@@ -172,15 +172,24 @@ def prepare_artifacts(
     return data_dir
 
 
-def request_bodies(n_items: int, n: int, seed: int, k: int = 10) -> list[bytes]:
-    """`n` retrieve bodies, each with a distinct 50-event history of a synthetic user."""
-    cat = Catalogue.make(n_items, seed)
-    rows, _ = cat.histories(n, np.random.default_rng(seed + 7))
-    bodies = []
-    for r in rows:
-        events = [
-            {"item_id": i, "surface": s}
-            for i, s in zip(cat.item_ids[r], cat.surfaces[r], strict=True)
-        ]
-        bodies.append(json.dumps({"events": events, "k": k}).encode())
-    return bodies
+class BodyStream:
+    """Retrieve bodies made on demand: each a distinct 50-event history of a synthetic user, so
+    every request sent from a stream is a cache miss. Made between load steps, never during."""
+
+    def __init__(self, n_items: int, seed: int, k: int = 10) -> None:
+        self.cat = Catalogue.make(n_items, seed)
+        self.rng = np.random.default_rng(seed + 7)
+        self.k = k
+        self.made = 0
+
+    def take(self, n: int) -> list[bytes]:
+        rows, _ = self.cat.histories(n, self.rng)
+        bodies = []
+        for r in rows:
+            events = [
+                {"item_id": i, "surface": s}
+                for i, s in zip(self.cat.item_ids[r], self.cat.surfaces[r], strict=True)
+            ]
+            bodies.append(json.dumps({"events": events, "k": self.k}).encode())
+        self.made += n
+        return bodies

@@ -6,12 +6,13 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Coroutine, Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
 import numpy as np
 
+from service.bench.artifacts import BodyStream
 from service.bench.servers import Server
 
 T = TypeVar("T")
@@ -104,9 +105,10 @@ class Client:
 
 
 async def run_step(
-    client: Client, bodies: Sequence[bytes], rate: float, seconds: float, offset: int = 0
+    client: Client, bodies: Sequence[bytes], rate: float, seconds: float
 ) -> StepResult:
-    """Open loop: request i is due at start + i / rate; latency counts from when it was due."""
+    """Open loop: request i is due at start + i / rate; latency counts from when it was due.
+    Request i sends `bodies[i]` (cycling when there are fewer bodies than requests)."""
     n = max(1, int(rate * seconds))
     latencies = np.full(n, np.nan)
     statuses = np.zeros(n, dtype=np.int64)
@@ -117,7 +119,7 @@ async def run_step(
     async def one(i: int) -> None:
         due = start + i / rate
         sent = clock()
-        status = await client.post("/v1/retrieve", bodies[(offset + i) % len(bodies)])
+        status = await client.post("/v1/retrieve", bodies[i % len(bodies)])
         done = clock()
         statuses[i] = status
         latencies[i] = done - due
@@ -174,23 +176,93 @@ def run_load(coro: Coroutine[Any, Any, T]) -> T:
         return runner.run(coro)
 
 
+def step_count(rate: float, seconds: float) -> int:
+    """Requests one step of `rate` for `seconds` sends."""
+    return max(1, int(rate * seconds))
+
+
+async def _warm_up(client: Client, source: BodyStream) -> None:
+    """Open connections and warm the server's caches of code paths (not of results)."""
+    await run_step(client, source.take(20), 20.0, 1.0)
+
+
 async def ladder(
-    port: int, bodies: Sequence[bytes], rates: Sequence[float], seconds: float, label: str
+    port: int, source: BodyStream, rates: Sequence[float], seconds: float, label: str
 ) -> list[StepResult]:
-    """Each rate in turn; stops after the first rate whose p99 passes 4x the bound."""
+    """Each rate in turn (fresh bodies each); stops after the first rate whose p99 passes 4x
+    the bound."""
     client = Client(port)
     results = []
-    offset = 0
     try:
-        await run_step(client, bodies, min(rates[0], 20.0), 1.0, offset)  # connections, warm-up
+        await _warm_up(client, source)
         for rate in rates:
-            step = await run_step(client, bodies, rate, seconds, offset)
-            offset += step.sent
+            step = await run_step(client, source.take(step_count(rate, seconds)), rate, seconds)
             results.append(step)
             print(format_step(label, step), flush=True)
             if step.p99_ms > 4 * P99_BOUND_MS:
                 break
             await asyncio.sleep(0.5)  # let queues drain between steps
+    finally:
+        client.close()
+    return results
+
+
+@dataclass(frozen=True)
+class KneeSearch:
+    """How `find_knee` climbs: `start` req/s times `growth` per rung until a rung is not
+    sustained (p99 over the bound, 429s over 0.1%, or any error) or passes `cap`, then
+    `refine` bisections between the last sustained and the first failed rate."""
+
+    start: float = 50.0
+    growth: float = 1.5
+    refine: int = 4
+    cap: float = 10_000.0
+
+
+def knee_rates(search: KneeSearch) -> Generator[float, bool, None]:
+    """The rates `find_knee` tries, in order: send each rate's verdict (sustained or not) to get
+    the next. Climbs from `search.start` by `search.growth` until a rate fails or the next would
+    pass `search.cap`, then bisects `search.refine` times between the last good and the first
+    bad rate (stopping early once they are within 1 req/s)."""
+    good, bad = 0.0, None
+    rate = search.start
+    while rate <= search.cap:
+        if not (yield rate):
+            bad = rate
+            break
+        good, rate = rate, rate * search.growth
+    if bad is None:
+        return  # sustained up to the cap: no knee below it
+    for _ in range(search.refine):
+        mid = (good + bad) / 2
+        if mid - good < 1.0:
+            return
+        if (yield mid):
+            good = mid
+        else:
+            bad = mid
+
+
+async def find_knee(
+    port: int, source: BodyStream, seconds: float, label: str, search: KneeSearch
+) -> list[StepResult]:
+    """The service's own maximum sustainable rate: the steps of `knee_rates`, each with fresh
+    bodies. Returns every step run, in order (the best sustained one is `best_rate` of them)."""
+    client = Client(port)
+    results: list[StepResult] = []
+    rates = knee_rates(search)
+    try:
+        await _warm_up(client, source)
+        rate = next(rates, None)
+        while rate is not None:
+            step = await run_step(client, source.take(step_count(rate, seconds)), rate, seconds)
+            results.append(step)
+            print(format_step(label, step), flush=True)
+            await asyncio.sleep(0.5)  # let queues drain between steps
+            try:
+                rate = rates.send(step.sustained())
+            except StopIteration:
+                rate = None
     finally:
         client.close()
     return results
@@ -210,16 +282,18 @@ def best_rate(steps: Sequence[StepResult]) -> StepResult | None:
 
 
 async def overload(
-    srv: Server, bodies: Sequence[bytes], sustainable: float, seconds: float, offset: int
+    srv: Server, source: BodyStream, sustainable: float, seconds: float
 ) -> dict[str, Any]:
-    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery; bodies from
-    `offset` on (none sent before, so no cache hits)."""
+    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery; fresh bodies
+    (no cache hits)."""
     client = Client(srv.port)
     rss_before = srv.rss_mb()
-    hot = await run_step(client, bodies, 2 * sustainable, seconds, offset=offset)
+    hot_bodies = source.take(step_count(2 * sustainable, seconds))
+    calm_bodies = source.take(step_count(sustainable / 2, seconds))
+    hot = await run_step(client, hot_bodies, 2 * sustainable, seconds)
     rss_after = srv.rss_mb()
     await asyncio.sleep(0.5)
-    calm = await run_step(client, bodies, sustainable / 2, seconds, offset=offset + hot.sent)
+    calm = await run_step(client, calm_bodies, sustainable / 2, seconds)
     client.close()
     print(format_step("2x load", hot), flush=True)
     print(format_step("recovery", calm), flush=True)
@@ -234,12 +308,10 @@ async def overload(
     }
 
 
-async def cache_hits(
-    port: int, bodies: Sequence[bytes], rate: float, seconds: float
-) -> dict[str, Any]:
+async def cache_hits(port: int, source: BodyStream, rate: float, seconds: float) -> dict[str, Any]:
     """The same 200 requests over and over (warmed once first): the cache-hit path."""
     client = Client(port)
-    repeated = list(bodies[:200])
+    repeated = source.take(200)
     for body in repeated:
         await client.post("/v1/retrieve", body)
     steps = []

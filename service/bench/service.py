@@ -13,11 +13,15 @@ What it does, in order:
    `--batch` histories, no HTTP, on the same thread settings, the item-vector table held as the
    service holds it: histories/s, the fastest of three passes.
 3. **Load ladder** against the real uniserve (`uniserve serve`, one uvicorn worker) and then
-   against a **naive service** (`service.bench.servers.naive_app`: a sync FastAPI endpoint doing its own encoder
-   forward and FAISS search per request, stdlib JSON, the way most teams first write it), same
-   model, index, thread settings and requests. The load is open-loop: request i is due at
-   start + i / rate and its latency counts from then, so queueing in the client or the server is
-   never hidden. Every request carries a fresh 50-event history (a cache miss).
+   against a **naive service** (`service.bench.servers.naive_app`: a sync FastAPI endpoint
+   doing its own encoder forward and FAISS search per request, stdlib JSON, the way most teams
+   first write it), same model, index, thread settings and kind of requests. Each service is
+   pushed to its own knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a
+   step is not sustained (p99 over 50 ms, over 0.1% of requests refused, or any error), then
+   bisected between the last good and first bad rate; `--rates` runs a fixed ladder instead.
+   The load is open-loop: request i is due at start + i / rate and its latency counts from
+   then, so queueing in the client or the server is never hidden. Every request carries a
+   fresh 50-event history (a cache miss).
 4. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); the
    latency of the 429s and the server's RSS before and after.
 5. **Cache hits**: the same requests repeated (after one warming pass) at the best rate.
@@ -41,11 +45,14 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from service.bench.artifacts import HISTORY_LEN, prepare_artifacts, request_bodies
+from service.bench.artifacts import HISTORY_LEN, BodyStream, prepare_artifacts
 from service.bench.load import (
     P99_BOUND_MS,
+    KneeSearch,
+    StepResult,
     best_rate,
     cache_hits,
+    find_knee,
     ladder,
     overload,
     run_load,
@@ -110,8 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--rates",
         default=None,
-        help="comma-separated request rates per second (default 25,50,100,150,200,250,300,400,500,"
-        "600,700,800,900,1000,1200; --quick: 25,100,200,400)",
+        help="comma-separated request rates per second, run in turn (default: find each "
+        "service's knee: from 50/s up by x1.5 (--quick: x2) until p99 passes 50 ms or a request "
+        "is refused or fails, then 4 (--quick: 3) bisections between the last good and first "
+        "bad rate)",
     )
     p.add_argument("--seconds", type=float, default=None, help="per rate (default 10; quick 4)")
     p.add_argument("--threads", type=int, default=1, help="torch and FAISS threads per server")
@@ -122,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
         default=Path(".uniserve/bench"),
         help="where the benchmark artifacts are kept between runs (default .uniserve/bench)",
     )
-    p.add_argument("--quick", action="store_true", help="50k items, a short ladder (~2 min)")
+    p.add_argument(
+        "--quick", action="store_true", help="50k items, 4 s steps, a coarser knee search (~3 min)"
+    )
     p.add_argument("--json", type=Path, default=None, help="write the results here as JSON")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--skip-naive", action="store_true", help="only uniserve (no comparison)")
@@ -133,26 +144,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.quick:
         args.items = 50_000 if args.items == 1_000_000 else args.items
-    rates = (
-        [float(r) for r in args.rates.split(",")]
-        if args.rates
-        else (
-            [25, 100, 200, 400]
-            if args.quick
-            else [25, 50, 100, 150, 200, 250, 300, 400, 500, 600, 700, 800, 900, 1000, 1200]
-        )
-    )
+    rates = [float(r) for r in args.rates.split(",")] if args.rates else None
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     started = time.perf_counter()
     data_dir = prepare_artifacts(
         args.work_dir, args.items, index_type=args.index_type, seed=args.seed
     )
-    # every phase sends bodies no earlier phase sent, so only the cache-hit phase hits the cache:
-    # the ladder (each rate for `seconds`, plus warm-up), then 2x and 0.5x the best rate
-    ladder_bodies = int(sum(rates) * seconds * 1.1) + 100
-    n_bodies = ladder_bodies + int(2.5 * max(rates) * seconds * 1.1) + 200
-    bodies = request_bodies(args.items, n_bodies, seed=args.seed)
-    print(f"[setup] {len(bodies):,} request bodies, {HISTORY_LEN} events each", flush=True)
+    # every phase takes bodies no earlier phase sent, so only the cache-hit phase hits the cache
+    source = BodyStream(args.items, args.seed)
 
     import torch
 
@@ -160,13 +159,23 @@ def main(argv: Sequence[str] | None = None) -> int:
     import faiss
 
     faiss.omp_set_num_threads(args.threads)
-    limit = inprocess_limit(data_dir, bodies[: 64 * 40], args.batch)
+    limit = inprocess_limit(data_dir, source.take(64 * 40), args.batch)
     print(
         f"[in-process] {limit['rps']:.0f} histories/s in batches of {args.batch} "
         f"(encode {limit['encode_ms_per_batch']:.1f} ms + search "
         f"{limit['search_ms_per_batch']:.1f} ms per batch)",
         flush=True,
     )
+    # no HTTP service of the pipeline outruns it: twice the in-process limit bounds the climb
+    search = KneeSearch(
+        growth=2.0 if args.quick else 1.5, refine=3 if args.quick else 4, cap=2 * limit["rps"]
+    )
+
+    def push(port: int, label: str) -> list[StepResult]:
+        if rates is not None:
+            return run_load(ladder(port, source, rates, seconds, label))
+        return run_load(find_knee(port, source, seconds, label, search))
+
     env = {"UNISERVE_BATCH_MAX_SIZE": str(args.batch)}
     result: dict[str, Any] = {
         "items": args.items,
@@ -176,23 +185,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p99_bound_ms": P99_BOUND_MS,
         "inprocess_limit_rps": round(limit["rps"], 1),
         "inprocess": limit,
+        "ladder": "fixed" if rates is not None else asdict(search),
     }
     with server("uniserve", data_dir, args.threads, env) as srv:
-        steps = run_load(ladder(srv.port, bodies, rates, seconds, "uniserve"))
+        steps = push(srv.port, "uniserve")
         best = best_rate(steps)
         result["service_steps"] = [asdict(s) for s in steps]
         result["service_max_rps_at_p99_50ms"] = round(best.achieved_rps, 1) if best else 0.0
         result["service_p50_ms"] = round(best.p50_ms, 2) if best else None
         result["service_p99_ms"] = round(best.p99_ms, 2) if best else None
         result["errors"] = sum(s.errors for s in steps)
-        sustainable = best.target_rps if best else rates[0]
-        result["overload"] = run_load(
-            overload(srv, bodies, sustainable, seconds, offset=ladder_bodies)
-        )
-        result["cache_hit"] = run_load(cache_hits(srv.port, bodies, sustainable, seconds))
+        sustainable = best.target_rps if best else steps[0].target_rps
+        result["overload"] = run_load(overload(srv, source, sustainable, seconds))
+        result["cache_hit"] = run_load(cache_hits(srv.port, source, sustainable, seconds))
     if not args.skip_naive:
         with server("naive", data_dir, args.threads, {}) as srv:
-            steps = run_load(ladder(srv.port, bodies, rates, seconds, "naive"))
+            steps = push(srv.port, "naive")
             best = best_rate(steps)
             result["naive_steps"] = [asdict(s) for s in steps]
             result["naive_max_rps_at_p99_50ms"] = round(best.achieved_rps, 1) if best else 0.0
