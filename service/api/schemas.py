@@ -41,6 +41,10 @@ MAX_SURFACES = 1000  # surfaces one retrieve may filter on
 MAX_FEATURES = 64  # metadata fields of one item
 MAX_FEATURE_CHARS = 10_000  # one metadata value (a title, a description)
 MAX_VECTOR_DIM = 65_536  # dimensions of a user vector sent to POST /v1/shard/search
+# |value| of one of its dimensions: far beyond any model's output, and small enough that the
+# vector stays finite in float32, its norm and its inner products included
+MAX_VECTOR_VALUE = 1e15
+MAX_MODEL_FINGERPRINTS = 16  # models a shard search may say its vector can query
 
 
 def _json_type(value: Any) -> str:
@@ -125,8 +129,14 @@ FeatureValue = Annotated[
         {"anyOf": [{"type": "string", "maxLength": MAX_FEATURE_CHARS}, {"type": "number"}]}
     ),
 ]
-Number = Annotated[float, BeforeValidator(_to_number), WithJsonSchema({"type": "number"})]
+VectorValue = Annotated[
+    float,
+    BeforeValidator(_to_number),
+    Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE),
+    WithJsonSchema({"type": "number", "minimum": -MAX_VECTOR_VALUE, "maximum": MAX_VECTOR_VALUE}),
+]
 FeatureName = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # sha256, hex
 VersionId = Annotated[
     str, Field(min_length=1, max_length=MAX_VERSION_CHARS, pattern=VERSION_ID_PATTERN)
 ]
@@ -224,10 +234,17 @@ class RetrieveRequest(_UserRequest):
 class ShardSearchRequest(_Strict):
     """Body of POST /v1/shard/search: what a router sends each shard replica."""
 
-    vector: list[Number] = Field(min_length=1, max_length=MAX_VECTOR_DIM)  # user vector (D,)
+    # user vector (D,); the document says the live model's D (service.api.document)
+    vector: list[VectorValue] = Field(min_length=1, max_length=MAX_VECTOR_DIM)
     k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # the retrieve's exclude and seen items
+    # the models whose indexes the vector can query (a router's own model and those it was
+    # trained compatible with); a live index built for another model answers 409 unservable.
+    # None: not checked (the caller checks the `model_fingerprint` of the answer)
+    model_fingerprints: list[Fingerprint] | None = Field(
+        None, min_length=1, max_length=MAX_MODEL_FINGERPRINTS
+    )
 
     def check_limits(self, settings: Settings, dim: int) -> None:
         if len(self.vector) != dim:
@@ -248,6 +265,17 @@ class ShardSearchRequest(_Strict):
                 f"exclude: {len(self.exclude)} given, at most {limit} allowed "
                 "(UNISERVE_MAX_CANDIDATES + UNISERVE_MAX_EVENTS + UNISERVE_EVENTS_MAX_PER_USER: "
                 "a retrieve's exclude list and the user's seen items)",
+            )
+
+    def check_model(self, index_fingerprint: str) -> None:
+        """`unservable` unless the vector's model can query an index built for that model."""
+        if self.model_fingerprints is not None and index_fingerprint not in self.model_fingerprints:
+            raise ServiceError(
+                ErrorType.UNSERVABLE,
+                f"the live index was built for model {index_fingerprint[:12]}..., which the "
+                "sender's vectors cannot query (model_fingerprints: "
+                + ", ".join(f"{f[:12]}..." for f in self.model_fingerprints)
+                + "); serve the shard's model on the router, or this model's index here",
             )
 
 
@@ -482,5 +510,10 @@ class ErrorBody(_Strict):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (404, 413, 422, 429, 503)
+}
+# routes whose valid requests the replica's state may keep it from serving (409 unservable)
+STATE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    409: {"model": ErrorBody},
 }
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403)}

@@ -15,17 +15,20 @@ from starlette.responses import Response
 
 from service.api.deps import StateDep, local_engine
 from service.api.routes._json import StrictJSONRoute, json_bytes
-from service.api.schemas import ERROR_RESPONSES, ShardSearchRequest, ShardSearchResponse
+from service.api.schemas import STATE_ERROR_RESPONSES, ShardSearchRequest, ShardSearchResponse
 from service.core.filters import Filters
 from service.core.serving import scored_items, to_json
 
 router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
-@router.post("/v1/shard/search", response_model=ShardSearchResponse, responses=ERROR_RESPONSES)
+@router.post(
+    "/v1/shard/search", response_model=ShardSearchResponse, responses=STATE_ERROR_RESPONSES
+)
 async def shard_search(req: ShardSearchRequest, state: StateDep) -> Response:
     engine = local_engine(state)
-    req.check_limits(state.settings, engine.dim)
+    req.check_limits(state.settings, engine.dim)  # 422: the request breaks the document
+    req.check_model(engine.manifest.model_fingerprint)  # 409: valid, but not for this index
     filters = Filters.of(req.surfaces, req.exclude)  # normalised here, once, as retrieve does
     ids, scores = await engine.retrieve(np.asarray(req.vector, dtype=np.float32), req.k, filters)
     return json_bytes(
