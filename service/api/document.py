@@ -64,8 +64,15 @@ def describe_model(components: Mapping[str, Any], shape: ModelShape) -> None:
         item["anyOf"] = [
             branch for branch in item["anyOf"] if branch.get("required") != ["features"]
         ]
-    vector = components["ShardSearchRequest"]["properties"]["vector"]
+    if shape.features:
+        example = {name: "example" for name, _ in shape.features}
+        components["ItemEmbedRequest"].setdefault("examples", []).append(
+            {"items": [{"surface": "1", "features": example}]}
+        )
+    shard = components["ShardSearchRequest"]
+    vector = shard["properties"]["vector"]
     vector["minItems"] = vector["maxItems"] = shape.dim
+    shard["examples"] = [{"vector": [0.1] * shape.dim, "k": 10}]
 
 
 def describe_limits(components: Mapping[str, Any], settings: Settings) -> None:

@@ -176,6 +176,18 @@ def _one_of_given(*fields: str, non_empty: str | None = None) -> dict[str, Any]:
     return {"anyOf": [given(name) for name in fields]}
 
 
+def _user_schema(*examples: dict[str, Any]) -> ConfigDict:
+    """The config of a request naming a user: a user id or events, with examples (the
+    OpenAPI document's; unknown item ids are tolerated, so they hold for every model)."""
+    return ConfigDict(
+        extra="forbid",
+        json_schema_extra={**_one_of_given("user_id", "events"), "examples": list(examples)},
+    )
+
+
+EXAMPLE_EVENTS = [{"item_id": "42", "surface": "1"}, {"item_id": "7", "ts": 1_700_000_000.0}]
+
+
 class _UserRequest(_Strict):
     """A user given by id (stored events), by events, or both (stored events first)."""
 
@@ -198,10 +210,15 @@ class _UserRequest(_Strict):
 
 
 class UserEmbedRequest(_UserRequest):
+    model_config = _user_schema({"events": EXAMPLE_EVENTS}, {"user_id": "u1", "multi": True})
     multi: StrictBool = False  # also return the user's interest vectors (multi-vector mode)
 
 
 class EventsRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "u1", "events": EXAMPLE_EVENTS}]},
+    )
     user_id: Id
     events: list[EventIn] = Field(min_length=1)  # oldest first
 
@@ -211,6 +228,10 @@ class EventsRequest(_Strict):
 
 
 class RetrieveRequest(_UserRequest):
+    model_config = _user_schema(
+        {"events": EXAMPLE_EVENTS, "k": 10},
+        {"user_id": "u1", "k": 5, "surfaces": ["1"], "exclude": ["42"], "exclude_seen": True},
+    )
     k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # item ids never returned; unknown ignored
@@ -286,6 +307,7 @@ def shard_exclude_limit(settings: Settings) -> int:
 
 
 class RankRequest(_UserRequest):
+    model_config = _user_schema({"events": EXAMPLE_EVENTS, "candidates": ["42", "7", "1001"]})
     candidates: list[Id] = Field(min_length=1)
 
     def check_limits(self, settings: Settings) -> None:
@@ -317,6 +339,10 @@ class ItemIn(_Strict):
 
 
 class ItemEmbedRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"item_id": "42"}, {"surface": "1"}]}]},
+    )
     items: list[ItemIn] = Field(min_length=1)
 
     def check_limits(self, settings: Settings) -> None:
@@ -326,6 +352,10 @@ class ItemEmbedRequest(_Strict):
 
 class RollbackRequest(_Strict):
     """Body of POST /admin/rollback; without one, the newest older version that loads."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to": "20250601T120000000000Z-1a2b3c"}]}
+    )
 
     to: VersionId  # the version to make live and CURRENT
 
