@@ -25,6 +25,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict, JsonValue
 from pydantic_core import PydanticCustomError
 
 from index.paths import MAX_VERSION_CHARS, VERSION_ID_PATTERN
@@ -176,7 +177,7 @@ def _one_of_given(*fields: str, non_empty: str | None = None) -> dict[str, Any]:
     return {"anyOf": [given(name) for name in fields]}
 
 
-def _user_schema(*examples: dict[str, Any]) -> ConfigDict:
+def _user_schema(*examples: JsonDict) -> ConfigDict:
     """The config of a request naming a user: a user id or events, with examples (the
     OpenAPI document's; unknown item ids are tolerated, so they hold for every model)."""
     return ConfigDict(
@@ -185,7 +186,10 @@ def _user_schema(*examples: dict[str, Any]) -> ConfigDict:
     )
 
 
-EXAMPLE_EVENTS = [{"item_id": "42", "surface": "1"}, {"item_id": "7", "ts": 1_700_000_000.0}]
+EXAMPLE_EVENTS: list[JsonValue] = [
+    {"item_id": "42", "surface": "1"},
+    {"item_id": "7", "ts": 1_700_000_000.0},
+]
 
 
 class _UserRequest(_Strict):

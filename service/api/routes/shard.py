@@ -4,7 +4,10 @@ Internal, but harmless on every replica: it searches the live index exactly as /
 does (filters inside the search, k items whenever k are eligible), for a given vector instead of
 a user's events, and reports which shard of which build the index is (`extra["shard"]` of its
 manifest; null for an unsharded index), so the router can check its fleet. No cache: the router
-caches whole answers.
+caches whole answers. A vector of another length than the live model's breaks the OpenAPI
+document (422); a router that names the models its vector can query (`model_fingerprints`)
+none of which the live index was built for gets 409 `unservable`, and leaves this shard out. A
+router has no local index: 409 `unservable` there.
 """
 
 from __future__ import annotations
