@@ -4,7 +4,8 @@ FastAPI builds a generic document from the request models, which exist before an
 model. `install_document` replaces `app.openapi` with one that writes into it what decides
 whether a request is served: the settings' limits (k, events, candidates, items, exclusions:
 `schemas.settings_limits`) and the live model's shape (`ModelShape`: the metadata fields
-`features` may hold, by name and kind, and the length of a shard search's `vector`). The
+`features` may hold, by name and kind, the length of a shard search's `vector` and of the user
+and item vectors answered). The
 document is cached and rebuilt when the live model's shape differs from the one it was built
 for: a hot swap to a model with other features or another dimension, or the first load (before
 it, the document describes the generic shape). In router mode the router's model defines it.
@@ -73,6 +74,11 @@ def describe_model(components: Mapping[str, Any], shape: ModelShape) -> None:
     vector = shard["properties"]["vector"]
     vector["minItems"] = vector["maxItems"] = shape.dim
     shard["examples"] = [{"vector": [0.1] * shape.dim, "k": 10}]
+    # and what comes back: user and item vectors of the model's dimension
+    embedding = components["UserEmbedResponse"]["properties"]["embedding"]
+    embeddings = components["ItemEmbedResponse"]["properties"]["embeddings"]["items"]
+    for vectors in (embedding, embeddings):
+        vectors["minItems"] = vectors["maxItems"] = shape.dim
 
 
 def describe_limits(components: Mapping[str, Any], settings: Settings) -> None:
