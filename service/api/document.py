@@ -5,10 +5,10 @@ model. `install_document` replaces `app.openapi` with one that writes into it wh
 whether a request is served: the settings' limits (k, events, candidates, items, exclusions:
 `schemas.settings_limits`) and the live model's shape (`ModelShape`: the metadata fields
 `features` may hold, by name and kind, the length of a shard search's `vector` and of the user
-and item vectors answered). The
-document is cached and rebuilt when the live model's shape differs from the one it was built
-for: a hot swap to a model with other features or another dimension, or the first load (before
-it, the document describes the generic shape). In router mode the router's model defines it.
+and item vectors answered). The document is cached and rebuilt when the live model's shape
+differs from the one it was built for: the first load (before it, the document describes the
+generic shape) or a hot swap to a model with other features or another dimension; no hook in
+the reloader is needed. In router mode the router's model defines it.
 """
 
 from __future__ import annotations
@@ -61,15 +61,15 @@ def describe_model(components: Mapping[str, Any], shape: ModelShape) -> None:
     features.pop("propertyNames", None)
     features["properties"] = {name: feature_schema(kind) for name, kind in shape.features}
     features["additionalProperties"] = False
-    if not shape.features:  # only {} is valid: "features, not empty" cannot name an item
-        item["anyOf"] = [
-            branch for branch in item["anyOf"] if branch.get("required") != ["features"]
-        ]
     if shape.features:
         example = {name: "example" for name, _ in shape.features}
         components["ItemEmbedRequest"].setdefault("examples", []).append(
             {"items": [{"surface": "1", "features": example}]}
         )
+    else:  # only {} is valid: "features, not empty" cannot name an item
+        item["anyOf"] = [
+            branch for branch in item["anyOf"] if branch.get("required") != ["features"]
+        ]
     shard = components["ShardSearchRequest"]
     vector = shard["properties"]["vector"]
     vector["minItems"] = vector["maxItems"] = shape.dim
