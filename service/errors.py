@@ -19,6 +19,10 @@ class ErrorType(StrEnum):
     UNAUTHORIZED = "unauthorized"  # an admin route without the right bearer token
     FORBIDDEN = "forbidden"  # admin routes are off: no admin token is configured
     INDEX_REJECTED = "index_rejected"  # a reload or rollback refused the index version
+    # a valid request this replica cannot serve in its current state: mode "multi" without a
+    # multi-vector index, a local-index operation asked of a router, a shard search sent by a
+    # router whose model the live index was not built for
+    UNSERVABLE = "unservable"
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
@@ -39,7 +43,7 @@ def status_code(error_type: ErrorType) -> int:
             return 401
         case ErrorType.FORBIDDEN:
             return 403
-        case ErrorType.INDEX_REJECTED:
+        case ErrorType.INDEX_REJECTED | ErrorType.UNSERVABLE:
             return 409
         case ErrorType.TOO_LARGE:
             return 413

@@ -1,6 +1,7 @@
 """The app factory: settings in, a FastAPI app out; nothing is loaded until its lifespan runs.
 
-`create_app` builds the full app: every route, the docs and the lifespan. With `admin_port` set,
+`create_app` builds the full app: every route, the docs (whose OpenAPI document follows the
+settings and the live model: `service.api.document`) and the lifespan. With `admin_port` set,
 `uniserve serve` also builds `create_public_app` for the public listener: /v1, /healthz and
 /readyz only, sharing the full app's state (one engine, one cache, one lifespan).
 """
@@ -14,12 +15,13 @@ from typing import Any
 from fastapi import APIRouter, FastAPI, Security
 
 from service.api.auth import API_KEY, AuthMiddleware, Keys
+from service.api.document import install_document
 from service.api.fastlane import FastLane, fast_routes
 from service.api.handlers import install_error_handlers
 from service.api.lifespan import lifespan
 from service.api.middleware import BodyLimitMiddleware, MetricsMiddleware
 from service.api.routes import API_ROUTERS, PROBE_ROUTERS, ROUTERS
-from service.api.schemas import AUTH_ERRORS, settings_limits
+from service.api.schemas import AUTH_ERRORS
 from service.api.shedding import ShedMiddleware
 from service.api.state import AppState
 from service.settings import Settings
@@ -35,9 +37,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
         **_telemetry(settings),
     )
-    app.state.uniserve = AppState.create(settings)
-    _mount(app, app.state.uniserve, ROUTERS)
-    _document_limits(app, settings)
+    state = app.state.uniserve = AppState.create(settings)
+    _mount(app, state, ROUTERS)
+    # the OpenAPI document: the settings' limits and the live model's shape (service.api.document)
+    install_document(app, settings, lambda: state.live)
     return app
 
 
@@ -62,25 +65,6 @@ def _telemetry(settings: Settings) -> dict[str, Any]:
         return {}
     on = settings.otel_telemetry
     return {"telemetry": {"tracing": on, "metrics": on, "logs": on}}
-
-
-def _document_limits(app: FastAPI, settings: Settings) -> None:
-    """Put the settings' limits (k, events, candidates, items) into the OpenAPI document."""
-    build = app.openapi
-
-    def openapi() -> dict[str, Any]:
-        if app.openapi_schema is None:
-            components = build().get("components", {}).get("schemas", {})
-            for model, fields in settings_limits(settings).items():
-                properties = components.get(model, {}).get("properties", {})
-                for name, keywords in fields.items():
-                    field = properties.get(name, {})
-                    for branch in field.get("anyOf", [field]):  # the array / integer branch
-                        if branch.get("type") in ("array", "integer"):
-                            branch.update(keywords)
-        return app.openapi_schema or build()
-
-    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _mount(app: FastAPI, state: AppState, routers: Sequence[APIRouter]) -> None:

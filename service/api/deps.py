@@ -31,11 +31,11 @@ StateDep = Annotated[AppState, Depends(get_state)]
 
 
 def local_engine(state: AppState) -> Engine:
-    """The loaded engine; 503 not_ready (with the reason) while there is none, 422 in router
-    mode (no local index)."""
+    """The loaded engine; 503 not_ready (with the reason) while there is none, 409 unservable
+    in router mode (no local index)."""
     if state.engine is None:
         if state.settings.shards:
-            raise ServiceError(ErrorType.INVALID_INPUT, NOT_SHARDED.format(what="search"))
+            raise ServiceError(ErrorType.UNSERVABLE, NOT_SHARDED.format(what="search"))
         raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
     return state.engine
 
@@ -43,7 +43,7 @@ def local_engine(state: AppState) -> Engine:
 def live_engine(state: AppState) -> Engine | RouterEngine:
     """What serves requests: the router engine in router mode, else the local engine; 503
     not_ready (with the reason) while it is not loaded."""
-    live = state.router if state.settings.shards else state.engine
+    live = state.live
     if live is None:
         raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
     return live
@@ -76,10 +76,10 @@ async def get_live_engine(state: StateDep) -> Engine | RouterEngine:
 
 
 async def get_reloader(state: StateDep) -> Reloader:
-    """The engine swapper the lifespan made; 503 not_ready before the lifespan ran, 422 in
-    router mode (no local index to swap)."""
+    """The engine swapper the lifespan made; 503 not_ready before the lifespan ran, 409
+    unservable in router mode (no local index to swap)."""
     if state.settings.shards:
-        raise ServiceError(ErrorType.INVALID_INPUT, NOT_SHARDED.format(what="reload and roll back"))
+        raise ServiceError(ErrorType.UNSERVABLE, NOT_SHARDED.format(what="reload and roll back"))
     if state.reloader is None:
         raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
     return state.reloader

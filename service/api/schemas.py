@@ -25,6 +25,7 @@ from pydantic import (
     WithJsonSchema,
     model_validator,
 )
+from pydantic.config import JsonDict, JsonValue
 from pydantic_core import PydanticCustomError
 
 from index.paths import MAX_VERSION_CHARS, VERSION_ID_PATTERN
@@ -41,6 +42,10 @@ MAX_SURFACES = 1000  # surfaces one retrieve may filter on
 MAX_FEATURES = 64  # metadata fields of one item
 MAX_FEATURE_CHARS = 10_000  # one metadata value (a title, a description)
 MAX_VECTOR_DIM = 65_536  # dimensions of a user vector sent to POST /v1/shard/search
+# |value| of one of its dimensions: far beyond any model's output, and small enough that the
+# vector stays finite in float32, its norm and its inner products included
+MAX_VECTOR_VALUE = 1e15
+MAX_MODEL_FINGERPRINTS = 16  # models a shard search may say its vector can query
 
 
 def _json_type(value: Any) -> str:
@@ -125,8 +130,14 @@ FeatureValue = Annotated[
         {"anyOf": [{"type": "string", "maxLength": MAX_FEATURE_CHARS}, {"type": "number"}]}
     ),
 ]
-Number = Annotated[float, BeforeValidator(_to_number), WithJsonSchema({"type": "number"})]
+VectorValue = Annotated[
+    float,
+    BeforeValidator(_to_number),
+    Field(ge=-MAX_VECTOR_VALUE, le=MAX_VECTOR_VALUE),
+    WithJsonSchema({"type": "number", "minimum": -MAX_VECTOR_VALUE, "maximum": MAX_VECTOR_VALUE}),
+]
 FeatureName = Annotated[str, Field(min_length=1, max_length=MAX_ID_CHARS)]
+Fingerprint = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]  # sha256, hex
 VersionId = Annotated[
     str, Field(min_length=1, max_length=MAX_VERSION_CHARS, pattern=VERSION_ID_PATTERN)
 ]
@@ -166,6 +177,21 @@ def _one_of_given(*fields: str, non_empty: str | None = None) -> dict[str, Any]:
     return {"anyOf": [given(name) for name in fields]}
 
 
+def _user_schema(*examples: JsonDict) -> ConfigDict:
+    """The config of a request naming a user: a user id or events, with examples (the
+    OpenAPI document's; unknown item ids are tolerated, so they hold for every model)."""
+    return ConfigDict(
+        extra="forbid",
+        json_schema_extra={**_one_of_given("user_id", "events"), "examples": list(examples)},
+    )
+
+
+EXAMPLE_EVENTS: list[JsonValue] = [
+    {"item_id": "42", "surface": "1"},
+    {"item_id": "7", "ts": 1_700_000_000.0},
+]
+
+
 class _UserRequest(_Strict):
     """A user given by id (stored events), by events, or both (stored events first)."""
 
@@ -188,10 +214,15 @@ class _UserRequest(_Strict):
 
 
 class UserEmbedRequest(_UserRequest):
+    model_config = _user_schema({"events": EXAMPLE_EVENTS}, {"user_id": "u1", "multi": True})
     multi: StrictBool = False  # also return the user's interest vectors (multi-vector mode)
 
 
 class EventsRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"user_id": "u1", "events": EXAMPLE_EVENTS}]},
+    )
     user_id: Id
     events: list[EventIn] = Field(min_length=1)  # oldest first
 
@@ -201,6 +232,10 @@ class EventsRequest(_Strict):
 
 
 class RetrieveRequest(_UserRequest):
+    model_config = _user_schema(
+        {"events": EXAMPLE_EVENTS, "k": 10},
+        {"user_id": "u1", "k": 5, "surfaces": ["1"], "exclude": ["42"], "exclude_seen": True},
+    )
     k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # item ids never returned; unknown ignored
@@ -224,10 +259,17 @@ class RetrieveRequest(_UserRequest):
 class ShardSearchRequest(_Strict):
     """Body of POST /v1/shard/search: what a router sends each shard replica."""
 
-    vector: list[Number] = Field(min_length=1, max_length=MAX_VECTOR_DIM)  # user vector (D,)
+    # user vector (D,); the document says the live model's D (service.api.document)
+    vector: list[VectorValue] = Field(min_length=1, max_length=MAX_VECTOR_DIM)
     k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # the retrieve's exclude and seen items
+    # the models whose indexes the vector can query (a router's own model and those it was
+    # trained compatible with); a live index built for another model answers 409 unservable.
+    # None: not checked (the caller checks the `model_fingerprint` of the answer)
+    model_fingerprints: list[Fingerprint] | None = Field(
+        None, min_length=1, max_length=MAX_MODEL_FINGERPRINTS
+    )
 
     def check_limits(self, settings: Settings, dim: int) -> None:
         if len(self.vector) != dim:
@@ -250,6 +292,17 @@ class ShardSearchRequest(_Strict):
                 "a retrieve's exclude list and the user's seen items)",
             )
 
+    def check_model(self, index_fingerprint: str) -> None:
+        """`unservable` unless the vector's model can query an index built for that model."""
+        if self.model_fingerprints is not None and index_fingerprint not in self.model_fingerprints:
+            raise ServiceError(
+                ErrorType.UNSERVABLE,
+                f"the live index was built for model {index_fingerprint[:12]}..., which the "
+                "sender's vectors cannot query (model_fingerprints: "
+                + ", ".join(f"{f[:12]}..." for f in self.model_fingerprints)
+                + "); serve the shard's model on the router, or this model's index here",
+            )
+
 
 def shard_exclude_limit(settings: Settings) -> int:
     """Ids a shard search may exclude: a retrieve's own limit plus every item a user may have
@@ -258,6 +311,7 @@ def shard_exclude_limit(settings: Settings) -> int:
 
 
 class RankRequest(_UserRequest):
+    model_config = _user_schema({"events": EXAMPLE_EVENTS, "candidates": ["42", "7", "1001"]})
     candidates: list[Id] = Field(min_length=1)
 
     def check_limits(self, settings: Settings) -> None:
@@ -289,6 +343,10 @@ class ItemIn(_Strict):
 
 
 class ItemEmbedRequest(_Strict):
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"item_id": "42"}, {"surface": "1"}]}]},
+    )
     items: list[ItemIn] = Field(min_length=1)
 
     def check_limits(self, settings: Settings) -> None:
@@ -298,6 +356,10 @@ class ItemEmbedRequest(_Strict):
 
 class RollbackRequest(_Strict):
     """Body of POST /admin/rollback; without one, the newest older version that loads."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"to": "20250601T120000000000Z-1a2b3c"}]}
+    )
 
     to: VersionId  # the version to make live and CURRENT
 
@@ -482,5 +544,10 @@ class ErrorBody(_Strict):
 
 ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorBody} for code in (404, 413, 422, 429, 503)
+}
+# routes whose valid requests the replica's state may keep it from serving (409 unservable)
+STATE_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    **ERROR_RESPONSES,
+    409: {"model": ErrorBody},
 }
 AUTH_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorBody} for code in (401, 403)}

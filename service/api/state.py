@@ -44,6 +44,12 @@ class AppState:
         return self.reloader.engine if self.reloader is not None else None
 
     @property
+    def live(self) -> Engine | RouterEngine | None:
+        """What serves requests: the router engine in router mode, else the local engine; None
+        while it is not loaded."""
+        return self.router if self.settings.shards else self.engine
+
+    @property
     def not_ready_reason(self) -> str:
         """Why nothing serves yet (or any more), for /readyz and 503 answers."""
         if self.reloader is not None:

@@ -272,6 +272,16 @@ class ModelEngine:
     def dim(self) -> int:
         return self.embedder.dim
 
+    @property
+    def item_features(self) -> dict[str, str]:
+        """The metadata fields `embed_items` reads, by kind ("categorical" | "text"), in the
+        model's order; the surface is not one of them (it has its own place in an item)."""
+        return {
+            name: kind
+            for name, kind in self.embedder.metadata_fields.items()
+            if name != SURFACE_FIELD
+        }
+
     # ------------------------------------------------------------------ threads + backpressure
     async def _run(self, fn: Callable[..., T], *args: object) -> T:
         return await self.admission.run(fn, *args)
@@ -322,14 +332,14 @@ class ModelEngine:
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
-        fields = set(self.embedder.metadata_fields) - {SURFACE_FIELD}
+        fields = self.item_features
         for i, (_, _, features) in enumerate(items):
             if SURFACE_FIELD in features:
                 raise ServiceError(
                     ErrorType.INVALID_INPUT,
                     f"items[{i}].features: pass the surface as items[{i}].surface, not a feature",
                 )
-            unknown = sorted(set(features) - fields)
+            unknown = sorted(set(features).difference(fields))
             if unknown:
                 raise ServiceError(
                     ErrorType.INVALID_INPUT,
@@ -412,10 +422,11 @@ class Engine(ModelEngine):
         return await self.admission.searcher.submit(job)
 
     def require_multi(self) -> MultiIndex:
-        """The MUVERA index, or invalid_input when the live index was built without one."""
+        """The MUVERA index, or `unservable` (409: the request is valid, this index cannot
+        serve it) when the live index was built without one."""
         if self.multi is None:
             raise ServiceError(
-                ErrorType.INVALID_INPUT,
+                ErrorType.UNSERVABLE,
                 f"mode 'multi' needs an index built with multi-vectors; the live index "
                 f"{self.index_version!r} has none (publish one with `uniserve build-index "
                 "--mode multi`, or use mode 'single')",

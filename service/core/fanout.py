@@ -8,9 +8,11 @@ best eligible items, so the k best of their union are exactly the k best of the 
 A shard that times out, refuses the connection, answers an error or a body that does not fit
 is left out of the merge and named in `Merged.missing`: the caller answers with a partial
 result, never an error, unless every shard is missing. A shard is also left out when it
-serves an index built for a model the router's user vectors do not fit (`accepts_model`), or
-another shard than its position in the URL list says (a misconfigured fleet would otherwise
-silently lose part of the catalogue). What each shard last reported is kept in `status`.
+serves an index built for a model the router's user vectors do not fit (`model_fingerprints`:
+sent with every search, so the shard refuses it with 409 `unservable`, and checked again in
+its answer), or another shard than its position in the URL list says (a misconfigured fleet
+would otherwise silently lose part of the catalogue). What each shard last reported is kept in
+`status`.
 """
 
 from __future__ import annotations
@@ -82,21 +84,22 @@ class ShardFanout:
         timeout: float,
         *,
         headers: dict[str, str] | None = None,
-        accepts_model: Callable[[str], bool] = lambda fingerprint: True,
+        model_fingerprints: Sequence[str] | None = None,
         on_call: Callable[[int, str, float], None] | None = None,
         max_connections: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         """`urls`: base URL of shard 0, 1, ...; `timeout`: seconds one shard may take, the
-        connection included; `headers`: sent with every call (the API key); `accepts_model`:
-        whether an index built for that model fingerprint fits the router's user vectors;
+        connection included; `headers`: sent with every call (the API key);
+        `model_fingerprints`: the models whose indexes the router's user vectors can query (its
+        own and those it was trained compatible with; None: any);
         `on_call(shard, outcome, seconds)`: after every call (metrics)."""
         if not urls:
             raise ValueError("a fan-out needs at least one shard URL")
         self.urls = tuple(url.rstrip("/") for url in urls)
         self.timeout = timeout
         self.status = [ShardStatus(url) for url in self.urls]
-        self._accepts_model = accepts_model
+        self.model_fingerprints = None if model_fingerprints is None else list(model_fingerprints)
         self._on_call = on_call or (lambda shard, outcome, seconds: None)
         self._client = httpx.AsyncClient(
             headers={"content-type": "application/json", **(headers or {})},
@@ -124,6 +127,11 @@ class ShardFanout:
                 "k": k,
                 "surfaces": None if surfaces is None else list(surfaces),
                 "exclude": list(exclude),
+                **(
+                    {}
+                    if self.model_fingerprints is None
+                    else {"model_fingerprints": self.model_fingerprints}
+                ),
             }
         )
         answers = await asyncio.gather(*(self._call(i, body) for i in range(len(self.urls))))
@@ -176,7 +184,7 @@ class ShardFanout:
                 f"{self.urls[shard]} serves {_describe(spec)}, but is listed as shard {shard} "
                 f"of {len(self.urls)} in UNISERVE_SHARD_URLS"
             )
-        if not self._accepts_model(fingerprint):
+        if self.model_fingerprints is not None and fingerprint not in self.model_fingerprints:
             raise ShardAnswerError(
                 f"index {version!r} was built for model {fingerprint[:12]}..., which the "
                 "router's model cannot query; serve the shards' model on the router"

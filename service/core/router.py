@@ -5,20 +5,21 @@ With `UNISERVE_SHARD_URLS` set, a uniserve replica loads only its model and answ
 fanning the search out to the shard replicas (`service.core.fanout`). Everything that needs only the
 model works as usual: `/v1/users/embed`, `/v1/rank` (scored against the model's own item
 vectors), `/v1/items/embed`, `/v1/events`. What needs a local index does not: retrieve with
-mode "multi" is 422 `invalid_input`, `/admin/reload` and `/admin/rollback` are 422 (reload the
-shards instead). The model must be one the shards' indexes were built for, or one trained
-backward-compatible with it (`models.compat`); a shard whose index it cannot query is left out.
+mode "multi", `/v1/shard/search`, `/admin/reload` and `/admin/rollback` are 409 `unservable`
+(valid requests this replica cannot serve; reload the shards instead). The model must be one
+the shards' indexes were built for, or one trained backward-compatible with it
+(`models.compat`); the router sends those fingerprints with every shard search, and a shard
+whose index it cannot query refuses (409 `unservable`) and is left out.
 """
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from typing import NoReturn
 
 import numpy as np
 
-from models.compat import serves_index_of
+from models.compat import compatible_fingerprints
 from models.embedder import Embedder
 from service.core.engine import Admission, ModelEngine
 from service.core.fanout import Merged, ShardFanout
@@ -50,7 +51,7 @@ class RouterEngine(ModelEngine):
 
     def require_multi(self) -> NoReturn:
         raise ServiceError(
-            ErrorType.INVALID_INPUT,
+            ErrorType.UNSERVABLE,
             "mode 'multi' is not served in router mode: "
             + NOT_SHARDED.format(what="use mode 'single', or send multi requests"),
         )
@@ -81,6 +82,13 @@ def load_router_model(settings: Settings) -> Embedder:
     return embedder
 
 
+def router_fingerprints(embedder: Embedder) -> list[str]:
+    """Fingerprints of the models whose indexes a router's user vectors can query: its own,
+    then those it was trained backward-compatible with (`models.compat`)."""
+    own = embedder.fingerprint
+    return [own, *sorted(compatible_fingerprints(embedder.config) - {own})]
+
+
 def make_router(
     settings: Settings,
     embedder: Embedder,
@@ -95,7 +103,8 @@ def make_router(
         settings.shards,
         settings.shard_timeout_seconds,
         headers={"authorization": f"Bearer {key}"} if key else None,
-        accepts_model=functools.partial(serves_index_of, embedder.config, embedder.fingerprint),
+        # the indexes its user vectors can query (`models.compat.serves_index_of`)
+        model_fingerprints=router_fingerprints(embedder),
         on_call=on_call,
         # one connection per shard for every request this replica computes at once
         max_connections=settings.max_pending_requests * len(settings.shards),

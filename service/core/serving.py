@@ -261,7 +261,7 @@ class ServingCore:
         `surfaces` and `exclude` are normalised here, once (`Filters.of`)."""
         started = time.perf_counter()
         if mode == "multi":
-            self.engine.require_multi()  # a clear 422 before any lookup
+            self.engine.require_multi()  # a clear 409 before any lookup
         filters = Filters.of(surfaces, exclude)
         with self._budget():
             history = await self.history(user_id, events)

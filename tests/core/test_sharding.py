@@ -350,9 +350,10 @@ async def test_router_serves_model_routes_and_reports_its_shards(pair: Pair, fle
     assert ranked[0]["items"] == ranked[1]["items"] and ranked[0]["unknown"] == ["no-such-item"]
 
     multi = await router.client.post("/v1/retrieve", json={**user, "k": 5, "mode": "multi"})
-    assert multi.status_code == 422 and multi.json()["error_type"] == "invalid_input"
+    # valid requests a router cannot serve (no local index): 409 unservable, not 422
+    assert multi.status_code == 409 and multi.json()["error_type"] == "unservable"
     shard_route = await router.client.post("/v1/shard/search", json={"vector": [0.0], "k": 1})
-    assert shard_route.status_code == 422 and "router" in shard_route.json()["error"]
+    assert shard_route.status_code == 409 and "router" in shard_route.json()["error"]
 
 
 @pytest.mark.anyio

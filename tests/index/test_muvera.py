@@ -211,13 +211,14 @@ async def test_users_embed_multi_returns_interests(multi_api: Served) -> None:
 
 
 @pytest.mark.anyio
-async def test_multi_mode_on_an_index_without_multi_vectors_is_a_clear_422(api: Served) -> None:
+async def test_multi_mode_on_an_index_without_multi_vectors_is_a_clear_409(api: Served) -> None:
+    # valid (the document allows mode "multi"), but this index cannot serve it: 409, not 422
     resp = await api.client.post(
         "/v1/retrieve", json={"events": [{"item_id": "x"}], "k": K, "mode": "multi"}
     )
-    assert resp.status_code == 422, resp.text
+    assert resp.status_code == 409, resp.text
     body = resp.json()
-    assert body["error_type"] == "invalid_input" and "--mode multi" in body["error"]
+    assert body["error_type"] == "unservable" and "--mode multi" in body["error"]
     bad = await api.client.post(
         "/v1/retrieve", json={"events": [{"item_id": "x"}], "k": K, "mode": "many"}
     )

@@ -8,12 +8,12 @@ from starlette.responses import Response
 
 from service.api.deps import StateDep, serving_core
 from service.api.routes._json import StrictJSONRoute, json_bytes
-from service.api.schemas import ERROR_RESPONSES, RetrieveRequest, RetrieveResponse
+from service.api.schemas import STATE_ERROR_RESPONSES, RetrieveRequest, RetrieveResponse
 
 router = APIRouter(tags=["retrieval"], route_class=StrictJSONRoute)
 
 
-@router.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERROR_RESPONSES)
+@router.post("/v1/retrieve", response_model=RetrieveResponse, responses=STATE_ERROR_RESPONSES)
 async def retrieve(req: RetrieveRequest, state: StateDep) -> Response:
     serving = serving_core(state)
     req.check_limits(state.settings)
