@@ -59,10 +59,13 @@ class FeatureSpec:
     def from_table(
         table: ItemTable, *, text_buckets: int = 1 << 15, text_max_tokens: int = 32
     ) -> FeatureSpec:
-        """Vocabularies for the table's categorical fields (the surface is one of them)."""
+        """Vocabularies for the table's categorical fields (the surface is one of them), in
+        name order: the order a saved `config.json` (written with sorted keys) gives back, so a
+        field's position, and with it its embedding table, is the same after loading."""
         columns = {SURFACE_FIELD: table.surface, **table.categorical}
         categorical = {
-            name: sorted({str(v) for v in col if str(v) != ""}) for name, col in columns.items()
+            name: sorted({str(v) for v in col if str(v) != ""})
+            for name, col in sorted(columns.items())
         }
         return FeatureSpec(categorical, sorted(table.text), text_buckets, text_max_tokens)
 
