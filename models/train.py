@@ -130,13 +130,17 @@ class TrainConfig:
             "dim",
             "epochs",
             "batch_size",
-            "num_negatives",
             "max_len",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.in_batch_negatives < 0:
-            raise ValueError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        if min(self.in_batch_negatives, self.num_negatives) < 0 or (
+            self.in_batch_negatives + self.num_negatives < 1
+        ):
+            raise ValueError(
+                f"negative counts must be >= 0 with at least one negative, got in_batch="
+                f"{self.in_batch_negatives}, uniform={self.num_negatives}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0 or self.sparse_lr <= 0:
@@ -521,8 +525,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         )
         for step in bar:
             idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            ids = torch.from_numpy(win_ids[idx]).to(device)  # (B, L+1)
-            surfaces = torch.from_numpy(win_surf[idx]).to(device)  # (B, L+1)
+            # windows are left-padded: drop the columns that are padding in every window of the
+            # batch (positions count from each window's first event, so nothing else changes)
+            first = int((win_ids[idx] != PAD_ID).any(0).argmax())
+            ids = torch.from_numpy(win_ids[idx, first:]).to(device)  # (B, T+1), T <= L
+            surfaces = torch.from_numpy(win_surf[idx, first:]).to(device)  # (B, T+1)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             mask = inputs != PAD_ID  # (B, L)
             in_surf = surfaces[:, :-1]  # (B, L)
