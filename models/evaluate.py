@@ -456,6 +456,22 @@ def evaluate_cooccurrence(
 # ---------------------------------------------------------------------------------------------
 
 
+def baseline_metrics(
+    corpus: Corpus, vocab: Vocab, eval_set: EvalSet, *, seed: int = 0, cooccurrence: bool = True
+) -> dict[str, object]:
+    """Both baselines on ``eval_set``: {"most_popular", "cooccurrence",
+    "cooccurrence_valid_ndcg@10" (its grid on the validation split)}; ``corpus.train`` is
+    what they count (without held-out items, if any)."""
+    out: dict[str, object] = {
+        "most_popular": evaluate_popularity(corpus, vocab, eval_set, seed=seed)
+    }
+    if cooccurrence:
+        cooc, tried = choose_cooccurrence(corpus, vocab)
+        out["cooccurrence"] = evaluate_cooccurrence(cooc, vocab, eval_set, seed=seed)
+        out["cooccurrence_valid_ndcg@10"] = tried
+    return out
+
+
 def evaluation_report(
     model: Recommender,
     vocab: Vocab,
@@ -497,11 +513,11 @@ def evaluation_report(
     }
     report: dict[str, object] = {"metrics": metrics}
     if baselines:
-        metrics["most_popular"] = evaluate_popularity(corpus, vocab, eval_set, seed=seed)
-        if full:
-            cooc, tried = choose_cooccurrence(corpus, vocab)
-            metrics["cooccurrence"] = evaluate_cooccurrence(cooc, vocab, eval_set, seed=seed)
-            report["cooccurrence_valid_ndcg@10"] = tried
+        found = baseline_metrics(corpus, vocab, eval_set, seed=seed, cooccurrence=full)
+        report["cooccurrence_valid_ndcg@10"] = found.pop("cooccurrence_valid_ndcg@10", None)
+        metrics.update(found)
+        if not full:
+            report.pop("cooccurrence_valid_ndcg@10")
     if by_surface or cold_items:
         report["sampled_by_target_surface"] = evaluate_model(
             model,

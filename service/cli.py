@@ -16,7 +16,8 @@ from typing import Any
 
 DATA_HELP = (
     "dataset: 'sample' (shipped KuaiRand sample), 'kuairand', 'amazon-art-office', "
-    "or a directory in the generic format (interactions.parquet [+ items.parquet])"
+    "'amazon-sports', 'amazon-toys' (../shared/data/amazon-s3rec), or a directory in the "
+    "generic format (interactions.parquet [+ items.parquet])"
 )
 
 
@@ -36,6 +37,14 @@ def _train(args: argparse.Namespace) -> int:
         in_batch_negatives=args.in_batch_negatives,
         temperature=args.temperature,
         dropout=args.dropout,
+        norm_first=args.norm == "pre",
+        gated=args.gated,
+        filter=args.filter,
+        loss=args.loss,
+        full_softmax_max_items=args.full_softmax_max_items,
+        contrastive=args.contrastive,
+        weight_decay=args.weight_decay,
+        patience=args.patience or None,
         id_dropout=args.id_dropout,
         normalize_items=not args.no_normalize_items,
         item_bias=args.item_bias,
@@ -64,22 +73,27 @@ def _train(args: argparse.Namespace) -> int:
         file=sys.stderr,
     )
     report = train_to_dir(corpus, cfg, Path(args.out), evaluate=not args.no_eval)
+    if not args.no_eval and len(corpus.test):  # both baselines beside the model
+        from dataclasses import replace
+
+        from models.artifacts import load_model
+        from models.evaluate import baseline_metrics
+        from models.holdout import drop_items
+
+        vocab = load_model(Path(args.out))[2]
+        cold = report["training"].get("cold_items", [])
+        counted = replace(corpus, train=drop_items(corpus.train, cold)) if cold else corpus
+        found = baseline_metrics(counted, vocab, corpus.test, seed=args.seed)
+        report["cooccurrence_valid_ndcg@10"] = found.pop("cooccurrence_valid_ndcg@10")
+        report["metrics"].update(found)
     _print_report(report)
     return 0
 
 
 def _evaluate(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
     from models.artifacts import load_model
     from models.data import load_corpus
-    from models.evaluate import (
-        evaluate_model,
-        evaluate_popularity,
-        evaluate_within_surface,
-        popularity_scores,
-    )
-    from models.holdout import drop_items
+    from models.evaluate import evaluation_report
 
     model, _, vocab, config = load_model(Path(args.model))
     if args.cold_boost is not None:  # serving-only: the weights are the same for every boost
@@ -91,60 +105,19 @@ def _evaluate(args: argparse.Namespace) -> int:
         item_model, _, old_vocab, _ = load_model(Path(args.item_model))
         if list(old_vocab.item_ids) != list(vocab.item_ids):
             raise ValueError(f"{args.item_model} has another item catalogue than {args.model}")
-    corpus = load_corpus(args.data)
-    cold = config.get("training", {}).get("cold_items", [])
-    if cold:  # the model never saw these items: neither does the popularity baseline
-        corpus = replace(corpus, train=drop_items(corpus.train, cold))
-    split = corpus.test if args.split == "test" else corpus.valid
-    report: dict[str, Any] = {
-        "metrics": {
-            "split": args.split,
-            "model": evaluate_model(
-                model,
-                vocab,
-                split,
-                seed=args.seed,
-                dim=args.dim,
-                item_model=item_model,
-                full_ranking=args.protocol != "sampled100",
-            ),
-        }
-    }
-    if not args.no_baseline:
-        report["metrics"]["most_popular"] = evaluate_popularity(
-            corpus, vocab, split, seed=args.seed
-        )
-    if args.by_surface or cold:
-        report["sampled_by_target_surface"] = evaluate_model(
-            model,
-            vocab,
-            replace(split, group=split.target_surface.astype(object)),
-            seed=args.seed,
-            dim=args.dim,
-            item_model=item_model,
-            full_ranking=False,
-        )
-    if (args.by_surface or cold) and args.protocol != "sampled100":
-        surfaces = corpus.items.surface.astype(str)
-        report["within_surface"] = {
-            "split": args.split,
-            "model": evaluate_within_surface(
-                model, vocab, surfaces, split, cold_items=cold, dim=args.dim
-            ),
-            "most_popular": evaluate_within_surface(
-                None,
-                vocab,
-                surfaces,
-                split,
-                popularity=popularity_scores(corpus, vocab, args.seed),
-                cold_items=cold,
-            ),
-        }
-    if args.protocol != "both":
-        wanted = "full" if args.protocol == "full" else "sampled"
-        for who in ("model", "most_popular"):
-            for res in report["metrics"].get(who, {}).values():
-                res.pop("sampled" if wanted == "full" else "full", None)
+    report = evaluation_report(
+        model,
+        vocab,
+        load_corpus(args.data),
+        split=args.split,
+        protocol=args.protocol,
+        cold_items=config.get("training", {}).get("cold_items", []),
+        by_surface=args.by_surface,
+        baselines=not args.no_baseline,
+        dim=args.dim,
+        item_model=item_model,
+        seed=args.seed,
+    )
     report["model_dir"], report["dim"] = args.model, args.dim or model.dim
     if args.json:
         print(json.dumps(report, indent=2))
@@ -157,15 +130,15 @@ def _print_report(report: dict[str, Any]) -> None:
     metrics = report.get("metrics")
     if metrics:
         print(
-            f"{'':14}{'group':>8}{'n':>6}  {'protocol':<8}" + "".join(f"{m:>11}" for m in _METRICS)
+            f"{'':14}{'group':>8}{'n':>7}  {'protocol':<18}" + "".join(f"{m:>11}" for m in _METRICS)
         )
-        for who in ("most_popular", "model"):
+        for who in ("most_popular", "cooccurrence", "model"):
             for group, res in metrics.get(who, {}).items():
-                for protocol in ("full", "sampled"):
+                for protocol in ("full_seen_removed", "full", "sampled"):
                     if protocol not in res:
                         continue
                     vals = "".join(f"{res[protocol][m]:>11.4f}" for m in _METRICS)
-                    print(f"{who:<14}{group:>8}{res['n']:>6}  {protocol:<8}{vals}")
+                    print(f"{who:<14}{group:>8}{res['n']:>7}  {protocol:<18}{vals}")
     within = report.get("within_surface")
     if within:
         print("full ranking within the target's surface (what /v1/retrieve with surfaces does):")
@@ -177,11 +150,18 @@ def _print_report(report: dict[str, Any]) -> None:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
         if t.get("best_epoch"):
-            full = t.get("valid_ndcg@10_full")
+            per_epoch = ", ".join(
+                f"({name}) {t[key]}"
+                for name, key in (
+                    ("sampled", "valid_ndcg@10_sampled"),
+                    ("full ranking", "valid_ndcg@10_full"),
+                    ("seen removed", "valid_ndcg@10_full_seen_removed"),
+                )
+                if t.get(key)
+            )
             print(
-                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}"
-                + (f", (full ranking) {full}" if full else "")
-                + f": kept epoch {t['best_epoch']}"
+                f"validation NDCG@10 per epoch {per_epoch}: kept epoch {t['best_epoch']}"
+                + (f" ({t['stopped']})" if t.get("stopped") else "")
             )
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
@@ -434,15 +414,53 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     p.add_argument("--max-len", type=int, default=50, help="events per user kept (default 50)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
-    p.add_argument("--negatives", type=int, default=1024, help="uniform negatives per step")
     p.add_argument(
-        "--in-batch-negatives", type=int, default=1024,
-        help="negatives drawn from the batch's own targets (0 = uniform negatives only)",
+        "--epochs", type=int, default=200,
+        help="the most passes over the training data (default 200); --patience stops earlier",
+    )  # fmt: skip
+    p.add_argument(
+        "--patience", type=int, default=5,
+        help="stop when the --select-on validation NDCG@10 has not improved for this many "
+        "epochs, keeping the best epoch (default 5; 0 = run every epoch)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
+    p.add_argument(
+        "--loss", choices=["auto", "full", "sampled"], default="auto",
+        help="softmax over the whole catalogue (full), over sampled negatives with log-q "
+        "correction (sampled), or auto: full up to --full-softmax-max-items items (default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--full-softmax-max-items", type=int, default=50_000,
+        help="with --loss auto: the largest catalogue trained with the full softmax "
+        "(default 50000; above it the sampled one, whose step cost does not grow with it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--negatives", type=int, default=4096, help="sampled softmax: uniform negatives per step"
+    )
+    p.add_argument(
+        "--in-batch-negatives", type=int, default=0,
+        help="sampled softmax: negatives drawn from the batch's own targets (default 0)",
     )  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (cosine)")
-    p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
+    p.add_argument("--dropout", type=float, default=0.3, help="transformer dropout (0.3)")
+    p.add_argument(
+        "--norm", choices=["post", "pre"], default="post",
+        help="layer norm after each residual branch (post, SASRec; default) or before (pre)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gated", action="store_true", help="LiGR-style gated residuals (needs --norm pre)"
+    )
+    p.add_argument(
+        "--filter", action="store_true",
+        help="add a causal frequency-domain filter beside attention (FMLP-Rec/BSARec-like)",
+    )  # fmt: skip
+    p.add_argument(
+        "--contrastive", type=float, default=0.0, metavar="W",
+        help="add DuoRec's dropout-view contrastive loss with weight W (default 0 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)"
+    )
     p.add_argument(
         "--id-dropout", type=float, default=0.1, help="item-id dropout (cold-start path)"
     )
@@ -466,9 +484,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument(
-        "--select-on", choices=["sampled", "full"], default="sampled",
-        help="validation NDCG@10 that picks the kept epoch: sampled (100 uniform negatives, "
-        "default) or full (ranked against the whole catalogue, as retrieval serves)",
+        "--select-on", choices=["full_seen_removed", "full", "sampled"],
+        default="full_seen_removed",
+        help="validation NDCG@10 that picks the kept epoch and drives --patience: "
+        "full_seen_removed (the whole catalogue less the user's history items: the field's "
+        "protocol; default), full (the whole catalogue, as retrieval serves) or sampled (100 "
+        "uniform negatives)",
     )  # fmt: skip
     p.add_argument(
         "--id-only", "--no-surface", dest="id_only", action="store_true",
@@ -529,7 +550,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train)
 
     p = sub.add_parser(
-        "evaluate", help="Recall/NDCG@10/20 of a model and the most-popular baseline"
+        "evaluate",
+        help="Recall(=HR)/NDCG@10/20 of a model, the most-popular and co-occurrence baselines",
     )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--data", "--dataset", dest="data", default="sample", help=DATA_HELP)
@@ -538,10 +560,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--protocol", choices=["both", "full", "sampled100"], default="both",
-        help="full ranking, 100 uniform sampled negatives (AutoCDSR), or both (default)",
+        help="full: full ranking, with and without the user's seen items; sampled100: 100 "
+        "uniform sampled negatives (AutoCDSR); both (default)",
     )  # fmt: skip
     p.add_argument("--json", action="store_true", help="print the report as JSON")
-    p.add_argument("--no-baseline", action="store_true", help="skip the most-popular baseline")
+    p.add_argument(
+        "--no-baseline", action="store_true",
+        help="skip the baselines (most-popular, item-to-item co-occurrence)",
+    )  # fmt: skip
     p.add_argument(
         "--item-model", default=None, metavar="OLD_MODEL_DIR",
         help="score --model's user vectors against this model's item vectors (compatibility: "
