@@ -430,9 +430,9 @@ def build_parser() -> argparse.ArgumentParser:
         "correction (sampled), or auto: full up to --full-softmax-max-items items (default)",
     )  # fmt: skip
     p.add_argument(
-        "--full-softmax-max-items", type=int, default=50_000,
+        "--full-softmax-max-items", type=int, default=10_000,
         help="with --loss auto: the largest catalogue trained with the full softmax "
-        "(default 50000; above it the sampled one, whose step cost does not grow with it)",
+        "(default 10000; above it the sampled one, whose step cost does not grow with it)",
     )  # fmt: skip
     p.add_argument(
         "--negatives", type=int, default=4096, help="sampled softmax: uniform negatives per step"
