@@ -207,8 +207,8 @@ OPTION_CONFIGS = {
     "full softmax": dict(loss="full"),
     "sampled uniform": dict(loss="sampled", in_batch_negatives=0, num_negatives=16),
     "in-batch only": dict(loss="sampled", in_batch_negatives=16, num_negatives=0),
-    "post-norm": dict(norm_first=False),
-    "gated": dict(gated=True),
+    "pre-norm": dict(norm_first=True),
+    "gated": dict(norm_first=True, gated=True),
     "filter": dict(filter=True),
     "contrastive": dict(contrastive=0.1),
 }
