@@ -78,9 +78,9 @@ def rank_targets(
             first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (e,)
             cols = hist[first + np.arange(len(which))]  # (e,) catalogue rows
             drop = (cols >= 0) & (cols != rows[which])  # the target is never removed
-            scores[torch.from_numpy(which[drop]).to(dev), torch.from_numpy(cols[drop]).to(dev)] = (
-                -torch.inf
-            )
+            scores[
+                torch.from_numpy(which[drop]).to(dev), torch.from_numpy(cols[drop]).to(dev)
+            ] = -torch.inf
         unseen_b = (scores >= target).sum(1) - 1
         for out, vals in ((full, full_b), (unseen, unseen_b), (sampled, sampled_b)):
             out[idx[known]] = vals.cpu().numpy()[known]
@@ -400,7 +400,13 @@ class Cooccurrence:
         return (self.counts_t @ profile).T + self.popularity  # (b, N)
 
 
-COOCCURRENCE_GRID = ((1, 1, 1.0), (3, 3, 0.5), (5, 5, 0.7), (10, 5, 0.7), (20, 10, 0.8))  # (window, last, decay)
+COOCCURRENCE_GRID = (
+    (1, 1, 1.0),
+    (3, 3, 0.5),
+    (5, 5, 0.7),
+    (10, 5, 0.7),
+    (20, 10, 0.8),
+)  # (window, last, decay)
 
 
 def choose_cooccurrence(

@@ -101,7 +101,9 @@ class TrainConfig:
     time_budget_s: float | None = None  # stop early after this much wall time
     text_buckets: int = 1 << 15
     select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10
-    select_on: str = "full_seen_removed"  # which validation NDCG@10 picks the epoch: "sampled" (target
+    select_on: str = (
+        "full_seen_removed"  # which validation NDCG@10 picks the epoch: "sampled" (target
+    )
     # vs 100 uniform negatives, the AutoCDSR protocol), "full" (against the whole catalogue:
     # what retrieval serves; costs one full scoring of the validation users per epoch) or
     # "full_seen_removed" (the same without the user's history items: the field's protocol)
@@ -231,7 +233,11 @@ class TrainResult:
                 else {}
             ),
             **(
-                {"valid_ndcg@10_full_seen_removed": [round(x, 5) for x in self.valid_seen_removed_ndcg]}
+                {
+                    "valid_ndcg@10_full_seen_removed": [
+                        round(x, 5) for x in self.valid_seen_removed_ndcg
+                    ]
+                }
                 if self.valid_seen_removed_ndcg
                 else {}
             ),
@@ -315,7 +321,7 @@ def length_bucketed_batches(
     ten events, that is most of the transformer's work); batch order shuffled again."""
     order = rng.permutation(len(lengths))  # (W,)
     span = batch_size * pool
-    batches = []
+    batches: list[np.ndarray] = []
     for lo in range(0, len(order), span):
         chunk = order[lo : lo + span]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
@@ -364,7 +370,9 @@ def validation_ndcg(
 
     def measure() -> dict[str, float]:
         if cfg.select_on == "sampled":
-            return {"sampled": sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]}
+            return {
+                "sampled": sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+            }
         device = model.item_cat.device
         users = torch.from_numpy(user_vectors_for(model, vocab, corpus.valid)).to(device)
         items = model.eval().all_item_vectors()  # (N, dim)
@@ -632,7 +640,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             if best_state is None or chosen[-1] > max(chosen[:-1]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch + 1
-            elif cfg.patience is not None and epoch + 1 - result.best_epoch >= cfg.patience:
+            elif cfg.patience is not None and epoch + 1 - (result.best_epoch or 0) >= cfg.patience:
                 result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
                 break
         if stop:

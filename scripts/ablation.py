@@ -82,7 +82,7 @@ DATASETS = ("toys", "sports")
 _CORPORA: dict[str, object] = {}
 
 
-def _corpus(root: str, name: str):  # noqa: ANN202 (cached per worker process)
+def _corpus(root: str, name: str):
     from models.data import load_generic
 
     if name not in _CORPORA:
@@ -96,14 +96,20 @@ def run_row(job: dict) -> dict:
     """Train one (row, dataset, seed) and measure it; runs in a worker process."""
     import torch
 
-    from models.evaluate import history_rows, metrics_from_ranks, rank_targets, sample_negatives
-    from models.evaluate import user_vectors_for
+    from models.evaluate import (
+        history_rows,
+        metrics_from_ranks,
+        rank_targets,
+        sample_negatives,
+        user_vectors_for,
+    )
     from models.train import TrainConfig, train
 
     torch.set_num_threads(job["threads"])
     corpus = _corpus(job["root"], job["dataset"])
+    overrides: dict = {**BASE, **ROWS[job["row"]]}
     cfg = TrainConfig(
-        **{**BASE, **ROWS[job["row"]]},
+        **overrides,
         seed=job["seed"],
         device=job["device"],
         progress=False,
@@ -118,7 +124,7 @@ def run_row(job: dict) -> dict:
     with torch.inference_mode():
         items = model.all_item_vectors()
 
-    def measure(eval_set) -> tuple[dict[str, float], dict[str, float]]:  # noqa: ANN001
+    def measure(eval_set) -> tuple[dict[str, float], dict[str, float]]:
         rows = result.vocab.item_rows(eval_set.target_item)
         with torch.inference_mode():
             users = torch.from_numpy(user_vectors_for(model, result.vocab, eval_set)).to(device)

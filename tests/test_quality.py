@@ -98,7 +98,9 @@ def _corpus(n_items: int = 40, n_users: int = 120, seed: int = 0) -> Corpus:
     def evalset(cut: int) -> EvalSet:
         hist = [s[: len(s) - cut - 1] for s in seqs]
         return EvalSet(
-            Sequences.from_lists([f"u{u}" for u in range(n_users)], hist, [[""] * len(h) for h in hist]),
+            Sequences.from_lists(
+                [f"u{u}" for u in range(n_users)], hist, [[""] * len(h) for h in hist]
+            ),
             np.array([s[len(s) - cut - 1] for s in seqs], dtype=object),
             np.array([""] * n_users, dtype=object),
             np.array(["all"] * n_users, dtype=object),
@@ -186,7 +188,7 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkey
     scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.95])
     states: list[dict[str, torch.Tensor]] = []
 
-    def fake_validation(model, vocab, corpus, cfg, counts):  # noqa: ANN001, ANN202
+    def fake_validation(model, vocab, corpus, cfg, counts):
         states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
         return {"full_seen_removed": next(scripted)}
 
@@ -252,7 +254,7 @@ def test_evaluation_report_policy() -> None:
 
 
 def test_s3rec_loaders_read_shared_data_or_say_where_it_is_missing(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="amazon-toys: .*not found"):
+    with pytest.raises(FileNotFoundError, match=r"amazon-toys: .*not found"):
         load_s3rec("amazon-toys", root=tmp_path)
     with pytest.raises(ValueError, match="unknown S3-Rec dataset"):
         load_s3rec("amazon-books")
