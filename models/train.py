@@ -381,7 +381,7 @@ def validation_ndcg(
             lambda idx: users[torch.from_numpy(idx).to(device)] @ items.T,
             rows,
             sample_negatives(rows, len(vocab), 100, cfg.seed),
-            batch_size=1024,
+            batch_size=max(1, min(1024, 50_000_000 // len(vocab))),  # (b, N) scores <= 200 MB
             seen=history_rows(vocab, corpus.valid.history),
         )
         return {
