@@ -163,6 +163,9 @@ def _print_report(report: dict[str, Any]) -> None:
                 f"validation NDCG@10 per epoch {per_epoch}: kept epoch {t['best_epoch']}"
                 + (f" ({t['stopped']})" if t.get("stopped") else "")
             )
+    if report.get("cooccurrence_valid_ndcg@10"):
+        tried = report["cooccurrence_valid_ndcg@10"]
+        print(f"co-occurrence baseline, validation NDCG@10 (seen removed) per setting: {tried}")
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
 
