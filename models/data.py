@@ -609,23 +609,46 @@ def write_generic(directory: Path, sequences: Sequences, items: ItemTable) -> No
 # ---------------------------------------------------------------------------------------------
 
 
+S3REC_DATASETS = {"amazon-sports": "sports", "amazon-toys": "toys"}  # name -> folder
+
+
+def load_s3rec(name: str, root: Path | None = None) -> Corpus:
+    """Amazon Sports or Toys (S3-Rec 5-core), generic format with ``tags`` metadata, read from
+    ``shared/data/amazon-s3rec/<folder>`` (never copied into the repository)."""
+    if name not in S3REC_DATASETS:
+        raise ValueError(f"unknown S3-Rec dataset {name!r}: expected one of {list(S3REC_DATASETS)}")
+    path = (root or shared_data_dir() / "amazon-s3rec") / S3REC_DATASETS[name]
+    if not (path / INTERACTIONS_FILE).is_file():
+        raise FileNotFoundError(
+            f"{name}: {path / INTERACTIONS_FILE} not found (the S3-Rec data is read from "
+            f"../shared/data/amazon-s3rec/, or ${SHARED_DATA_ENV}/amazon-s3rec/; it is not shipped)"
+        )
+    corpus = load_generic(path, text_fields=["tags"])
+    corpus.name = name
+    return corpus
+
+
 def load_corpus(spec: str) -> Corpus:
     """Load a corpus by name or path.
 
     "kuairand" / "kuairand-1k" -> `load_kuairand`, "amazon-art-office" ->
-    `load_amazon_art_office`, "sample" -> the KuaiRand-1K sample shipped in ``models/sample``;
-    anything else is a directory in the generic format.
+    `load_amazon_art_office`, "amazon-sports" / "amazon-toys" -> `load_s3rec`, "sample" -> the
+    KuaiRand-1K sample shipped in ``models/sample``; anything else is a directory in the
+    generic format.
     """
     if spec in ("kuairand", "kuairand-1k"):
         return load_kuairand()
     if spec == "amazon-art-office":
         return load_amazon_art_office()
+    if spec in S3REC_DATASETS:
+        return load_s3rec(spec)
     if spec == "sample":
         return load_generic(SAMPLE_DIR)
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(
             f"unknown corpus {spec!r}: not one of 'kuairand', 'kuairand-1k', "
-            "'amazon-art-office', 'sample', and not an existing generic-format directory"
+            "'amazon-art-office', 'amazon-sports', 'amazon-toys', 'sample', and not an existing "
+            "generic-format directory"
         )
     return load_generic(path)

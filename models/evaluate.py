@@ -1,53 +1,97 @@
-"""Leave-last-out next-item evaluation: Recall@K and NDCG@K, two protocols.
+"""Leave-last-out next-item evaluation: Recall@K and NDCG@K, three protocols.
 
 - ``full``: the target is ranked against every catalogue item.
+- ``full_seen_removed``: the same, with the items of the user's input history removed from the
+  ranking (the target itself is never removed, also when the user had it before): the protocol
+  of S3-Rec, BSARec and eSASRec, and uniserve's headline number (SPEC, "Quality protocol").
+  With one target per user, Recall@K is the field's HR@K.
 - ``sampled``: the target is ranked against ``num_negatives`` (100) items drawn uniformly from the
   catalogue, as in the AutoCDSR paper's protocol.
 
 A target the catalogue does not contain (an item never seen in training, with no metadata row)
-cannot be retrieved and counts as a miss in both protocols. Ties are broken pessimistically for
-the model (an item scoring equal to the target ranks above it); the popularity baseline's integer
-counts are made tie-free with a fixed, seeded jitter so it is not penalised by the many ties.
+cannot be retrieved and counts as a miss in every protocol. Ties are broken pessimistically for
+the model (an item scoring equal to the target ranks above it); the baselines' integer counts
+are made tie-free with a fixed, seeded jitter so they are not penalised by the many ties.
+
+Baselines: most-popular (`evaluate_popularity`) and item-to-item co-occurrence
+(`Cooccurrence`, `evaluate_cooccurrence`). `evaluation_report` is the policy of
+``uniserve evaluate``: which split, protocols, groups and baselines are measured for a model.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 
-from models.corpus import Corpus, EvalSet
+from models.corpus import Corpus, EvalSet, Sequences
+from models.holdout import drop_items
 from models.item_encoder import FIRST_ITEM_ID
 from models.matryoshka import truncate_np
 from models.recommender import Recommender
 from models.vocab import Vocab
 
-Scorer = Callable[[np.ndarray], np.ndarray]  # example indices (b,) -> scores (b, N)
+Scorer = Callable[[np.ndarray], "np.ndarray | torch.Tensor"]  # example indices (b,) -> (b, N)
+PROTOCOLS = ("full", "full_seen_removed", "sampled")
+
+
+def history_rows(vocab: Vocab, history: Sequences) -> tuple[np.ndarray, np.ndarray]:
+    """Each history's catalogue rows in CSR form: (offsets (U + 1,), rows (E,)), -1 = unknown."""
+    return history.offsets.astype(np.int64), vocab.item_rows(history.item_id)
 
 
 def rank_targets(
-    scorer: Scorer, target_rows: np.ndarray, negatives: np.ndarray, batch_size: int = 128
-) -> tuple[np.ndarray, np.ndarray]:
-    """0-based ranks of each target, full and sampled; ``inf`` for unknown targets.
+    scorer: Scorer,
+    target_rows: np.ndarray,
+    negatives: np.ndarray,
+    batch_size: int = 128,
+    seen: tuple[np.ndarray, np.ndarray] | None = None,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """0-based ranks of each target: (full, full with seen items removed, sampled); ``inf`` for
+    unknown targets. The one computation of every ranking metric, for models and baselines.
 
-    target_rows (U,) catalogue rows (-1 = unknown), negatives (U, K) catalogue rows.
+    target_rows (U,) catalogue rows (-1 = unknown), negatives (U, K) catalogue rows, seen the
+    histories' rows in CSR form (`history_rows`; None: nothing removed). Scores may be NumPy or
+    torch (on any device); the ranking runs in torch where the scores are.
     """
     u = len(target_rows)
-    full = np.full(u, np.inf)
-    sampled = np.full(u, np.inf)
+    full, unseen, sampled = (np.full(u, np.inf) for _ in range(3))
     for lo in range(0, u, batch_size):
         idx = np.arange(lo, min(u, lo + batch_size))
-        scores = scorer(idx)  # (b, N)
         rows = target_rows[idx]
         known = rows >= 0
-        target = scores[np.arange(len(idx)), np.maximum(rows, 0)][:, None]  # (b, 1)
+        scores = _scores(scorer, idx)  # (b, N) float tensor, a private copy
+        dev = scores.device
+        safe = torch.from_numpy(np.maximum(rows, 0)).to(dev)  # (b,)
+        target = scores.gather(1, safe[:, None])  # (b, 1)
         full_b = (scores >= target).sum(1) - 1  # items other than the target scoring >= it
-        neg = np.take_along_axis(scores, negatives[idx], axis=1)  # (b, K)
+        neg = scores.gather(1, torch.from_numpy(negatives[idx]).to(dev))  # (b, K)
         sampled_b = (neg >= target).sum(1)
-        full[idx[known]] = full_b[known]
-        sampled[idx[known]] = sampled_b[known]
-    return full, sampled
+        if seen is not None:
+            offsets, hist = seen
+            starts, ends = offsets[idx], offsets[idx + 1]
+            lengths = ends - starts  # (b,)
+            which = np.repeat(np.arange(len(idx)), lengths)  # (e,) batch row of each event
+            first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (e,)
+            cols = hist[first + np.arange(len(which))]  # (e,) catalogue rows
+            drop = (cols >= 0) & (cols != rows[which])  # the target is never removed
+            scores[
+                torch.from_numpy(which[drop]).to(dev), torch.from_numpy(cols[drop]).to(dev)
+            ] = -torch.inf
+        unseen_b = (scores >= target).sum(1) - 1
+        for out, vals in ((full, full_b), (unseen, unseen_b), (sampled, sampled_b)):
+            out[idx[known]] = vals.cpu().numpy()[known]
+    return full, unseen, sampled
+
+
+def _scores(scorer: Scorer, idx: np.ndarray) -> torch.Tensor:
+    raw = scorer(idx)
+    if isinstance(raw, torch.Tensor):
+        return raw.float().clone()
+    return torch.from_numpy(np.array(raw, dtype=np.float32))  # a writable copy
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str, float]:
@@ -69,17 +113,26 @@ def sample_negatives(target_rows: np.ndarray, n_items: int, k: int, seed: int) -
     return neg
 
 
-def _report(eval_set: EvalSet, full: np.ndarray, sampled: np.ndarray, ks: Sequence[int]) -> dict:
+def _report(eval_set: EvalSet, ranks: dict[str, np.ndarray], ks: Sequence[int]) -> dict:
+    """{group: {"n", protocol: metrics}} for "all" and each of the eval set's groups."""
     report: dict[str, dict[str, object]] = {}
     groups = ["all", *sorted(set(eval_set.group.tolist()) - {"all"})]
     for group in groups:
-        sel = np.ones(len(full), bool) if group == "all" else eval_set.group == group
+        sel = np.ones(len(eval_set), bool) if group == "all" else eval_set.group == group
         report[group] = {
             "n": int(sel.sum()),
-            "full": metrics_from_ranks(full[sel], ks),
-            "sampled": metrics_from_ranks(sampled[sel], ks),
+            **{name: metrics_from_ranks(r[sel], ks) for name, r in ranks.items()},
         }
     return report
+
+
+def _all_ranks(
+    scorer: Scorer, vocab: Vocab, eval_set: EvalSet, num_negatives: int, seed: int
+) -> dict[str, np.ndarray]:
+    rows = vocab.item_rows(eval_set.target_item)
+    negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
+    seen = history_rows(vocab, eval_set.history)
+    return dict(zip(PROTOCOLS, rank_targets(scorer, rows, negatives, seen=seen), strict=True))
 
 
 @torch.inference_mode()
@@ -132,12 +185,10 @@ def evaluate_model(
         scores = np.einsum("ud,ukd->uk", users, items[candidates])  # (U, 1 + K)
         sampled = (scores[:, 1:] >= scores[:, :1]).sum(1).astype(np.float64)
         sampled[rows < 0] = np.inf
-        report = _report(eval_set, sampled, sampled, ks)
-        for res in report.values():
-            res.pop("full")
-        return report
-    full, sampled = rank_targets(lambda idx: users[idx] @ items.T, rows, negatives)
-    return _report(eval_set, full, sampled, ks)
+        return _report(eval_set, {"sampled": sampled}, ks)
+    users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
+    scorer = lambda idx: users_t[idx] @ items_t.T  # noqa: E731  (b, N)
+    return _report(eval_set, _all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
 
 
 @torch.inference_mode()
@@ -174,15 +225,9 @@ def evaluate_popularity(
     seed: int = 0,
 ) -> dict:
     """The most-popular baseline: every user gets the items ranked by training frequency."""
-    train_rows = vocab.item_rows(corpus.train.item_id)
-    counts = np.bincount(train_rows[train_rows >= 0], minlength=len(vocab)).astype(np.float64)
-    counts += np.random.default_rng(seed + 1).uniform(0, 0.5, len(vocab))  # tie-break
-    rows = vocab.item_rows(eval_set.target_item)
-    negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
-    full, sampled = rank_targets(
-        lambda idx: np.broadcast_to(counts, (len(idx), len(counts))), rows, negatives
-    )
-    return _report(eval_set, full, sampled, ks)
+    counts = popularity_scores(corpus, vocab, seed)  # (N,)
+    scorer = lambda idx: np.broadcast_to(counts, (len(idx), len(counts)))  # noqa: E731
+    return _report(eval_set, _all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
 
 
 def _vectors(
@@ -280,3 +325,235 @@ def evaluate_within_surface(
         name: {"n": int(sel.sum()), **metrics_from_ranks(ranks[sel], ks)}
         for name, sel in labels.items()
     }
+
+
+# ---------------------------------------------------------------------------------------------
+# Item-to-item co-occurrence baseline
+# ---------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Cooccurrence:
+    """A model-free retriever: items that follow the user's recent items in training sequences.
+
+    ``counts`` (N, N) sparse: counts[a, b] = how often b comes within ``window`` events after a
+    in a training sequence, weighted ``1 / gap`` (item-based CF on sequences, as in the session
+    kNN baselines of Ludewig & Jannach, 2018). A user's score for item b is
+    sum over the last ``last`` history events e (newest first, age 0, 1, ...) of
+    ``decay ** age * counts[e, b]``, plus a popularity tie-break far below one count.
+    """
+
+    counts_t: torch.Tensor  # (N, N) sparse CSR float32: counts transposed, [b, a]
+    popularity: torch.Tensor  # (N,) float32 tie-break, < 1e-3
+    window: int
+    last: int
+    decay: float
+
+    @staticmethod
+    def fit(
+        train: Sequences, vocab: Vocab, *, window: int = 3, last: int = 3, decay: float = 0.5
+    ) -> Cooccurrence:
+        if window < 1 or last < 1 or not 0.0 < decay <= 1.0:
+            raise ValueError(
+                f"window and last must be >= 1 and decay in (0, 1], got {window}, {last}, {decay}"
+            )
+        n = len(vocab)
+        rows = vocab.item_rows(train.item_id)  # (E,)
+        user = np.repeat(np.arange(len(train)), train.lengths)  # (E,)
+        src, dst, weight = [], [], []
+        for gap in range(1, window + 1):
+            same = user[gap:] == user[:-gap]
+            a, b = rows[:-gap][same], rows[gap:][same]
+            ok = (a >= 0) & (b >= 0) & (a != b)
+            src.append(a[ok])
+            dst.append(b[ok])
+            weight.append(np.full(int(ok.sum()), 1.0 / gap))
+        key = np.concatenate(src) * n + np.concatenate(dst)  # (P,) int64
+        uniq, inverse = np.unique(key, return_inverse=True)
+        total = np.bincount(inverse, weights=np.concatenate(weight))  # (Q,)
+        with warnings.catch_warnings():  # "sparse CSR support is in beta"
+            warnings.simplefilter("ignore", UserWarning)
+            counts_t = torch.sparse_coo_tensor(
+                torch.from_numpy(np.stack([uniq % n, uniq // n])),  # transposed: [b, a]
+                torch.from_numpy(total).float(),
+                (n, n),
+                check_invariants=False,
+            ).to_sparse_csr()
+        pop = np.bincount(rows[rows >= 0], minlength=n).astype(np.float64)
+        popularity = torch.from_numpy(1e-4 * pop / max(pop.max(), 1.0)).float()
+        return Cooccurrence(counts_t, popularity, window, last, decay)
+
+    def scores(self, histories: Sequences, vocab: Vocab, idx: np.ndarray) -> torch.Tensor:
+        """Scores of every item for the histories ``idx``: (b, N) float32."""
+        starts, ends = histories.offsets[idx], histories.offsets[idx + 1]  # (b,), (b,)
+        profile = torch.zeros(len(vocab), len(idx))  # (N, b): decayed one-hot of recent items
+        for age in range(self.last):  # age 0 = the newest event
+            pos = ends - 1 - age  # (b,)
+            ok = pos >= starts
+            rows = vocab.item_rows(histories.item_id[pos[ok]])  # (b',)
+            cols = np.flatnonzero(ok)[rows >= 0]
+            profile.index_put_(
+                (torch.from_numpy(rows[rows >= 0]), torch.from_numpy(cols)),
+                torch.full((len(cols),), self.decay**age),
+                accumulate=True,
+            )
+        return (self.counts_t @ profile).T + self.popularity  # (b, N)
+
+
+COOCCURRENCE_GRID = (
+    (1, 1, 1.0),
+    (3, 3, 0.5),
+    (5, 5, 0.7),
+    (10, 5, 0.7),
+    (20, 10, 0.8),
+)  # (window, last, decay)
+
+
+def choose_cooccurrence(
+    corpus: Corpus, vocab: Vocab, grid: Sequence[tuple[int, int, float]] = COOCCURRENCE_GRID
+) -> tuple[Cooccurrence, dict[str, float]]:
+    """The co-occurrence baseline whose (window, last, decay) gives the best validation NDCG@10
+    (full ranking, seen items removed): the baseline is tuned on validation, like the model.
+    Returns it and each grid point's validation NDCG@10."""
+    if not len(corpus.valid):
+        return Cooccurrence.fit(corpus.train, vocab), {}
+    tried: dict[str, float] = {}
+    best: tuple[float, Cooccurrence] | None = None
+    for window, last, decay in grid:
+        cooc = Cooccurrence.fit(corpus.train, vocab, window=window, last=last, decay=decay)
+        ndcg = evaluate_cooccurrence(cooc, vocab, corpus.valid, ks=(10,), sampled=False)
+        value = ndcg["all"]["full_seen_removed"]["ndcg@10"]
+        tried[f"window={window},last={last},decay={decay}"] = round(value, 5)
+        if best is None or value > best[0]:
+            best = (value, cooc)
+    assert best is not None
+    return best[1], tried
+
+
+def evaluate_cooccurrence(
+    cooc: Cooccurrence,
+    vocab: Vocab,
+    eval_set: EvalSet,
+    *,
+    ks: Sequence[int] = (10, 20),
+    num_negatives: int = 100,
+    seed: int = 0,
+    sampled: bool = True,
+) -> dict:
+    """The co-occurrence baseline's metrics, like `evaluate_popularity`'s."""
+    batch = max(16, min(512, 20_000_000 // max(len(vocab), 1)))  # (N, b) profile in memory
+    rows = vocab.item_rows(eval_set.target_item)
+    negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
+    ranks = rank_targets(
+        lambda idx: cooc.scores(eval_set.history, vocab, idx),
+        rows,
+        negatives,
+        batch_size=batch,
+        seen=history_rows(vocab, eval_set.history),
+    )
+    named = dict(zip(PROTOCOLS, ranks, strict=True))
+    if not sampled:
+        named.pop("sampled")
+    return _report(eval_set, named, ks)
+
+
+# ---------------------------------------------------------------------------------------------
+# What `uniserve evaluate` measures
+# ---------------------------------------------------------------------------------------------
+
+
+def baseline_metrics(
+    corpus: Corpus, vocab: Vocab, eval_set: EvalSet, *, seed: int = 0, cooccurrence: bool = True
+) -> dict[str, object]:
+    """Both baselines on ``eval_set``: {"most_popular", "cooccurrence",
+    "cooccurrence_valid_ndcg@10" (its grid on the validation split)}; ``corpus.train`` is
+    what they count (without held-out items, if any)."""
+    out: dict[str, object] = {
+        "most_popular": evaluate_popularity(corpus, vocab, eval_set, seed=seed)
+    }
+    if cooccurrence:
+        cooc, tried = choose_cooccurrence(corpus, vocab)
+        out["cooccurrence"] = evaluate_cooccurrence(cooc, vocab, eval_set, seed=seed)
+        out["cooccurrence_valid_ndcg@10"] = tried
+    return out
+
+
+def evaluation_report(
+    model: Recommender,
+    vocab: Vocab,
+    corpus: Corpus,
+    *,
+    split: str = "test",
+    protocol: str = "both",
+    cold_items: Sequence[str] = (),
+    by_surface: bool = False,
+    baselines: bool = True,
+    dim: int | None = None,
+    item_model: Recommender | None = None,
+    seed: int = 0,
+) -> dict:
+    """The evaluation policy: what is measured for a model on a corpus, and how.
+
+    - ``split`` "test" or "valid" (choices are made on "valid").
+    - ``protocol``: "both" (full ranking, with and without the seen items, and sampled-100),
+      "full" (the two full rankings) or "sampled100" (sampled alone: no full scoring).
+    - Items the model never trained on (``cold_items``, from ``--holdout-items``) are removed
+      from the baselines' training data too, and force the per-surface report (warm / cold
+      targets within their surface; sampled per target surface), as ``by_surface`` does.
+    - ``baselines``: most-popular and item-to-item co-occurrence (its parameters chosen on the
+      validation split), measured with the same protocols.
+    """
+    if split not in ("test", "valid"):
+        raise ValueError(f"split must be test or valid, got {split!r}")
+    if protocol not in ("both", "full", "sampled100"):
+        raise ValueError(f"protocol must be both, full or sampled100, got {protocol!r}")
+    if cold_items:  # the model never saw these items: neither do the baselines
+        corpus = replace(corpus, train=drop_items(corpus.train, list(cold_items)))
+    eval_set = corpus.test if split == "test" else corpus.valid
+    full = protocol != "sampled100"
+    metrics: dict[str, object] = {
+        "split": split,
+        "model": evaluate_model(
+            model, vocab, eval_set, seed=seed, dim=dim, item_model=item_model, full_ranking=full
+        ),
+    }
+    report: dict[str, object] = {"metrics": metrics}
+    if baselines:
+        found = baseline_metrics(corpus, vocab, eval_set, seed=seed, cooccurrence=full)
+        report["cooccurrence_valid_ndcg@10"] = found.pop("cooccurrence_valid_ndcg@10", None)
+        metrics.update(found)
+        if not full:
+            report.pop("cooccurrence_valid_ndcg@10")
+    if by_surface or cold_items:
+        report["sampled_by_target_surface"] = evaluate_model(
+            model,
+            vocab,
+            replace(eval_set, group=eval_set.target_surface.astype(object)),
+            seed=seed,
+            dim=dim,
+            item_model=item_model,
+            full_ranking=False,
+        )
+        if full:
+            surfaces = corpus.items.surface.astype(str)
+            report["within_surface"] = {
+                "split": split,
+                "model": evaluate_within_surface(
+                    model, vocab, surfaces, eval_set, cold_items=cold_items, dim=dim
+                ),
+                "most_popular": evaluate_within_surface(
+                    None,
+                    vocab,
+                    surfaces,
+                    eval_set,
+                    popularity=popularity_scores(corpus, vocab, seed),
+                    cold_items=cold_items,
+                ),
+            }
+    if protocol != "both":
+        drop = ("sampled",) if protocol == "full" else ("full", "full_seen_removed")
+        for who in ("model", "most_popular", "cooccurrence"):
+            for res in metrics.get(who, {}).values():  # type: ignore[attr-defined]
+                for name in drop:
+                    res.pop(name, None)
+    return report

@@ -1,13 +1,31 @@
-"""Training: next-item prediction with a sampled softmax and log-q correction.
+"""Training: next-item prediction, full or sampled softmax, early stopping on validation.
 
-Every position of a training window predicts the next event's item (SASRec). The softmax runs
-over the target plus one negative set shared by the batch: ``in_batch_negatives`` items drawn
-from the batch's own targets (so roughly by popularity) and ``num_negatives`` drawn uniformly
-from the catalogue, with each logit corrected by ``-log q(item)``, q being the item's expected
-number of copies in the negative set (Yi et al., RecSys 2019, "Sampling-Bias-Corrected Neural
-Modeling"; mixed negatives as in Yang et al., WWW 2020). That keeps a step's cost independent
-of the catalogue size, so KuaiRand's ~730k items train on two CPU cores. The id table (and the
-optional item bias) gets sparse gradients and SparseAdam; the rest AdamW.
+Every position of a training window predicts the next event's item (SASRec). The loss is a
+softmax over
+
+- the whole catalogue (``loss="full"``; SASRec+CE / gSASRec's finding that a full softmax beats
+  BCE with one negative by far, Klenitskiy & Vasilev, RecSys 2023; Petrov & Macdonald, RecSys
+  2023), what ``loss="auto"`` picks up to ``full_softmax_max_items`` items; or
+- the target plus one negative set shared by the batch (``loss="sampled"``, what "auto" picks
+  above that size, so a step's cost does not grow with the catalogue and KuaiRand's ~730k items
+  train on two CPU cores): ``in_batch_negatives`` items drawn from the batch's own targets (so
+  roughly by popularity) and ``num_negatives`` drawn uniformly from the catalogue, each logit
+  corrected by ``-log q(item)``, q being the item's expected number of copies in the negative
+  set (Yi et al., RecSys 2019; mixed negatives as in Yang et al., WWW 2020). The eSASRec study
+  (Tikhonov et al., 2025) found in-batch-only negatives collapse quality on Amazon data; the
+  default draws uniform negatives only.
+
+Optional regulariser: ``contrastive`` > 0 adds DuoRec's model-level augmentation (Qiu et al.,
+WSDM 2022): two dropout-perturbed passes of each window, InfoNCE between their last-position
+states across the batch (DuoRec's supervised positives, other sequences with the same target,
+are not used).
+
+Stopping (``patience``): after every epoch the model is measured on the validation split only
+(``select_on``, default full-ranking NDCG@10 with the user's seen items removed); training stops
+when it has not improved for ``patience`` epochs, or at ``epochs`` (the maximum) or
+``time_budget_s``, and the best epoch's weights are kept. The test split is never looked at.
+
+The id table (and the optional item bias) gets sparse gradients and SparseAdam; the rest AdamW.
 """
 
 from __future__ import annotations
@@ -26,7 +44,15 @@ from models.autocdsr import cross_surface_attention_loss, pareto_combine
 from models.compat import OldModel, compatibility_loss
 from models.corpus import Corpus, Sequences
 from models.device import DEVICES, select_device
-from models.evaluate import evaluate_model, sampled_metrics
+from models.evaluate import (
+    PROTOCOLS,
+    history_rows,
+    metrics_from_ranks,
+    rank_targets,
+    sample_negatives,
+    sampled_metrics,
+    user_vectors_for,
+)
 from models.features import FeatureSpec
 from models.holdout import hold_out_items, make_cold
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, ItemEncoderConfig
@@ -44,29 +70,45 @@ class TrainConfig:
     num_layers: int = 2
     num_heads: int = 2
     max_len: int = 50  # events per training window and per served user
-    dropout: float = 0.1
+    dropout: float = 0.3  # chosen by ablation (BENCHMARKS.md, "Recommendation quality")
+    norm_first: bool = False  # post-norm blocks (the SASRec paper; won the ablation on
+    # validation); True: pre-norm
+    gated: bool = False  # LiGR-style gated residuals (eSASRec's layers)
+    filter: bool = False  # a causal frequency-domain filter beside attention (FMLP/BSARec-like)
     id_dropout: float = 0.1  # trains the metadata (cold-start) path and the UNK token
     normalize_items: bool = True  # cosine scores; False: item norms may encode popularity
     item_bias: bool = False  # per-item score bias (popularity prior), one more served dim
     popularity_prior: float = 0.0  # after training, add this x log(1 + training count) to each
     # item's bias (cosine units): more weight on popularity than the softmax learns, which
     # helps where rare items' embeddings are noisy; needs item_bias
-    epochs: int = 3
+    epochs: int = 200  # the most passes over the training data; ``patience`` stops earlier
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
     sparse_lr: float = 1e-2  # id-embedding rows see few updates each: a larger step helps
     weight_decay: float = 0.01
-    num_negatives: int = 1024  # uniform negatives per step, shared by the batch
-    in_batch_negatives: int = 1024  # negatives drawn from the batch's targets (~ popularity)
+    loss: str = "auto"  # "full": softmax over the whole catalogue; "sampled": over the
+    # negatives below, log-q corrected; "auto": full up to full_softmax_max_items items
+    full_softmax_max_items: int = 10_000  # "auto" switches to sampled above this catalogue
+    # size: the full softmax's cost per step grows with the catalogue, the sampled one's not
+    contrastive: float = 0.0  # weight of DuoRec's dropout-view InfoNCE (0 = off)
+    contrastive_temperature: float = 1.0
+    num_negatives: int = 4096  # sampled softmax: uniform negatives per step, shared by the batch
+    in_batch_negatives: int = 0  # sampled softmax: negatives drawn from the batch's targets
+    # (~ popularity); in-batch-heavy mixes lost the ablation (and collapse in eSASRec's study)
     temperature: float = 0.1  # softmax temperature over cosine scores: lower = sharper
     seed: int = 0
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
     time_budget_s: float | None = None  # stop early after this much wall time
     text_buckets: int = 1 << 15
     select_on_valid: bool = True  # keep the epoch with the best validation NDCG@10
-    select_on: str = "sampled"  # which validation NDCG@10 picks the epoch: "sampled" (target
-    # vs 100 uniform negatives, the AutoCDSR protocol) or "full" (against the whole catalogue:
-    # what retrieval serves; costs one full scoring of the validation users per epoch)
+    select_on: str = (
+        "full_seen_removed"  # which validation NDCG@10 picks the epoch: "sampled" (target
+    )
+    # vs 100 uniform negatives, the AutoCDSR protocol), "full" (against the whole catalogue:
+    # what retrieval serves; costs one full scoring of the validation users per epoch) or
+    # "full_seen_removed" (the same without the user's history items: the field's protocol)
+    patience: int | None = 5  # stop once the selection metric has not improved for this
+    # many epochs (None: train all ``epochs``); the best epoch is kept either way
     progress: bool = True
     id_only: bool = False  # the id-only baseline: no surface tokens, no item metadata
     id_free: bool = False  # no per-item id embeddings: items are their metadata alone (M2TRec),
@@ -92,13 +134,17 @@ class TrainConfig:
             "dim",
             "epochs",
             "batch_size",
-            "num_negatives",
             "max_len",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.in_batch_negatives < 0:
-            raise ValueError(f"in_batch_negatives must be >= 0, got {self.in_batch_negatives}")
+        if min(self.in_batch_negatives, self.num_negatives) < 0 or (
+            self.in_batch_negatives + self.num_negatives < 1
+        ):
+            raise ValueError(
+                f"negative counts must be >= 0 with at least one negative, got in_batch="
+                f"{self.in_batch_negatives}, uniform={self.num_negatives}"
+            )
         if self.temperature <= 0:
             raise ValueError(f"temperature must be positive, got {self.temperature}")
         if self.lr <= 0 or self.sparse_lr <= 0:
@@ -136,8 +182,19 @@ class TrainConfig:
                 f"cold_boost must be > 0 and content_dim >= 0, got {self.cold_boost}, "
                 f"{self.content_dim}"
             )
-        if self.select_on not in ("sampled", "full"):
-            raise ValueError(f"select_on must be sampled or full, got {self.select_on!r}")
+        if self.select_on not in PROTOCOLS:
+            raise ValueError(f"select_on must be one of {PROTOCOLS}, got {self.select_on!r}")
+        if self.loss not in ("auto", "full", "sampled"):
+            raise ValueError(f"loss must be auto, full or sampled, got {self.loss!r}")
+        if self.patience is not None and self.patience < 1:
+            raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
+        if self.contrastive < 0 or self.contrastive_temperature <= 0:
+            raise ValueError(
+                f"contrastive must be >= 0 and its temperature > 0, got {self.contrastive}, "
+                f"{self.contrastive_temperature}"
+            )
+        if self.gated and not self.norm_first:
+            raise ValueError(f"gated residuals need norm_first, got norm_first={self.norm_first}")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.mgda_normalize not in ("none", "loss", "l2"):
@@ -155,7 +212,9 @@ class TrainResult:
     epoch_losses: list[float] = field(default_factory=list)
     valid_ndcg: list[float] = field(default_factory=list)  # sampled NDCG@10 after each epoch
     valid_full_ndcg: list[float] = field(default_factory=list)  # full-ranking NDCG@10, when
-    # selecting on it
+    # selecting on a full ranking
+    valid_seen_removed_ndcg: list[float] = field(default_factory=list)  # the same, seen items
+    # removed
     best_epoch: int | None = None  # 1-based epoch whose weights were kept
     steps: int = 0
     seconds: float = 0.0
@@ -171,6 +230,15 @@ class TrainResult:
             **(
                 {"valid_ndcg@10_full": [round(x, 5) for x in self.valid_full_ndcg]}
                 if self.valid_full_ndcg
+                else {}
+            ),
+            **(
+                {
+                    "valid_ndcg@10_full_seen_removed": [
+                        round(x, 5) for x in self.valid_seen_removed_ndcg
+                    ]
+                }
+                if self.valid_seen_removed_ndcg
                 else {}
             ),
             "best_epoch": self.best_epoch,
@@ -212,6 +280,9 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             max_len=cfg.max_len,
             dropout=cfg.dropout,
             surface_tokens=not cfg.id_only,
+            norm_first=cfg.norm_first,
+            gated=cfg.gated,
+            filter=cfg.filter,
         ),
     )
     return Recommender(config, item_cat, item_tokens), spec, vocab
@@ -239,6 +310,23 @@ def make_windows(train: Sequences, vocab: Vocab, max_len: int) -> tuple[np.ndarr
         ids[w, span - (e - s) :] = item_tok[s:e]
         surfaces[w, span - (e - s) :] = surf_tok[s:e]
     return ids, surfaces
+
+
+def length_bucketed_batches(
+    lengths: np.ndarray, batch_size: int, rng: np.random.Generator, pool: int = 64
+) -> list[np.ndarray]:
+    """One epoch's batches of window indices: shuffled, then sorted by length within pools of
+    ``pool`` batches, so a batch's windows have similar lengths and its all-padding columns,
+    which training drops, are most of the padding (on Amazon data, where most users have under
+    ten events, that is most of the transformer's work); batch order shuffled again."""
+    order = rng.permutation(len(lengths))  # (W,)
+    span = batch_size * pool
+    batches: list[np.ndarray] = []
+    for lo in range(0, len(order), span):
+        chunk = order[lo : lo + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches.extend(chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size))
+    return [batches[i] for i in rng.permutation(len(batches))]
 
 
 def expected_negative_counts(counts: np.ndarray, in_batch: int, uniform: int) -> np.ndarray:
@@ -272,19 +360,34 @@ def add_popularity_prior(model: Recommender, counts: np.ndarray, weight: float) 
         bias[:, 0] += prior
 
 
-def _served_valid_ndcg(
+@torch.inference_mode()
+def validation_ndcg(
     model: Recommender, vocab: Vocab, corpus: Corpus, cfg: TrainConfig, counts: np.ndarray
-) -> tuple[float, float | None]:
+) -> dict[str, float]:
     """Validation NDCG@10 of the model as it would be served (with the popularity prior added
-    to the bias for the measurement, then taken off again): (sampled, full ranking or None
-    unless ``cfg.select_on`` is "full")."""
+    to the bias for the measurement, then taken off again), on the device the model is on:
+    {"sampled"} when selecting on it (cheap: no full scoring), else every protocol's."""
 
-    def measure() -> tuple[float, float | None]:
-        sampled = sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
-        if cfg.select_on != "full":
-            return sampled, None
-        report = evaluate_model(model, vocab, corpus.valid, ks=(10,), seed=cfg.seed)
-        return sampled, report["all"]["full"]["ndcg@10"]
+    def measure() -> dict[str, float]:
+        if cfg.select_on == "sampled":
+            return {
+                "sampled": sampled_metrics(model, vocab, corpus.valid, seed=cfg.seed)["ndcg@10"]
+            }
+        device = model.item_cat.device
+        users = torch.from_numpy(user_vectors_for(model, vocab, corpus.valid)).to(device)
+        items = model.eval().all_item_vectors()  # (N, dim)
+        rows = vocab.item_rows(corpus.valid.target_item)
+        ranks = rank_targets(
+            lambda idx: users[torch.from_numpy(idx).to(device)] @ items.T,
+            rows,
+            sample_negatives(rows, len(vocab), 100, cfg.seed),
+            batch_size=max(1, min(1024, 50_000_000 // len(vocab))),  # (b, N) scores <= 200 MB
+            seen=history_rows(vocab, corpus.valid.history),
+        )
+        return {
+            name: metrics_from_ranks(r, (10,))["ndcg@10"]
+            for name, r in zip(PROTOCOLS, ranks, strict=True)
+        }
 
     if cfg.popularity_prior == 0:
         return measure()
@@ -334,6 +437,47 @@ def sampled_softmax_loss(
     return torch.stack(losses).mean()
 
 
+def full_softmax_loss(
+    model: Recommender,
+    queries: torch.Tensor,
+    targets: torch.Tensor,
+    temperature: float,
+    dims: tuple[int, ...] = (),
+    excluded: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Softmax over the whole catalogue: cross-entropy of each row's target among every item.
+
+    queries (M, dim) served user vectors, targets (M,) id-table rows, excluded (H,) id-table
+    rows that are no class (held-out items) -> scalar. Equal to `sampled_softmax_loss` with
+    every catalogue row as a negative and log q = 0. With Matryoshka ``dims``, the mean over the
+    full vectors and each prefix.
+    """
+    items = model.all_item_vectors()  # (N, dim), catalogue order: id-table row - FIRST_ITEM_ID
+    labels = targets - FIRST_ITEM_ID  # (M,)
+    losses = []
+    for m in (*(m for m in dims if m < model.dim), None):
+        q, v = (queries, items) if m is None else (truncate(queries, m), truncate(items, m))
+        logits = q @ v.T / temperature  # (M, N)
+        if excluded is not None and len(excluded):
+            logits[:, excluded - FIRST_ITEM_ID] = float("-inf")
+        losses.append(F.cross_entropy(logits, labels))
+    return torch.stack(losses).mean()
+
+
+def contrastive_loss(first: torch.Tensor, second: torch.Tensor, temperature: float) -> torch.Tensor:
+    """DuoRec's unsupervised InfoNCE: two views (B, D) of the same B sequences; each view's row
+    must pick its twin among the other view's rows (both directions) -> scalar."""
+    a, b = F.normalize(first, dim=-1), F.normalize(second, dim=-1)  # (B, D)
+    logits = a @ b.T / temperature  # (B, B)
+    labels = torch.arange(len(a), device=a.device)
+    return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+
+
+def uses_full_softmax(cfg: TrainConfig, n_items: int) -> bool:
+    """The size rule: "auto" is the full softmax up to ``full_softmax_max_items`` items."""
+    return cfg.loss == "full" or (cfg.loss == "auto" and n_items <= cfg.full_softmax_max_items)
+
+
 def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     """Train a model on ``corpus.train``; deterministic for a given config and thread count."""
     cfg = cfg or TrainConfig()
@@ -352,6 +496,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     if len(win_ids) == 0:
         raise ValueError(f"corpus {corpus.name!r} has no training sequence with 2 or more events")
 
+    win_lengths = (win_ids != PAD_ID).sum(1)  # (W,) events per window
     n_items = len(vocab)
     targets_all = win_ids[:, 1:][win_ids[:, 1:] >= FIRST_ITEM_ID]
     counts = np.bincount(targets_all, minlength=n_items + FIRST_ITEM_ID).astype(np.float64)
@@ -373,8 +518,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     ]
     # AutoCDSR's shared parameters: the transformer's, not the embedding tables
     shared = [p for n, p in model.user_encoder.named_parameters() if "embedding" not in n]
+    full_softmax = uses_full_softmax(cfg, n_items)
+    excluded = torch.from_numpy(cold_rows + FIRST_ITEM_ID).to(device)  # (H,) no class
     result = TrainResult(model, spec, vocab, cfg, corpus=corpus)
     result.extra["device"] = device.type
+    result.extra["loss"] = "full" if full_softmax else "sampled"
     if len(cold_ids):
         result.extra["cold_items"] = [str(x) for x in cold_ids]
     if old is not None:
@@ -386,10 +534,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
     started = time.perf_counter()
     log.info(
-        "training on %d windows, %d items, %d steps/epoch, on %s",
+        "training on %d windows, %d items, %d steps/epoch, %s softmax, on %s",
         len(win_ids),
         n_items,
         steps_per_epoch,
+        result.extra["loss"],
         device.type,
     )
     model.train()
@@ -397,15 +546,18 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     select = cfg.select_on_valid and len(corpus.valid) > 0
     best_state: dict[str, torch.Tensor] | None = None
     for epoch in range(cfg.epochs):
-        order = rng.permutation(len(win_ids))
+        batches = length_bucketed_batches(win_lengths, cfg.batch_size, rng)
         total, seen = 0.0, 0
         bar = tqdm(
             range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress
         )
         for step in bar:
-            idx = order[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-            ids = torch.from_numpy(win_ids[idx]).to(device)  # (B, L+1)
-            surfaces = torch.from_numpy(win_surf[idx]).to(device)  # (B, L+1)
+            idx = batches[step]
+            # windows are left-padded: drop the columns that are padding in every window of the
+            # batch (positions count from each window's first event, so nothing else changes)
+            first = int((win_ids[idx] != PAD_ID).any(0).argmax())
+            ids = torch.from_numpy(win_ids[idx, first:]).to(device)  # (B, T+1), T <= L
+            surfaces = torch.from_numpy(win_surf[idx, first:]).to(device)  # (B, T+1)
             inputs, targets = ids[:, :-1], ids[:, 1:]
             mask = inputs != PAD_ID  # (B, L)
             in_surf = surfaces[:, :-1]  # (B, L)
@@ -415,18 +567,33 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 hidden = model.hidden(inputs, in_surf, mask)  # (B, L, D)
             keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
             batch_targets = targets[keep]  # (M,)
-            in_batch = torch.from_numpy(
-                rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
-            ).to(device)
-            uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
-            negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
             content = model.user_content(inputs, mask)[keep] if model.has_content else None
             queries = model.query_vectors(hidden[keep], content)  # (M, dim)
-            loss = sampled_softmax_loss(
-                model, queries, batch_targets, negatives, log_q, cfg.temperature, cfg.matryoshka
-            )
+            if full_softmax:
+                loss = full_softmax_loss(
+                    model, queries, batch_targets, cfg.temperature, cfg.matryoshka, excluded
+                )
+                negatives = None
+            else:
+                in_batch = torch.from_numpy(
+                    rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
+                ).to(device)
+                uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
+                negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
+                loss = sampled_softmax_loss(
+                    model, queries, batch_targets, negatives, log_q, cfg.temperature, cfg.matryoshka
+                )
+            if cfg.contrastive > 0:  # a second dropout view of the same windows
+                twin = model.hidden(inputs, in_surf, mask)[:, -1]  # (B, D)
+                loss = loss + cfg.contrastive * contrastive_loss(
+                    hidden[:, -1], twin, cfg.contrastive_temperature
+                )
             if old is not None:
                 old_queries = old.queries(inputs, in_surf, mask)[keep]  # (M, dim)
+                if negatives is None:  # the compatibility loss ranks against sampled negatives
+                    negatives = torch.from_numpy(
+                        pool[rng.integers(0, len(pool), cfg.num_negatives)]
+                    ).to(device)
                 loss = loss + cfg.compat_weight * compatibility_loss(
                     queries, old_queries, old, batch_targets, negatives, log_q, cfg.temperature
                 )
@@ -448,23 +615,34 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s
             ):
                 stop = True
+                result.extra["stopped"] = "max_steps" if cfg.max_steps else "time budget"
                 break
         bar.close()
         result.epoch_losses.append(total / max(seen, 1))
         log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
         if select:
             make_cold(model, cold_rows)  # held-out items: metadata-only vectors
-            ndcg, full = _served_valid_ndcg(model, vocab, corpus, cfg, counts)
+            valid = validation_ndcg(model, vocab, corpus, cfg, counts)
             model.train()
-            result.valid_ndcg.append(ndcg)
-            log.info("epoch %d: valid NDCG@10 (sampled) %.4f", epoch + 1, ndcg)
-            if full is not None:
-                result.valid_full_ndcg.append(full)
-                log.info("epoch %d: valid NDCG@10 (full ranking) %.4f", epoch + 1, full)
-            chosen = result.valid_full_ndcg if full is not None else result.valid_ndcg
+            for name, values in (
+                ("sampled", result.valid_ndcg),
+                ("full", result.valid_full_ndcg),
+                ("full_seen_removed", result.valid_seen_removed_ndcg),
+            ):
+                if name in valid:
+                    values.append(valid[name])
+            log.info("epoch %d: valid NDCG@10 %s", epoch + 1, valid)
+            chosen = {
+                "sampled": result.valid_ndcg,
+                "full": result.valid_full_ndcg,
+                "full_seen_removed": result.valid_seen_removed_ndcg,
+            }[cfg.select_on]
             if best_state is None or chosen[-1] > max(chosen[:-1]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch + 1
+            elif cfg.patience is not None and epoch + 1 - (result.best_epoch or 0) >= cfg.patience:
+                result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
+                break
         if stop:
             break
     model.to("cpu")  # the saved and served model lives on the CPU

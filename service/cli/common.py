@@ -6,7 +6,8 @@ from typing import Any
 
 DATA_HELP = (
     "dataset: 'sample' (shipped KuaiRand sample), 'kuairand', 'amazon-art-office', "
-    "or a directory in the generic format (interactions.parquet [+ items.parquet])"
+    "'amazon-sports', 'amazon-toys' (../shared/data/amazon-s3rec), or a directory in the "
+    "generic format (interactions.parquet [+ items.parquet])"
 )
 
 EXIT_ERROR = 2  # bad arguments or inputs
@@ -17,15 +18,15 @@ def print_report(report: dict[str, Any]) -> None:
     metrics = report.get("metrics")
     if metrics:
         print(
-            f"{'':14}{'group':>8}{'n':>6}  {'protocol':<8}" + "".join(f"{m:>11}" for m in _METRICS)
+            f"{'':14}{'group':>8}{'n':>7}  {'protocol':<18}" + "".join(f"{m:>11}" for m in _METRICS)
         )
-        for who in ("most_popular", "model"):
+        for who in ("most_popular", "cooccurrence", "model"):
             for group, res in metrics.get(who, {}).items():
-                for protocol in ("full", "sampled"):
+                for protocol in ("full_seen_removed", "full", "sampled"):
                     if protocol not in res:
                         continue
                     vals = "".join(f"{res[protocol][m]:>11.4f}" for m in _METRICS)
-                    print(f"{who:<14}{group:>8}{res['n']:>6}  {protocol:<8}{vals}")
+                    print(f"{who:<14}{group:>8}{res['n']:>7}  {protocol:<18}{vals}")
     within = report.get("within_surface")
     if within:
         print("full ranking within the target's surface (what /v1/retrieve with surfaces does):")
@@ -37,12 +38,22 @@ def print_report(report: dict[str, Any]) -> None:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
         if t.get("best_epoch"):
-            full = t.get("valid_ndcg@10_full")
-            print(
-                f"validation NDCG@10 (sampled) per epoch {t['valid_ndcg@10_sampled']}"
-                + (f", (full ranking) {full}" if full else "")
-                + f": kept epoch {t['best_epoch']}"
+            per_epoch = ", ".join(
+                f"({name}) {t[key]}"
+                for name, key in (
+                    ("sampled", "valid_ndcg@10_sampled"),
+                    ("full ranking", "valid_ndcg@10_full"),
+                    ("seen removed", "valid_ndcg@10_full_seen_removed"),
+                )
+                if t.get(key)
             )
+            print(
+                f"validation NDCG@10 per epoch {per_epoch}: kept epoch {t['best_epoch']}"
+                + (f" ({t['stopped']})" if t.get("stopped") else "")
+            )
+    if report.get("cooccurrence_valid_ndcg@10"):
+        tried = report["cooccurrence_valid_ndcg@10"]
+        print(f"co-occurrence baseline, validation NDCG@10 (seen removed) per setting: {tried}")
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
 

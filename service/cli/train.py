@@ -20,15 +20,53 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--dim", type=int, default=64, help="embedding dimension (default 64)")
     p.add_argument("--layers", type=int, default=2, help="transformer blocks (default 2)")
     p.add_argument("--max-len", type=int, default=50, help="events per user kept (default 50)")
-    p.add_argument("--epochs", type=int, default=3, help="passes over the training data")
-    p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
-    p.add_argument("--negatives", type=int, default=1024, help="uniform negatives per step")
     p.add_argument(
-        "--in-batch-negatives", type=int, default=1024,
-        help="negatives drawn from the batch's own targets (0 = uniform negatives only)",
+        "--epochs", type=int, default=200,
+        help="the most passes over the training data (default 200); --patience stops earlier",
+    )  # fmt: skip
+    p.add_argument(
+        "--patience", type=int, default=5,
+        help="stop when the --select-on validation NDCG@10 has not improved for this many "
+        "epochs, keeping the best epoch (default 5; 0 = run every epoch)",
+    )  # fmt: skip
+    p.add_argument("--batch-size", type=int, default=128, help="training windows per step")
+    p.add_argument(
+        "--loss", choices=["auto", "full", "sampled"], default="auto",
+        help="softmax over the whole catalogue (full), over sampled negatives with log-q "
+        "correction (sampled), or auto: full up to --full-softmax-max-items items (default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--full-softmax-max-items", type=int, default=10_000,
+        help="with --loss auto: the largest catalogue trained with the full softmax "
+        "(default 10000; above it the sampled one, whose step cost does not grow with it)",
+    )  # fmt: skip
+    p.add_argument(
+        "--negatives", type=int, default=4096, help="sampled softmax: uniform negatives per step"
+    )
+    p.add_argument(
+        "--in-batch-negatives", type=int, default=0,
+        help="sampled softmax: negatives drawn from the batch's own targets (default 0)",
     )  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (cosine)")
-    p.add_argument("--dropout", type=float, default=0.1, help="transformer dropout")
+    p.add_argument("--dropout", type=float, default=0.3, help="transformer dropout (0.3)")
+    p.add_argument(
+        "--norm", choices=["post", "pre"], default="post",
+        help="layer norm after each residual branch (post, SASRec; default) or before (pre)",
+    )  # fmt: skip
+    p.add_argument(
+        "--gated", action="store_true", help="LiGR-style gated residuals (needs --norm pre)"
+    )
+    p.add_argument(
+        "--filter", action="store_true",
+        help="add a causal frequency-domain filter beside attention (FMLP-Rec/BSARec-like)",
+    )  # fmt: skip
+    p.add_argument(
+        "--contrastive", type=float, default=0.0, metavar="W",
+        help="add DuoRec's dropout-view contrastive loss with weight W (default 0 = off)",
+    )  # fmt: skip
+    p.add_argument(
+        "--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)"
+    )
     p.add_argument(
         "--id-dropout", type=float, default=0.1, help="item-id dropout (cold-start path)"
     )
@@ -52,9 +90,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--no-eval", action="store_true", help="skip the test-split evaluation")
     p.add_argument(
-        "--select-on", choices=["sampled", "full"], default="sampled",
-        help="validation NDCG@10 that picks the kept epoch: sampled (100 uniform negatives, "
-        "default) or full (ranked against the whole catalogue, as retrieval serves)",
+        "--select-on", choices=["full_seen_removed", "full", "sampled"],
+        default="full_seen_removed",
+        help="validation NDCG@10 that picks the kept epoch and drives --patience: "
+        "full_seen_removed (the whole catalogue less the user's history items: the field's "
+        "protocol; default), full (the whole catalogue, as retrieval serves) or sampled (100 "
+        "uniform negatives)",
     )  # fmt: skip
     p.add_argument(
         "--id-only", "--no-surface", dest="id_only", action="store_true",
@@ -131,6 +172,14 @@ def run(args: argparse.Namespace) -> int:
         in_batch_negatives=args.in_batch_negatives,
         temperature=args.temperature,
         dropout=args.dropout,
+        norm_first=args.norm == "pre",
+        gated=args.gated,
+        filter=args.filter,
+        loss=args.loss,
+        full_softmax_max_items=args.full_softmax_max_items,
+        contrastive=args.contrastive,
+        weight_decay=args.weight_decay,
+        patience=args.patience or None,
         id_dropout=args.id_dropout,
         normalize_items=not args.no_normalize_items,
         item_bias=args.item_bias,

@@ -36,8 +36,8 @@ from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
 from models.evaluate import (
+    baseline_metrics,
     evaluate_model,
-    evaluate_popularity,
     evaluate_within_surface,
     popularity_scores,
 )
@@ -65,12 +65,12 @@ def train_to_dir(
         report["compatible_with"] = result.extra["compatible_with"]
     cold = [str(x) for x in result.extra.get("cold_items", [])]  # type: ignore[attr-defined]
     if evaluate and len(corpus.test):
+        baselines = baseline_metrics(trained_on, result.vocab, corpus.test, seed=cfg.seed)
+        report["cooccurrence_valid_ndcg@10"] = baselines.pop("cooccurrence_valid_ndcg@10")
         report["metrics"] = {
             "split": "test",
             "model": evaluate_model(result.model, result.vocab, corpus.test, seed=cfg.seed),
-            "most_popular": evaluate_popularity(
-                trained_on, result.vocab, corpus.test, seed=cfg.seed
-            ),
+            **baselines,  # most popular and co-occurrence, counted on what the model saw
         }
         report["sampled_by_target_surface"] = evaluate_model(
             result.model,

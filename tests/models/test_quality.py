@@ -1,0 +1,275 @@
+"""Recommendation quality: the seen-items-removed full ranking against brute force, the
+co-occurrence baseline against its definition, the losses on cases with a known value, early
+stopping, the evaluation policy, the S3-Rec loaders, and a small training run per option."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+import models.train as train_module
+from models.corpus import Corpus, EvalSet, ItemTable, Sequences
+from models.data import load_corpus, load_s3rec
+from models.evaluate import (
+    Cooccurrence,
+    evaluate_cooccurrence,
+    evaluate_model,
+    evaluation_report,
+    history_rows,
+    metrics_from_ranks,
+    rank_targets,
+    sample_negatives,
+)
+from models.item_encoder import FIRST_ITEM_ID
+from models.train import (
+    TrainConfig,
+    build_model,
+    contrastive_loss,
+    full_softmax_loss,
+    sampled_softmax_loss,
+    train,
+    uses_full_softmax,
+)
+from models.vocab import Vocab
+
+
+def _brute_force_rank(scores: np.ndarray, target: int, history: list[int]) -> float:
+    """Rank of ``target`` among the items not in ``history`` (the target always stays), ties
+    pessimistic: every other remaining item scoring >= the target is ahead of it."""
+    if target < 0:
+        return math.inf
+    removed = set(history) - {target}
+    ahead = [j for j in range(len(scores)) if j != target and j not in removed]
+    return float(sum(scores[j] >= scores[target] for j in ahead))
+
+
+def test_seen_items_removed_ranking_matches_brute_force() -> None:
+    rng = np.random.default_rng(0)
+    n_items, n_users = 30, 50
+    scores = rng.integers(0, 6, size=(n_users, n_items)).astype(np.float32)  # many ties
+    histories = [list(rng.integers(0, n_items, size=rng.integers(0, 8))) for _ in range(n_users)]
+    targets = rng.integers(0, n_items, size=n_users)
+    targets[3] = histories[3][0] if histories[3] else targets[3]  # a target seen before
+    histories[4] = [int(targets[4])]  # the target is the only history item: nothing removed
+    targets[5] = -1  # unknown target: a miss
+    offsets = np.zeros(n_users + 1, dtype=np.int64)
+    np.cumsum([len(h) for h in histories], out=offsets[1:])
+    flat = np.array([x for h in histories for x in h], dtype=np.int64)
+    flat[:1] = -1 if len(flat) else flat[:1]  # an unknown history item is simply not removed
+    negatives = sample_negatives(targets, n_items, 10, seed=0)
+    full, unseen, sampled = rank_targets(
+        lambda idx: scores[idx], targets, negatives, batch_size=7, seen=(offsets, flat)
+    )
+    hist_rows = [list(flat[offsets[u] : offsets[u + 1]]) for u in range(n_users)]
+    expected = [_brute_force_rank(scores[u], targets[u], hist_rows[u]) for u in range(n_users)]
+    np.testing.assert_array_equal(unseen, expected)
+    np.testing.assert_array_equal(
+        full, [_brute_force_rank(scores[u], targets[u], []) for u in range(n_users)]
+    )
+    assert np.all(unseen <= full)
+    ok = targets >= 0
+    np.testing.assert_array_equal(
+        sampled[ok],
+        [(scores[u, negatives[u]] >= scores[u, targets[u]]).sum() for u in np.flatnonzero(ok)],
+    )
+    assert math.isinf(unseen[5]) and math.isinf(full[5])
+    # the same ranks from torch scores (how training validates on a GPU)
+    torch_ranks = rank_targets(
+        lambda idx: torch.from_numpy(scores[idx]), targets, negatives, seen=(offsets, flat)
+    )
+    np.testing.assert_array_equal(torch_ranks[1], unseen)
+
+
+def _corpus(n_items: int = 40, n_users: int = 120, seed: int = 0) -> Corpus:
+    """Users walk a ring of items (i -> i+1 -> i+2 ...), so the next item is predictable."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
+    items = ItemTable(ids, np.array([""] * n_items, dtype=object), text={"tags": ids.copy()})
+    seqs = []
+    for _ in range(n_users):
+        start, length = rng.integers(n_items), rng.integers(5, 12)
+        seqs.append([f"i{(start + k) % n_items}" for k in range(length)])
+
+    def evalset(cut: int) -> EvalSet:
+        hist = [s[: len(s) - cut - 1] for s in seqs]
+        return EvalSet(
+            Sequences.from_lists(
+                [f"u{u}" for u in range(n_users)], hist, [[""] * len(h) for h in hist]
+            ),
+            np.array([s[len(s) - cut - 1] for s in seqs], dtype=object),
+            np.array([""] * n_users, dtype=object),
+            np.array(["all"] * n_users, dtype=object),
+        )
+
+    train_seqs = [s[:-2] for s in seqs]
+    train = Sequences.from_lists(
+        [f"u{u}" for u in range(n_users)], train_seqs, [[""] * len(s) for s in train_seqs]
+    )
+    return Corpus("ring", items, train, evalset(1), evalset(0))
+
+
+def test_cooccurrence_scores_match_their_definition() -> None:
+    corpus = _corpus()
+    vocab = Vocab(corpus.items.item_id, [])
+    cooc = Cooccurrence.fit(corpus.train, vocab, window=2, last=2, decay=0.5)
+    n = len(vocab)
+    counts = np.zeros((n, n))
+    for _, seq, _ in corpus.train:
+        rows = vocab.item_rows(seq)
+        for i in range(len(rows)):
+            for gap in (1, 2):
+                if i + gap < len(rows) and rows[i] != rows[i + gap]:
+                    counts[rows[i], rows[i + gap]] += 1.0 / gap
+    idx = np.arange(10)
+    got = cooc.scores(corpus.test.history, vocab, idx).numpy()
+    for j, u in enumerate(idx):
+        recent = vocab.item_rows(corpus.test.history.sequence(u)[0])[::-1][:2]
+        expected = sum(0.5**age * counts[r] for age, r in enumerate(recent))
+        np.testing.assert_allclose(got[j], expected, atol=2e-4)  # + the popularity tie-break
+    report = evaluate_cooccurrence(cooc, vocab, corpus.test)["all"]
+    assert report["full_seen_removed"]["recall@10"] > 0.9  # the ring is predictable
+
+
+def test_full_softmax_equals_sampled_softmax_with_every_item_as_negative() -> None:
+    corpus = _corpus()
+    model, _, vocab = build_model(corpus, TrainConfig(dim=16, progress=False))
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(6, 16), dim=-1)
+    targets = torch.tensor([2, 5, 5, 9, 30, 41])
+    every = torch.arange(FIRST_ITEM_ID, len(vocab) + FIRST_ITEM_ID)  # each row once
+    zero_log_q = torch.zeros(len(vocab) + FIRST_ITEM_ID)
+    model.eval()
+    full = full_softmax_loss(model, queries, targets, 0.1)
+    sampled = sampled_softmax_loss(model, queries, targets, every, zero_log_q, 0.1)
+    torch.testing.assert_close(full, sampled)
+    items = model.all_item_vectors()
+    by_hand = F.cross_entropy(queries @ items.T / 0.1, targets - FIRST_ITEM_ID)
+    torch.testing.assert_close(full, by_hand)
+    # a held-out row is no class: the same as dropping its column
+    excluded = torch.tensor([7])
+    keep = torch.tensor([i for i in range(len(vocab)) if i != 7 - FIRST_ITEM_ID])
+    labels = torch.searchsorted(keep, targets - FIRST_ITEM_ID)
+    torch.testing.assert_close(
+        full_softmax_loss(model, queries, targets, 0.1, excluded=excluded),
+        F.cross_entropy(queries @ items[keep].T / 0.1, labels),
+    )
+
+
+def test_contrastive_loss_known_values() -> None:
+    same = torch.eye(4)
+    # identical orthogonal views: logit 1/t on the diagonal, 0 elsewhere
+    expected = -math.log(math.exp(1 / 0.5) / (math.exp(1 / 0.5) + 3))
+    assert contrastive_loss(same, same, 0.5).item() == pytest.approx(expected, rel=1e-6)
+    # views carrying no information: uniform over the batch
+    ones = torch.ones(4, 3)
+    assert contrastive_loss(ones, ones, 0.2).item() == pytest.approx(math.log(4), rel=1e-6)
+
+
+def test_size_rule_picks_the_softmax() -> None:
+    cfg = TrainConfig(loss="auto", full_softmax_max_items=1000)
+    assert uses_full_softmax(cfg, 1000) and not uses_full_softmax(cfg, 1001)
+    assert uses_full_softmax(TrainConfig(loss="full"), 10**7)
+    assert not uses_full_softmax(TrainConfig(loss="sampled"), 10)
+    with pytest.raises(ValueError, match="loss must be"):
+        TrainConfig(loss="bce")
+    with pytest.raises(ValueError, match="patience must be"):
+        TrainConfig(patience=0)
+    with pytest.raises(ValueError, match="at least one negative"):
+        TrainConfig(in_batch_negatives=0, num_negatives=0)
+
+
+def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkeypatch) -> None:
+    corpus = _corpus()
+    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.95])
+    states: list[dict[str, torch.Tensor]] = []
+
+    def fake_validation(model, vocab, corpus, cfg, counts):
+        states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+        return {"full_seen_removed": next(scripted)}
+
+    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
+    cfg = TrainConfig(
+        dim=16, epochs=50, patience=2, select_on="full_seen_removed", batch_size=32,
+        max_len=12, progress=False,
+    )  # fmt: skip
+    result = train(corpus, cfg)
+    assert result.valid_seen_removed_ndcg == [0.10, 0.30, 0.20, 0.25]  # stopped after epoch 4
+    assert len(result.epoch_losses) == 4 and result.best_epoch == 2
+    assert result.extra["stopped"] == "no improvement for 2 epochs"
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, states[1][name].cpu(), msg=name)  # epoch 2 kept
+
+
+OPTION_CONFIGS = {
+    "full softmax": dict(loss="full"),
+    "sampled uniform": dict(loss="sampled", in_batch_negatives=0, num_negatives=16),
+    "in-batch only": dict(loss="sampled", in_batch_negatives=16, num_negatives=0),
+    "pre-norm": dict(norm_first=True),
+    "gated": dict(norm_first=True, gated=True),
+    "filter": dict(filter=True),
+    "contrastive": dict(contrastive=0.1),
+}
+
+
+@pytest.mark.parametrize("option", list(OPTION_CONFIGS))
+def test_small_training_run_per_option(option: str) -> None:
+    corpus = _corpus()
+    cfg = TrainConfig(
+        dim=16, epochs=3, batch_size=32, max_len=12, select_on="full_seen_removed",
+        progress=False, **OPTION_CONFIGS[option],  # type: ignore[arg-type]
+    )  # fmt: skip
+    result = train(corpus, cfg)
+    assert result.epoch_losses[-1] < result.epoch_losses[0]
+    assert len(result.valid_seen_removed_ndcg) == 3 and result.best_epoch is not None
+    metrics = evaluate_model(result.model, result.vocab, corpus.test)["all"]
+    assert set(metrics) == {"n", "full", "full_seen_removed", "sampled"}
+    assert all(math.isfinite(v) for v in metrics["full_seen_removed"].values())
+
+
+def test_evaluation_report_policy() -> None:
+    corpus = _corpus()
+    result = train(corpus, TrainConfig(dim=16, epochs=2, batch_size=32, max_len=12, progress=False))
+    report = evaluation_report(result.model, result.vocab, corpus)
+    metrics = report["metrics"]
+    assert metrics["split"] == "test"
+    assert set(metrics) == {"split", "model", "most_popular", "cooccurrence"}
+    for who in ("model", "most_popular", "cooccurrence"):
+        assert set(metrics[who]["all"]) == {"n", "full", "full_seen_removed", "sampled"}
+    assert report["cooccurrence_valid_ndcg@10"]  # its parameters were chosen on validation
+    sampled = evaluation_report(
+        result.model, result.vocab, corpus, protocol="sampled100", split="valid"
+    )["metrics"]
+    assert set(sampled["model"]["all"]) == {"n", "sampled"} and "cooccurrence" not in sampled
+    full = evaluation_report(result.model, result.vocab, corpus, protocol="full", baselines=False)
+    assert set(full["metrics"]["model"]["all"]) == {"n", "full", "full_seen_removed"}
+    cold = evaluation_report(result.model, result.vocab, corpus, cold_items=["i3"])
+    assert "within_surface" in cold and "sampled_by_target_surface" in cold
+    with pytest.raises(ValueError, match="protocol must be"):
+        evaluation_report(result.model, result.vocab, corpus, protocol="sampled")
+
+
+def test_s3rec_loaders_read_shared_data_or_say_where_it_is_missing(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"amazon-toys: .*not found"):
+        load_s3rec("amazon-toys", root=tmp_path)
+    with pytest.raises(ValueError, match="unknown S3-Rec dataset"):
+        load_s3rec("amazon-books")
+    try:
+        corpus = load_corpus("amazon-toys")
+    except FileNotFoundError:
+        pytest.skip("../shared/data/amazon-s3rec is absent here")
+    assert (len(corpus.items), len(corpus.test)) == (11924, 19412)
+    assert corpus.name == "amazon-toys" and "tags" in corpus.items.text
+    seen = history_rows(Vocab(corpus.items.item_id, []), corpus.test.history)
+    assert len(seen[0]) == len(corpus.test) + 1
+
+
+def test_metrics_of_seen_removed_ranks_are_at_least_the_full_ones() -> None:
+    ranks_full = np.array([0.0, 12.0, 3.0, np.inf])
+    ranks_unseen = np.array([0.0, 9.0, 1.0, np.inf])
+    full, unseen = metrics_from_ranks(ranks_full, (10,)), metrics_from_ranks(ranks_unseen, (10,))
+    assert unseen["recall@10"] == pytest.approx(0.75) and full["recall@10"] == pytest.approx(0.5)
