@@ -127,12 +127,19 @@ def _report(eval_set: EvalSet, ranks: dict[str, np.ndarray], ks: Sequence[int]) 
 
 
 def _all_ranks(
-    scorer: Scorer, vocab: Vocab, eval_set: EvalSet, num_negatives: int, seed: int
+    scorer: Scorer,
+    vocab: Vocab,
+    eval_set: EvalSet,
+    num_negatives: int,
+    seed: int,
+    batch_size: int = 128,
 ) -> dict[str, np.ndarray]:
+    """{protocol: ranks (U,)} of every protocol for the targets of ``eval_set``."""
     rows = vocab.item_rows(eval_set.target_item)
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
     seen = history_rows(vocab, eval_set.history)
-    return dict(zip(PROTOCOLS, rank_targets(scorer, rows, negatives, seen=seen), strict=True))
+    ranks = rank_targets(scorer, rows, negatives, batch_size=batch_size, seen=seen)
+    return dict(zip(PROTOCOLS, ranks, strict=True))
 
 
 @torch.inference_mode()
@@ -442,16 +449,8 @@ def evaluate_cooccurrence(
 ) -> dict:
     """The co-occurrence baseline's metrics, like `evaluate_popularity`'s."""
     batch = max(16, min(512, 20_000_000 // max(len(vocab), 1)))  # (N, b) profile in memory
-    rows = vocab.item_rows(eval_set.target_item)
-    negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
-    ranks = rank_targets(
-        lambda idx: cooc.scores(eval_set.history, vocab, idx),
-        rows,
-        negatives,
-        batch_size=batch,
-        seen=history_rows(vocab, eval_set.history),
-    )
-    named = dict(zip(PROTOCOLS, ranks, strict=True))
+    scorer = lambda idx: cooc.scores(eval_set.history, vocab, idx)  # noqa: E731  (b, N)
+    named = _all_ranks(scorer, vocab, eval_set, num_negatives, seed, batch_size=batch)
     if not sampled:
         named.pop("sampled")
     return _report(eval_set, named, ks)

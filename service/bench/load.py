@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import time
-from collections.abc import Coroutine, Generator, Sequence
+from collections.abc import Callable, Coroutine, Generator, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -186,25 +186,51 @@ async def _warm_up(client: Client, source: BodyStream) -> None:
     await run_step(client, source.take(20), 20.0, 1.0)
 
 
-async def ladder(
-    port: int, source: BodyStream, rates: Sequence[float], seconds: float, label: str
+def fixed_rates(rates: Sequence[float]) -> Generator[float, bool, None]:
+    """Each rate in turn, until one's verdict is False."""
+    for rate in rates:
+        if not (yield rate):
+            return
+
+
+async def run_rates(
+    port: int,
+    source: BodyStream,
+    seconds: float,
+    label: str,
+    rates: Generator[float, bool, None],
+    verdict: Callable[[StepResult], bool],
 ) -> list[StepResult]:
-    """Each rate in turn (fresh bodies each); stops after the first rate whose p99 passes 4x
-    the bound."""
+    """One step per rate `rates` yields (fresh bodies each), sending it each step's verdict.
+    Returns every step run, in order."""
     client = Client(port)
-    results = []
+    results: list[StepResult] = []
     try:
         await _warm_up(client, source)
-        for rate in rates:
+        rate = next(rates, None)
+        while rate is not None:
             step = await run_step(client, source.take(step_count(rate, seconds)), rate, seconds)
             results.append(step)
             print(format_step(label, step), flush=True)
-            if step.p99_ms > 4 * P99_BOUND_MS:
-                break
             await asyncio.sleep(0.5)  # let queues drain between steps
+            try:
+                rate = rates.send(verdict(step))
+            except StopIteration:
+                rate = None
     finally:
         client.close()
     return results
+
+
+async def ladder(
+    port: int, source: BodyStream, rates: Sequence[float], seconds: float, label: str
+) -> list[StepResult]:
+    """Each rate in turn; stops after the first rate whose p99 passes 4x the bound."""
+
+    def bounded(step: StepResult) -> bool:
+        return step.p99_ms <= 4 * P99_BOUND_MS
+
+    return await run_rates(port, source, seconds, label, fixed_rates(rates), bounded)
 
 
 @dataclass(frozen=True)
@@ -246,26 +272,9 @@ def knee_rates(search: KneeSearch) -> Generator[float, bool, None]:
 async def find_knee(
     port: int, source: BodyStream, seconds: float, label: str, search: KneeSearch
 ) -> list[StepResult]:
-    """The service's own maximum sustainable rate: the steps of `knee_rates`, each with fresh
-    bodies. Returns every step run, in order (the best sustained one is `best_rate` of them)."""
-    client = Client(port)
-    results: list[StepResult] = []
-    rates = knee_rates(search)
-    try:
-        await _warm_up(client, source)
-        rate = next(rates, None)
-        while rate is not None:
-            step = await run_step(client, source.take(step_count(rate, seconds)), rate, seconds)
-            results.append(step)
-            print(format_step(label, step), flush=True)
-            await asyncio.sleep(0.5)  # let queues drain between steps
-            try:
-                rate = rates.send(step.sustained())
-            except StopIteration:
-                rate = None
-    finally:
-        client.close()
-    return results
+    """The service's own maximum sustainable rate: the steps of `knee_rates`. Returns every step
+    run, in order (the best sustained one is `best_rate` of them)."""
+    return await run_rates(port, source, seconds, label, knee_rates(search), StepResult.sustained)
 
 
 def format_step(label: str, s: StepResult) -> str:

@@ -35,12 +35,7 @@ from index.shard import ShardSpec
 from models.artifacts import save_model
 from models.corpus import Corpus
 from models.embedder import Embedder
-from models.evaluate import (
-    baseline_metrics,
-    evaluate_model,
-    evaluate_within_surface,
-    popularity_scores,
-)
+from models.evaluate import evaluation_report
 from models.train import TrainConfig, train
 from service.jobs.catalog import ENCODE_BATCH, EncodedCatalogue, encode_catalogue
 
@@ -64,37 +59,10 @@ def train_to_dir(
     if "compatible_with" in result.extra:
         report["compatible_with"] = result.extra["compatible_with"]
     cold = [str(x) for x in result.extra.get("cold_items", [])]  # type: ignore[attr-defined]
-    if evaluate and len(corpus.test):
-        baselines = baseline_metrics(trained_on, result.vocab, corpus.test, seed=cfg.seed)
-        report["cooccurrence_valid_ndcg@10"] = baselines.pop("cooccurrence_valid_ndcg@10")
-        report["metrics"] = {
-            "split": "test",
-            "model": evaluate_model(result.model, result.vocab, corpus.test, seed=cfg.seed),
-            **baselines,  # most popular and co-occurrence, counted on what the model saw
-        }
-        report["sampled_by_target_surface"] = evaluate_model(
-            result.model,
-            result.vocab,
-            replace(corpus.test, group=corpus.test.target_surface.astype(object)),
-            seed=cfg.seed,
-            full_ranking=False,
+    if evaluate and len(corpus.test):  # the policy of `uniserve evaluate`, on the test split
+        report.update(
+            evaluation_report(result.model, result.vocab, corpus, cold_items=cold, seed=cfg.seed)
         )
-    if evaluate and len(corpus.test) and cold:  # cold vs warm targets, within their surface
-        surfaces = corpus.items.surface.astype(str)
-        report["within_surface"] = {
-            "split": "test",
-            "model": evaluate_within_surface(
-                result.model, result.vocab, surfaces, corpus.test, cold_items=cold
-            ),
-            "most_popular": evaluate_within_surface(
-                None,
-                result.vocab,
-                surfaces,
-                corpus.test,
-                popularity=popularity_scores(trained_on, result.vocab, cfg.seed),
-                cold_items=cold,
-            ),
-        }
     fingerprint = save_model(
         result.model,
         result.spec,
