@@ -1,5 +1,6 @@
-"""What several test suites share: free loopback ports, a copy of the session's artifacts, a
-started `uniserve serve` process (and waiting for a URL to answer), and `BlockedEmbedder`.
+"""What several test suites share: free loopback ports (the benchmark's `free_port`, imported),
+a copy of the session's artifacts, a started `uniserve serve` process (and waiting for a URL to
+answer), and `BlockedEmbedder`.
 
 Fixtures live in `tests/conftest.py`; plain helpers here, imported as `tests.helpers`.
 """
@@ -8,7 +9,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import threading
@@ -19,15 +19,9 @@ from typing import Any
 import httpx
 import numpy as np
 
+from service.bench.servers import free_port as free_port  # re-exported: one definition
+
 REPO = Path(__file__).resolve().parents[1]
-
-
-def free_port() -> int:
-    """A loopback port nobody listens on now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 def copy_data(source: Path, target: Path) -> Path:
