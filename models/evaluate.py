@@ -126,7 +126,7 @@ def _report(eval_set: EvalSet, ranks: dict[str, np.ndarray], ks: Sequence[int]) 
     return report
 
 
-def _all_ranks(
+def all_ranks(
     scorer: Scorer,
     vocab: Vocab,
     eval_set: EvalSet,
@@ -195,7 +195,7 @@ def evaluate_model(
         return _report(eval_set, {"sampled": sampled}, ks)
     users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
     scorer = lambda idx: users_t[idx] @ items_t.T  # noqa: E731  (b, N)
-    return _report(eval_set, _all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
+    return _report(eval_set, all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
 
 
 @torch.inference_mode()
@@ -234,7 +234,7 @@ def evaluate_popularity(
     """The most-popular baseline: every user gets the items ranked by training frequency."""
     counts = popularity_scores(corpus, vocab, seed)  # (N,)
     scorer = lambda idx: np.broadcast_to(counts, (len(idx), len(counts)))  # noqa: E731
-    return _report(eval_set, _all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
+    return _report(eval_set, all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
 
 
 def _vectors(
@@ -450,7 +450,7 @@ def evaluate_cooccurrence(
     """The co-occurrence baseline's metrics, like `evaluate_popularity`'s."""
     batch = max(16, min(512, 20_000_000 // max(len(vocab), 1)))  # (N, b) profile in memory
     scorer = lambda idx: cooc.scores(eval_set.history, vocab, idx)  # noqa: E731  (b, N)
-    named = _all_ranks(scorer, vocab, eval_set, num_negatives, seed, batch_size=batch)
+    named = all_ranks(scorer, vocab, eval_set, num_negatives, seed, batch_size=batch)
     if not sampled:
         named.pop("sampled")
     return _report(eval_set, named, ks)

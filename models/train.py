@@ -46,10 +46,8 @@ from models.corpus import Corpus, Sequences
 from models.device import DEVICES, select_device
 from models.evaluate import (
     PROTOCOLS,
-    history_rows,
+    all_ranks,
     metrics_from_ranks,
-    rank_targets,
-    sample_negatives,
     sampled_metrics,
     user_vectors_for,
 )
@@ -376,18 +374,15 @@ def validation_ndcg(
         device = model.item_cat.device
         users = torch.from_numpy(user_vectors_for(model, vocab, corpus.valid)).to(device)
         items = model.eval().all_item_vectors()  # (N, dim)
-        rows = vocab.item_rows(corpus.valid.target_item)
-        ranks = rank_targets(
+        ranks = all_ranks(
             lambda idx: users[torch.from_numpy(idx).to(device)] @ items.T,
-            rows,
-            sample_negatives(rows, len(vocab), 100, cfg.seed),
+            vocab,
+            corpus.valid,
+            100,
+            cfg.seed,
             batch_size=max(1, min(1024, 50_000_000 // len(vocab))),  # (b, N) scores <= 200 MB
-            seen=history_rows(vocab, corpus.valid.history),
         )
-        return {
-            name: metrics_from_ranks(r, (10,))["ndcg@10"]
-            for name, r in zip(PROTOCOLS, ranks, strict=True)
-        }
+        return {name: metrics_from_ranks(r, (10,))["ndcg@10"] for name, r in ranks.items()}
 
     if cfg.popularity_prior == 0:
         return measure()
