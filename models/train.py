@@ -73,6 +73,8 @@ class TrainConfig:
     # validation); True: pre-norm
     gated: bool = False  # LiGR-style gated residuals (eSASRec's layers)
     filter: bool = False  # a causal frequency-domain filter beside attention (FMLP/BSARec-like)
+    future_window: int = 1  # each position learns the next this-many events, weighted 1/gap
+    # (1: next item only, SASRec's objective)
     id_dropout: float = 0.1  # trains the metadata (cold-start) path and the UNK token
     normalize_items: bool = True  # cosine scores; False: item norms may encode popularity
     item_bias: bool = False  # per-item score bias (popularity prior), one more served dim
@@ -82,6 +84,8 @@ class TrainConfig:
     epochs: int = 200  # the most passes over the training data; ``patience`` stops earlier
     batch_size: int = 128  # windows per step
     lr: float = 1e-3
+    lr_decay: float = 1.0  # < 1: multiply every learning rate by this after 2 epochs without a
+    # better validation NDCG@10 (ReduceLROnPlateau); 1 = constant rates
     sparse_lr: float = 1e-2  # id-embedding rows see few updates each: a larger step helps
     weight_decay: float = 0.01
     loss: str = "auto"  # "full": softmax over the whole catalogue; "sampled": over the
@@ -130,6 +134,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         for name in (
             "dim",
+            "future_window",
             "epochs",
             "batch_size",
             "max_len",
@@ -184,6 +189,8 @@ class TrainConfig:
             raise ValueError(f"select_on must be one of {PROTOCOLS}, got {self.select_on!r}")
         if self.loss not in ("auto", "full", "sampled"):
             raise ValueError(f"loss must be auto, full or sampled, got {self.loss!r}")
+        if not 0 < self.lr_decay <= 1:
+            raise ValueError(f"lr_decay must be in (0, 1], got {self.lr_decay}")
         if self.patience is not None and self.patience < 1:
             raise ValueError(f"patience must be >= 1 or None, got {self.patience}")
         if self.contrastive < 0 or self.contrastive_temperature <= 0:
@@ -327,6 +334,14 @@ def length_bucketed_batches(
     return [batches[i] for i in rng.permutation(len(batches))]
 
 
+def later_targets(ids: torch.Tensor, window: int) -> torch.Tensor:
+    """The events after each input position: ids (B, T + 1) a batch of windows -> (B, T, G)
+    with [b, t, g] = ids[b, t + 1 + g] (PAD past the window's end), G = ``window``."""
+    tail = F.pad(ids, (0, window - 1), value=PAD_ID)  # (B, T + G)
+    t = ids.shape[1] - 1
+    return torch.stack([tail[:, 1 + g : 1 + g + t] for g in range(window)], dim=2)
+
+
 def expected_negative_counts(counts: np.ndarray, in_batch: int, uniform: int) -> np.ndarray:
     """Expected copies of each item among a step's negatives: (N + 2,) id-table rows.
 
@@ -396,6 +411,16 @@ def validation_ndcg(
             bias.copy_(saved)
 
 
+def window_weights(targets: torch.Tensor) -> torch.Tensor:
+    """Each row's weight per target: targets (M, G) id-table rows, column g the event g + 1
+    steps after the query (PAD where the sequence ends) -> (M, G) weights, 1 / (g + 1) on real
+    events, normalised to sum 1 per row (the co-occurrence baseline's 1/gap weighting). One
+    column: every weight is 1, the plain next-item loss."""
+    gap = torch.arange(1, targets.shape[1] + 1, device=targets.device, dtype=torch.float32)
+    w = (targets >= FIRST_ITEM_ID).float() / gap  # (M, G)
+    return w / w.sum(1, keepdim=True)
+
+
 def sampled_softmax_loss(
     model: Recommender,
     queries: torch.Tensor,
@@ -407,13 +432,18 @@ def sampled_softmax_loss(
 ) -> torch.Tensor:
     """Softmax over each row's target plus a shared negative set, every logit log-q corrected.
 
-    queries (M, dim) served user vectors, targets (M,) id-table rows, negatives (K,) rows,
-    log_q (N + 2,) -> scalar. The served scores (cosine, plus the item bias if any) are divided
-    by ``temperature`` before the correction.
-    A negative that happens to be the row's own target (an accidental hit) is masked out.
-    With Matryoshka ``dims``, the loss is the mean over the full vectors and each prefix.
+    queries (M, dim) served user vectors, targets (M,) id-table rows, or (M, G) for a window of
+    later events (column 0 the next one; PAD where the sequence ends; each target's
+    cross-entropy weighted by `window_weights`), negatives (K,) rows, log_q (N + 2,) -> scalar.
+    The served scores (cosine, plus the item bias if any) are divided by ``temperature`` before
+    the correction. A negative that happens to be the target (an accidental hit) is masked out
+    of that target's softmax. With Matryoshka ``dims``, the loss is the mean over the full
+    vectors and each prefix.
     """
-    pos_items = model.item_vectors(targets)  # (M, dim)
+    targets = targets[:, None] if targets.dim() == 1 else targets  # (M, G)
+    weights = window_weights(targets)  # (M, G)
+    rows = targets.clamp(min=FIRST_ITEM_ID)  # PAD columns: any real row, weight 0
+    pos_items = model.item_vectors(rows.reshape(-1)).view(*rows.shape, -1)  # (M, G, dim)
     neg_items = model.item_vectors(negatives)  # (K, dim)
     losses = []
     for m in (*(m for m in dims if m < model.dim), None):
@@ -422,13 +452,14 @@ def sampled_softmax_loss(
             if m is None
             else (truncate(queries, m), truncate(pos_items, m), truncate(neg_items, m))
         )
-        pos = (q * p).sum(-1, keepdim=True) / temperature  # (M, 1)
-        neg = q @ n.T / temperature  # (M, K)
-        pos, neg = pos - log_q[targets, None], neg - log_q[negatives]
-        neg = neg.masked_fill(negatives[None, :] == targets[:, None], float("-inf"))
-        logits = torch.cat([pos, neg], dim=1)  # (M, 1 + K)
-        zero = torch.zeros(len(targets), dtype=torch.long, device=logits.device)  # (M,)
-        losses.append(F.cross_entropy(logits, zero))
+        pos = (q[:, None, :] * p).sum(-1) / temperature - log_q[rows]  # (M, G)
+        neg = q @ n.T / temperature - log_q[negatives]  # (M, K)
+        nll = []
+        for g in range(rows.shape[1]):
+            hit = negatives[None, :] == rows[:, g, None]  # (M, K)
+            logits = torch.cat([pos[:, g, None], neg.masked_fill(hit, float("-inf"))], dim=1)
+            nll.append(torch.logsumexp(logits, dim=1) - pos[:, g])  # (M,)
+        losses.append((torch.stack(nll, dim=1) * weights).sum(1).mean())
     return torch.stack(losses).mean()
 
 
@@ -442,20 +473,27 @@ def full_softmax_loss(
 ) -> torch.Tensor:
     """Softmax over the whole catalogue: cross-entropy of each row's target among every item.
 
-    queries (M, dim) served user vectors, targets (M,) id-table rows, excluded (H,) id-table
-    rows that are no class (held-out items) -> scalar. Equal to `sampled_softmax_loss` with
-    every catalogue row as a negative and log q = 0. With Matryoshka ``dims``, the mean over the
-    full vectors and each prefix.
+    queries (M, dim) served user vectors, targets (M,) id-table rows, or (M, G) for a window of
+    later events (as in `sampled_softmax_loss`), excluded (H,) id-table rows that are no class
+    (held-out items) -> scalar. Equal to `sampled_softmax_loss` with every catalogue row as a
+    negative and log q = 0. With Matryoshka ``dims``, the mean over the full vectors and each
+    prefix.
     """
+    targets = targets[:, None] if targets.dim() == 1 else targets  # (M, G)
+    weights = window_weights(targets)  # (M, G)
+    labels = targets.clamp(min=FIRST_ITEM_ID) - FIRST_ITEM_ID  # (M, G) catalogue order
     items = model.all_item_vectors()  # (N, dim), catalogue order: id-table row - FIRST_ITEM_ID
-    labels = targets - FIRST_ITEM_ID  # (M,)
     losses = []
     for m in (*(m for m in dims if m < model.dim), None):
         q, v = (queries, items) if m is None else (truncate(queries, m), truncate(items, m))
         logits = q @ v.T / temperature  # (M, N)
         if excluded is not None and len(excluded):
             logits[:, excluded - FIRST_ITEM_ID] = float("-inf")
-        losses.append(F.cross_entropy(logits, labels))
+        if labels.shape[1] == 1:
+            losses.append(F.cross_entropy(logits, labels[:, 0]))
+        else:
+            nll = -torch.log_softmax(logits, dim=1).gather(1, labels)  # (M, G)
+            losses.append((nll * weights).sum(1).mean())
     return torch.stack(losses).mean()
 
 
@@ -511,6 +549,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr),
         torch.optim.AdamW(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     ]
+    schedulers = [
+        torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="max", factor=cfg.lr_decay, patience=1)
+        for opt in optimizers
+        if cfg.lr_decay < 1
+    ]
     # AutoCDSR's shared parameters: the transformer's, not the embedding tables
     shared = [p for n, p in model.user_encoder.named_parameters() if "embedding" not in n]
     full_softmax = uses_full_softmax(cfg, n_items)
@@ -564,9 +607,10 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             batch_targets = targets[keep]  # (M,)
             content = model.user_content(inputs, mask)[keep] if model.has_content else None
             queries = model.query_vectors(hidden[keep], content)  # (M, dim)
+            window = later_targets(ids, cfg.future_window)[keep]  # (M, G), column 0 = targets
             if full_softmax:
                 loss = full_softmax_loss(
-                    model, queries, batch_targets, cfg.temperature, cfg.matryoshka, excluded
+                    model, queries, window, cfg.temperature, cfg.matryoshka, excluded
                 )
                 negatives = None
             else:
@@ -576,7 +620,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
                 negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
                 loss = sampled_softmax_loss(
-                    model, queries, batch_targets, negatives, log_q, cfg.temperature, cfg.matryoshka
+                    model, queries, window, negatives, log_q, cfg.temperature, cfg.matryoshka
                 )
             if cfg.contrastive > 0:  # a second dropout view of the same windows
                 twin = model.hidden(inputs, in_surf, mask)[:, -1]  # (B, D)
@@ -632,6 +676,12 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 "full": result.valid_full_ndcg,
                 "full_seen_removed": result.valid_seen_removed_ndcg,
             }[cfg.select_on]
+            for scheduler in schedulers:
+                scheduler.step(chosen[-1])
+            if schedulers:  # the dense learning rate for the next epoch
+                lrs = result.extra.setdefault("lr_after_epoch", [])
+                assert isinstance(lrs, list)
+                lrs.append(optimizers[1].param_groups[0]["lr"])
             if best_state is None or chosen[-1] > max(chosen[:-1]):
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch + 1

@@ -34,7 +34,7 @@ BASE = dict(
     weight_decay=0.01,
     max_len=50,
     temperature=0.1,
-    epochs=40,
+    epochs=200,
     patience=5,
     select_on="full_seen_removed",
 )
@@ -76,6 +76,9 @@ ROWS: dict[str, dict[str, object]] = {
     "temperature 0.05": dict(temperature=0.05),
     "contrastive 0.1 (DuoRec)": dict(contrastive=0.1),
     "frequency filter (causal FMLP)": dict(filter=True),
+    "future window 3": dict(future_window=3),
+    "future window 5": dict(future_window=5),
+    "future window 10": dict(future_window=10),
 }
 DATASETS = ("toys", "sports")
 

@@ -61,6 +61,10 @@ def add_parser(sub: Any) -> None:
         help="add a causal frequency-domain filter beside attention (FMLP-Rec/BSARec-like)",
     )  # fmt: skip
     p.add_argument(
+        "--future-window", type=int, default=1, metavar="G",
+        help="each position learns the next G events, weighted 1/gap (default 1: next item)",
+    )  # fmt: skip
+    p.add_argument(
         "--contrastive", type=float, default=0.0, metavar="W",
         help="add DuoRec's dropout-view contrastive loss with weight W (default 0 = off)",
     )  # fmt: skip
@@ -85,6 +89,11 @@ def add_parser(sub: Any) -> None:
         "item's bias, in cosine units (default 0)",
     )  # fmt: skip
     p.add_argument("--lr", type=float, default=1e-3, help="Adam learning rate (default 1e-3)")
+    p.add_argument(
+        "--lr-decay", type=float, default=1.0, metavar="F",
+        help="multiply the learning rates by F after 2 epochs without a better validation "
+        "NDCG@10 (default 1: constant)",
+    )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of initialisation and sampling")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--time-budget", type=float, default=None, help="stop after this many seconds")
@@ -175,6 +184,7 @@ def run(args: argparse.Namespace) -> int:
         norm_first=args.norm == "pre",
         gated=args.gated,
         filter=args.filter,
+        future_window=args.future_window,
         loss=args.loss,
         full_softmax_max_items=args.full_softmax_max_items,
         contrastive=args.contrastive,
@@ -185,6 +195,7 @@ def run(args: argparse.Namespace) -> int:
         item_bias=args.item_bias,
         popularity_prior=args.popularity_prior,
         lr=args.lr,
+        lr_decay=args.lr_decay,
         seed=args.seed,
         max_steps=args.max_steps,
         time_budget_s=args.time_budget,

@@ -31,9 +31,11 @@ from models.train import (
     build_model,
     contrastive_loss,
     full_softmax_loss,
+    later_targets,
     sampled_softmax_loss,
     train,
     uses_full_softmax,
+    window_weights,
 )
 from models.vocab import Vocab
 
@@ -160,6 +162,48 @@ def test_full_softmax_equals_sampled_softmax_with_every_item_as_negative() -> No
     )
 
 
+def test_later_targets_and_their_weights() -> None:
+    pad = 0
+    ids = torch.tensor([[pad, pad, 4, 5, 6], [3, 4, 5, 6, 7]])  # (B, T + 1), left-padded
+    later = later_targets(ids, 3)  # (B, T, G)
+    assert later.shape == (2, 4, 3)
+    assert later[0].tolist() == [[pad, 4, 5], [4, 5, 6], [5, 6, pad], [6, pad, pad]]
+    assert later[1].tolist() == [[4, 5, 6], [5, 6, 7], [6, 7, pad], [7, pad, pad]]
+    assert torch.equal(later_targets(ids, 1)[..., 0], ids[:, 1:])  # next item only
+    w = window_weights(later[1])
+    torch.testing.assert_close(w[0], torch.tensor([1, 1 / 2, 1 / 3]) / (11 / 6))
+    torch.testing.assert_close(w[2], torch.tensor([1, 1 / 2, 0]) / 1.5)
+    torch.testing.assert_close(w[3], torch.tensor([1.0, 0, 0]))
+
+
+def test_window_losses_are_the_weighted_cross_entropies() -> None:
+    corpus = _corpus()
+    model, _, vocab = build_model(corpus, TrainConfig(dim=16, progress=False))
+    model.eval()
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(4, 16), dim=-1)
+    window = torch.tensor([[2, 5, 9], [5, 0, 0], [9, 30, 0], [41, 41, 3]])  # PAD = 0
+    every = torch.arange(FIRST_ITEM_ID, len(vocab) + FIRST_ITEM_ID)
+    zero_log_q = torch.zeros(len(vocab) + FIRST_ITEM_ID)
+    full = full_softmax_loss(model, queries, window, 0.1)
+    torch.testing.assert_close(
+        full, sampled_softmax_loss(model, queries, window, every, zero_log_q, 0.1)
+    )
+    items = model.all_item_vectors()
+    log_p = torch.log_softmax(queries @ items.T / 0.1, dim=1)  # (4, N)
+    by_hand = 0.0
+    for m, row in enumerate(window.tolist()):
+        real = [(g, t) for g, t in enumerate(row) if t != 0]
+        norm = sum(1 / (g + 1) for g, _ in real)
+        by_hand += sum(-log_p[m, t - FIRST_ITEM_ID] / (g + 1) for g, t in real) / norm
+    torch.testing.assert_close(full, by_hand / 4)
+    # one column is the next-item loss, and a window of 1 from the training loop is that column
+    torch.testing.assert_close(
+        full_softmax_loss(model, queries, window[:, :1], 0.1),
+        full_softmax_loss(model, queries, window[:, 0], 0.1),
+    )
+
+
 def test_contrastive_loss_known_values() -> None:
     same = torch.eye(4)
     # identical orthogonal views: logit 1/t on the diagonal, 0 elsewhere
@@ -205,6 +249,25 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkey
         torch.testing.assert_close(value, states[1][name].cpu(), msg=name)  # epoch 2 kept
 
 
+def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) -> None:
+    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.80, 0.85, 0.70])
+
+    def fake_validation(model, vocab, corpus, cfg, counts):
+        return {"full_seen_removed": next(scripted)}
+
+    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
+    cfg = TrainConfig(
+        dim=16, epochs=8, patience=None, lr=1e-3, lr_decay=0.5, batch_size=32, max_len=12,
+        progress=False,
+    )  # fmt: skip
+    result = train(_corpus(), cfg)
+    # epochs 3 and 4 do not beat 0.30: halved; 5 improves; 6 and 7 do not: halved again
+    assert result.extra["lr_after_epoch"] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
+    assert result.best_epoch == 5
+    with pytest.raises(ValueError, match="lr_decay"):
+        TrainConfig(lr_decay=0.0)
+
+
 OPTION_CONFIGS = {
     "full softmax": dict(loss="full"),
     "sampled uniform": dict(loss="sampled", in_batch_negatives=0, num_negatives=16),
@@ -213,6 +276,9 @@ OPTION_CONFIGS = {
     "gated": dict(norm_first=True, gated=True),
     "filter": dict(filter=True),
     "contrastive": dict(contrastive=0.1),
+    "future window": dict(future_window=3),
+    "future window, sampled": dict(future_window=3, loss="sampled", num_negatives=16),
+    "lr decay": dict(lr_decay=0.5),
 }
 
 
