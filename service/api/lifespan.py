@@ -9,7 +9,8 @@ engine: it loads the first one (`load_engine`, through `service.core.reloader.op
 every later reload) and, while the app runs, its watcher polls CURRENT every
 `index_poll_seconds` and swaps new versions in. In router mode (`shard_urls` set) only the model
 is loaded (`load_router_into`): no index, no watcher, no bootstrap; the shard replicas hold the
-index.
+index. Then online quality is wired (`service.api.online`: the served-list store, the tracker,
+the shadow slot and the configured shadow); at shutdown its background work is cancelled.
 """
 
 from __future__ import annotations

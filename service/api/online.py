@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 
 from service.api.state import AppState
-from service.core.online import OnlineTracker
+from service.core.online import OnlineTracker, VersionKey
 from service.core.shadow import ShadowSlot
 from service.store.served import InProcessServedStore, ServedStore
 
@@ -47,10 +47,13 @@ def make_online(state: AppState) -> OnlineTracker | None:
         budget=state.redis.budget if state.redis is not None else None,
         on_match=metrics.observe_match,
         on_drop=metrics.observe_drop,
+        on_served=metrics.track_version,
         shadow=state.shadow,
     )
     metrics.pending.set_function(lambda: tracker.work.pending)
     metrics.track_catalogue(lambda: state.engine)
+    if (live := state.engine) is not None:  # its series at 0 from the first scrape
+        metrics.track_version(VersionKey("live", live.model_version, live.index_version))
     return tracker
 
 

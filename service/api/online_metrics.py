@@ -18,11 +18,12 @@ from collections.abc import Callable
 import numpy as np
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from service.core.online import DROP_REASONS, K_LABELS, WORKS, Match
+from service.core.online import DROP_REASONS, K_LABELS, WORKS, Match, VersionKey
 from service.core.promotion import Decision
 from service.core.shadow import OUTCOMES, Shadow
 
 UNKNOWN_SURFACE, OTHER_SURFACE = "unknown", "other"
+MAX_PRESET_SURFACES = 64  # a version's series are made at 0 for at most this many surfaces
 DECISIONS = ("promoted", "refused")
 
 
@@ -98,7 +99,7 @@ class OnlineMetrics:
             self.shadow.labels(outcome)
         for decision in DECISIONS:
             self.decisions.labels(decision)
-        self._seen: set[tuple[str, ...]] = set()
+        self._seen: set[tuple[str, ...]] = set()  # versions and (version, surface) made
         self._catalogue: Callable[[], object] = lambda: None
         self._surfaces: tuple[int, frozenset[str]] = (0, frozenset())
 
@@ -106,23 +107,42 @@ class OnlineMetrics:
         """`live()`: the live local engine (its index's surfaces are the known ones) or None."""
         self._catalogue = live
 
+    def known_surfaces(self) -> frozenset[str]:
+        """The live catalogue's surfaces (empty without a local engine)."""
+        index = getattr(self._catalogue(), "index", None)
+        if index is None:
+            return frozenset()
+        if self._surfaces[0] != id(index):  # computed once per index version
+            self._surfaces = (id(index), frozenset(str(s) for s in np.unique(index.surfaces)))
+        return self._surfaces[1]
+
     def surface_label(self, surface: str) -> str:
         if not surface:
             return UNKNOWN_SURFACE
-        engine = self._catalogue()
-        index = getattr(engine, "index", None)
-        if index is None:
-            return OTHER_SURFACE
-        if self._surfaces[0] != id(index):  # computed once per index version
-            self._surfaces = (id(index), frozenset(str(s) for s in np.unique(index.surfaces)))
-        return surface if surface in self._surfaces[1] else OTHER_SURFACE
+        return surface if surface in self.known_surfaces() else OTHER_SURFACE
+
+    def track_version(self, version: VersionKey) -> None:
+        """Make a version's series exist at 0 (every surface label, every k) before its first
+        event, so rates over them see that event. Idempotent."""
+        if version in self._seen:
+            return
+        self._seen.add(version)
+        surfaces = sorted(self.known_surfaces() - {""})
+        if len(surfaces) > MAX_PRESET_SURFACES:
+            surfaces = []
+        for surface in (*surfaces, UNKNOWN_SURFACE, OTHER_SURFACE):
+            self._series((*version, surface))
+
+    def _series(self, labels: tuple[str, ...]) -> None:
+        if labels not in self._seen:
+            self._seen.add(labels)
+            self.events.labels(*labels)
+            for k in K_LABELS:
+                self.hits.labels(*labels, k)
 
     def observe_match(self, match: Match) -> None:
         labels = (*match.version, self.surface_label(match.surface))
-        if labels not in self._seen:  # every k of a new series exists, at 0, from the start
-            self._seen.add(labels)
-            for k in K_LABELS:
-                self.hits.labels(*labels, k)
+        self._series(labels)  # every k of a new series exists, at 0
         self.events.labels(*labels).inc()
         for k in match.hit_labels():
             self.hits.labels(*labels, k).inc()
@@ -137,6 +157,7 @@ class OnlineMetrics:
         self.shadow_info.clear()
         if shadow is not None:
             self.shadow_info.labels(shadow.index_version, shadow.model_version).set(1)
+            self.track_version(VersionKey("shadow", shadow.model_version, shadow.index_version))
 
     def observe_decision(self, decision: Decision) -> None:
         self.decisions.labels("promoted" if decision.promote else "refused").inc()

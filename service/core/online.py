@@ -169,12 +169,13 @@ class OnlineTracker:
         budget: Callable[[], AbstractContextManager[object]] | None = None,
         on_match: Callable[[Match], None] | None = None,
         on_drop: Callable[[str, str], None] | None = None,
+        on_served: Callable[[VersionKey], None] | None = None,
         shadow: ShadowSlot | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         """`budget`: the scope of one piece's store calls (the Redis link's request budget);
-        `on_match(match)`, `on_drop(work, reason)`: the metrics; `shadow`: where a shadow
-        model is loaded, when one is."""
+        `on_match(match)`, `on_drop(work, reason)`, `on_served(version)` (before a version's
+        list is remembered): the metrics; `shadow`: where a shadow model is, when one is."""
         self.store = store
         self.window_seconds = window_seconds
         self.work = UserSerial(max_pending)
@@ -184,6 +185,7 @@ class OnlineTracker:
         self._budget = budget or nullcontext
         self._on_match = on_match or (lambda match: None)
         self._on_drop = on_drop or (lambda work, reason: None)
+        self._on_served = on_served or (lambda version: None)
 
     # ------------------------------------------------------------------ request side
     def served(self, call: RetrieveCall, body: bytes) -> None:
@@ -231,7 +233,11 @@ class OnlineTracker:
         served = ServedList(
             items, "live", answer["model_version"], answer["index_version"], call.served_at
         )
-        await self.store.remember(call.user_id, served)
+        await self._remember(call.user_id, served)
+
+    async def _remember(self, user_id: str, served: ServedList) -> None:
+        self._on_served(VersionKey(served.role, served.model_version, served.index_version))
+        await self.store.remember(user_id, served)
 
     async def _answer(self, shadow: Shadow, call: RetrieveCall) -> None:
         try:
@@ -241,7 +247,7 @@ class OnlineTracker:
             log.warning("shadow %s failed on a retrieve", shadow.index_version, exc_info=True)
             return
         shadow.release("answered")
-        await self.store.remember(call.user_id, served)
+        await self._remember(call.user_id, served)
 
     async def _match(self, user_id: str, events: list[Event], now: float) -> None:
         lists = await self.store.lists(user_id, now)

@@ -16,13 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import pytest
 
 from index import current_version, set_current
 from models.embedder import Embedder
+from service.cli.common import EXIT_ERROR, EXIT_REFUSED
 from service.settings import Settings
 from tests.core.test_hotswap import publish_halves
-from tests.helpers import copy_data
+from tests.helpers import copy_data, free_port, start_serve, stop, wait_until_ok
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
@@ -153,9 +155,17 @@ async def test_later_events_are_counted_as_hits_by_version_and_surface(
             }
         ]
         # no user id, item id or caller-chosen surface in any label
+        # (k, le and shard are closed sets of numbers, surfaces the catalogue's: item ids may
+        # equal some of them)
         registry = served.state.metrics.registry
-        labels = {v for f in registry.collect() for s in f.samples for v in s.labels.values()}
-        assert not labels & {*items, unserved, user, "made-up-surface"}
+        labels = [
+            (key, v) for f in registry.collect() for x in f.samples for key, v in x.labels.items()
+        ]
+        surfaces = {v for key, v in labels if key == "surface"}
+        assert surfaces <= {*halves.surfaces.values(), "unknown", "other"}
+        assert {"other", "unknown", real} <= surfaces
+        others = {v for key, v in labels if key not in ("k", "le", "shard", "surface")}
+        assert not others & {*items, unserved, user, "made-up-surface"}
 
 
 # ---------------------------------------------------------------------------- the shadow
@@ -321,3 +331,42 @@ async def test_promote_refuses_below_n_and_when_not_significant_and_promotes_oth
         assert value(served, "uniserve_promotion_last_p_value") == win["p_value"]
         none = await post(served, "/admin/promote", gate, 409)
         assert none["error_type"] == "unservable" and "no shadow" in none["error"]
+
+
+def test_uniserve_promote_prints_the_decision_and_its_numbers(
+    halves: Halves,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The command against a real `uniserve serve` with a shadow: refused (exit 3) with both
+    rates, the counts and the p-value printed; an error (exit 2) once no shadow is loaded."""
+    from service.cli import main
+
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    env: dict[str, str | None] = {
+        "UNISERVE_ADMIN_KEY": ADMIN,
+        "UNISERVE_API_KEY": None,
+        "UNISERVE_SHADOW_VERSION": halves.shadow,
+        "UNISERVE_SHADOW_SAMPLE": "1.0",
+    }
+    log = tmp_path / "serve.log"
+    args = ["--no-bootstrap", "--data-dir", str(halves.data), "--port", str(port)]
+    proc = start_serve([*args, "--log-level", "warning"], log, env)
+    try:
+        wait_until_ok(f"{url}/readyz", proc, log, 180)
+        monkeypatch.setenv("UNISERVE_ADMIN_KEY", ADMIN)
+        assert main(["promote", "--url", url, "--min-events", "5"]) == EXIT_REFUSED
+        out = capsys.readouterr().out
+        assert "REFUSED: too few matched events (0 < 5)" in out
+        for text in (halves.live, halves.shadow, "one-sided p-value 1", "HR@10"):
+            assert text in out
+        unload = httpx.post(f"{url}/admin/shadow", json={"version": None}, headers=AUTH, timeout=30)
+        assert unload.status_code == 200, unload.text
+        assert main(["promote", "--url", url]) == EXIT_ERROR
+        assert "no shadow is loaded" in capsys.readouterr().err
+        monkeypatch.delenv("UNISERVE_ADMIN_KEY")
+        assert main(["promote", "--url", url]) == EXIT_ERROR
+    finally:
+        stop(proc)

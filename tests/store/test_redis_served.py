@@ -14,7 +14,8 @@ import pytest
 
 from service.store.redis_served import RedisServedStore
 from tests.helpers import free_port
-from tests.store.test_redis import (  # noqa: F401 (redis_server: the fixture)
+from tests.store import test_redis
+from tests.store.test_redis import (
     MARGIN,
     TIMEOUT_MS,
     EngineCalls,
@@ -22,7 +23,6 @@ from tests.store.test_redis import (  # noqa: F401 (redis_server: the fixture)
     events_of,
     new_user,
     post,
-    redis_server,
     sample,
     settings_for,
 )
@@ -30,6 +30,8 @@ from tests.store.test_redis import (  # noqa: F401 (redis_server: the fixture)
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
 
+pytestmark = test_redis.pytestmark  # skipped without redis-server
+redis_server = test_redis.redis_server  # the fixture: a real redis-server per test
 K = 10
 
 
