@@ -37,7 +37,7 @@ class AppState:
     flights: SingleFlight[bytes] = field(default_factory=SingleFlight)  # shared by requests
     pending: PendingLimit = field(init=False)  # compute requests in progress (load shedding)
     online: OnlineTracker | None = None  # set by the lifespan unless online_window_seconds is 0
-    shadow: ShadowSlot | None = None  # set by the lifespan (local engine): the shadow model's
+    shadow: ShadowSlot | None = None  # set by the lifespan (not in router mode): the shadow
 
     def __post_init__(self) -> None:
         self.pending = PendingLimit(self.settings.max_pending_requests)

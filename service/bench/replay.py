@@ -172,6 +172,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--confidence", type=float, default=None, help="promotion: confidence")
     p.add_argument("--json", type=Path, default=None, help="also write the result here")
     args = p.parse_args(argv)
+    import logging
+
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # not a line per request
     admin_key = os.environ.get("UNISERVE_ADMIN_KEY", "")
     if not admin_key:
         print("uniserve bench replay: set UNISERVE_ADMIN_KEY (GET /admin/online)", file=sys.stderr)
