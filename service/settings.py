@@ -169,6 +169,36 @@ class Settings(BaseSettings):
     multi_candidates: Annotated[int, Field(ge=1, le=100_000)] = 200
     multi_interests: Annotated[int, Field(ge=1, le=64)] = 4
 
+    # Online quality (service.core.online). Each retrieve with a user_id is remembered (item
+    # ids, versions, time) and later events of that user are matched against the lists served
+    # within online_window_seconds before them, giving online hit rates per version. Longer
+    # window: later interactions still count as hits, for more memory (lists are kept that
+    # long) and more chance attribution; 0 = nothing remembered or matched. At most
+    # online_max_lists lists per user (oldest dropped) and, in process, online_max_users users
+    # (least recently served evicted; with Redis, maxmemory bounds it). The remembering and
+    # matching run in the background: at most online_queue_size pieces pending, beyond that new
+    # ones are dropped and counted (less: bounded memory under a burst, more dropped).
+    online_window_seconds: Annotated[float, Field(ge=0.0, le=7 * 24 * 3600.0)] = 1800.0
+    online_max_lists: Annotated[int, Field(ge=1, le=1000)] = 8
+    online_max_users: Annotated[int, Field(ge=1, le=100_000_000)] = 1_000_000
+    online_queue_size: Annotated[int, Field(ge=1, le=1_000_000)] = 10_000
+    # Shadow model: shadow_version names a published index version (under shadow_index_root,
+    # default the live index root) loaded at startup as a shadow (also POST /admin/shadow). It
+    # answers shadow_sample of the retrieves with a user_id after the live answer was made, in
+    # the background with its own batchers; its lists are scored like the live ones. More
+    # sampling: evidence sooner, for more CPU taken from live traffic. At most
+    # shadow_queue_size shadow answers pending; beyond that they are dropped and counted.
+    shadow_version: str | None = None
+    shadow_index_root: Path | None = None
+    shadow_sample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1
+    shadow_queue_size: Annotated[int, Field(ge=1, le=100_000)] = 64
+    # Gated promotion (POST /admin/promote, `uniserve promote`): the shadow replaces the live
+    # version only when both have at least promote_min_events matched events and a one-sided
+    # two-proportion test says the shadow's HR@10 is higher at promote_confidence. More events
+    # or confidence: fewer wrong promotions, slower ones.
+    promote_min_events: Annotated[int, Field(ge=1, le=100_000_000)] = 1000
+    promote_confidence: Annotated[float, Field(ge=0.5, lt=1.0)] = 0.95
+
     # Auth (sent as `Authorization: Bearer <key>`, compared in constant time). api_key: needed by
     # every /v1 route when set; unset = /v1 is open (fine on loopback, the default bind; set it
     # before exposing the port). admin_key: the separate secret of /admin (reload, rollback);
@@ -210,6 +240,11 @@ class Settings(BaseSettings):
         if len(urls) > _MAX_SHARDS:
             raise ValueError(f"at most {_MAX_SHARDS} shard URLs, got {len(urls)}")
         return ",".join(urls)
+
+    @field_validator("shadow_version")
+    @classmethod
+    def _shadow_version(cls, value: str | None) -> str | None:
+        return value.strip() if value is not None and value.strip() else None  # "" = unset
 
     @field_validator("index_poll_seconds")
     @classmethod

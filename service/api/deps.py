@@ -64,6 +64,7 @@ def serving_core(state: AppState) -> ServingCore:
         on_stage=state.metrics.observe_stage,
         multi_candidates=settings.multi_candidates,
         multi_interests=settings.multi_interests,
+        online=state.online,
     )
 
 

@@ -9,7 +9,8 @@ engine: it loads the first one (`load_engine`, through `service.core.reloader.op
 every later reload) and, while the app runs, its watcher polls CURRENT every
 `index_poll_seconds` and swaps new versions in. In router mode (`shard_urls` set) only the model
 is loaded (`load_router_into`): no index, no watcher, no bootstrap; the shard replicas hold the
-index.
+index. Then online quality is wired (`service.api.online`: the served-list store, the tracker,
+the shadow slot and the configured shadow); at shutdown its background work is cancelled.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from fastapi import FastAPI
 
 from index import RejectReason
 from service.api.metrics import IndexSnapshot, Metrics
+from service.api.online import close_online, load_configured_shadow, make_online
 from service.api.state import AppState
 from service.core.engine import Admission, Engine
 from service.core.heap import freeze_heap
@@ -129,6 +131,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             settings, admission, on_swap=on_swap, on_refused=on_refused
         )
         await reloader.start(functools.partial(load_engine, settings, admission))
+    make_online(state)  # served lists, online hit counting, the shadow slot
+    await load_configured_shadow(state)
     try:
         async with anyio.create_task_group() as background:
             if settings.index_poll_seconds > 0 and reloader is not None:
@@ -143,6 +147,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.router_not_ready_reason = shutting_down
         metrics.index_items.set(0)
         metrics.index_created.set(0)
+        await close_online(state)
         await admission.aclose()
         if router is not None:
             await router.fanout.aclose()

@@ -21,6 +21,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from index.manifest import RejectReason
+from service.api.online_metrics import OnlineMetrics
 from service.core.batcher import BatchStats
 
 UNMATCHED_ROUTE = "unmatched"
@@ -220,6 +221,7 @@ class Metrics:
         )
         self._index = _IndexCollector()
         self.registry.register(self._index)
+        self.online = OnlineMetrics(self.registry)  # online quality, shadow, promotion
         # every closed-set series exported from the start, at 0
         for stage in STAGES:
             self.stage_latency.labels(stage)

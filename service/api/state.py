@@ -17,7 +17,9 @@ from service.store.events import EventStore, InProcessEventStore
 from service.store.singleflight import SingleFlight
 
 if TYPE_CHECKING:
+    from service.core.online import OnlineTracker
     from service.core.router import RouterEngine
+    from service.core.shadow import ShadowSlot
     from service.store.redis_link import RedisLink
 
 
@@ -34,6 +36,8 @@ class AppState:
     redis: RedisLink | None = None  # set when redis_url is: the cache and events live there
     flights: SingleFlight[bytes] = field(default_factory=SingleFlight)  # shared by requests
     pending: PendingLimit = field(init=False)  # compute requests in progress (load shedding)
+    online: OnlineTracker | None = None  # set by the lifespan unless online_window_seconds is 0
+    shadow: ShadowSlot | None = None  # set by the lifespan (not in router mode): the shadow
 
     def __post_init__(self) -> None:
         self.pending = PendingLimit(self.settings.max_pending_requests)

@@ -1,4 +1,4 @@
-"""`uniserve bench service|index|muvera`: run one of the benchmarks of `service.bench`."""
+"""`uniserve bench service|index|muvera|replay|shadow`: run one of the benchmarks of `service.bench`."""
 
 from __future__ import annotations
 
@@ -10,11 +10,18 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
         help="benchmarks: 'service' (throughput vs the in-process limit and a naive service), "
-        "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer)",
+        "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer), "
+        "'replay' (held-out events against a running service: online vs offline HR@10, "
+        "promotion), 'shadow' (live latency without a shadow model, and with one at 10%% and "
+        "100%% sampling)",
         description="Run a benchmark; `uniserve bench service --help` and `uniserve bench "
         "index --help` list their options. Results go to stdout (and --json / --out).",
     )
-    p.add_argument("which", choices=["service", "index", "muvera"], help="which benchmark")
+    p.add_argument(
+        "which",
+        choices=["service", "index", "muvera", "replay", "shadow"],
+        help="which benchmark",
+    )
     p.add_argument("options", nargs=argparse.REMAINDER, help="that benchmark's options")
     p.set_defaults(func=run)
 
@@ -24,6 +31,10 @@ def run(args: argparse.Namespace) -> int:
         from service.bench.service import main as bench_main
     elif args.which == "muvera":
         from service.bench.muvera import main as bench_main
+    elif args.which == "replay":
+        from service.bench.replay import main as bench_main
+    elif args.which == "shadow":
+        from service.bench.shadow import main as bench_main
     else:
         from service.bench.ann import main as bench_main
     return bench_main(args.options)

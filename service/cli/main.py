@@ -1,4 +1,5 @@
-"""`uniserve` command line: train, evaluate, build-index, rollback, serve, bench, report.
+"""`uniserve` command line: train, evaluate, build-index, rollback, promote, serve, bench,
+report.
 
 Each subcommand is one module of `service.cli` holding its flags (`add_parser`) next to the
 handler that reads them (`run`); a handler calls one function of `service.jobs`, `models`,
@@ -12,12 +13,12 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from service.cli import bench, build_index, evaluate, report, rollback, serve, train
+from service.cli import bench, build_index, evaluate, promote, report, rollback, serve, train
 from service.cli.common import DATA_HELP, EXIT_ERROR, EXIT_REFUSED
 
 __all__ = ["DATA_HELP", "EXIT_ERROR", "EXIT_REFUSED", "build_parser", "main"]
 
-SUBCOMMANDS = (train, evaluate, build_index, rollback, bench, serve, report)
+SUBCOMMANDS = (train, evaluate, build_index, rollback, promote, bench, serve, report)
 
 
 def build_parser() -> argparse.ArgumentParser:

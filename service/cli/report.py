@@ -13,8 +13,8 @@ from service.cli.common import EXIT_ERROR
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "report",
-        help="render latency percentiles, throughput, cache hit ratio and stage timings from "
-        "Prometheus into a PNG",
+        help="render latency percentiles, throughput, cache hit ratio, stage timings and online "
+        "HR@10 per version from Prometheus into a PNG",
         description="Fetch uniserve's key series for a recent time range from Prometheus and "
         "draw them into one PNG, for a look without Grafana. Needs matplotlib "
         "(pip install 'uniserve[report]').",

@@ -31,6 +31,7 @@ import orjson
 
 from service.core.engine import Engine, ItemSpec
 from service.core.filters import Filters
+from service.core.online import OnlineTracker, RetrieveCall
 from service.core.router import RouterEngine
 from service.errors import ErrorType, ServiceError
 from service.store.cache import Cache, cache_key
@@ -90,9 +91,11 @@ class ServingCore:
         on_stage: Callable[[str, float], None] | None = None,
         multi_candidates: int = 200,
         multi_interests: int = 4,
+        online: OnlineTracker | None = None,
     ) -> None:
         """`multi_candidates`: rows re-ranked by exact Chamfer per multi-mode retrieve;
-        `multi_interests`: interest vectors per user in multi mode."""
+        `multi_interests`: interest vectors per user in multi mode; `online`: told of every
+        retrieve answered for a user id and every stored event (online quality)."""
         self.engine = engine
         self.cache = cache
         self.events = events
@@ -103,6 +106,7 @@ class ServingCore:
         self._on_stage = on_stage or (lambda stage, seconds: None)
         self.multi_candidates = multi_candidates
         self.multi_interests = multi_interests
+        self.online = online
 
     # ------------------------------------------------------------------ history
     async def history(self, user_id: str | None, events: Sequence[Event] | None) -> UserHistory:
@@ -144,6 +148,8 @@ class ServingCore:
                     f"events were not stored ({exc}); retry shortly (a retry after a timeout "
                     "may store them twice)",
                 ) from exc
+        if self.online is not None:  # outside the budget: its work has its own
+            self.online.events(user_id, events)
         return to_json({"user_id": user_id, "stored": stored})
 
     # ------------------------------------------------------------------ cache (fails open)
@@ -310,6 +316,11 @@ class ServingCore:
 
             body = await self._cached("retrieve", key, compute)
         self._on_stage("total", time.perf_counter() - started)
+        if self.online is not None and user_id is not None:  # outside the budget, as above
+            call = RetrieveCall(
+                user_id, history.events, k, filters, exclude_seen, mode, self.online.clock()
+            )
+            self.online.served(call, body)
         return body
 
     async def _fan_out(

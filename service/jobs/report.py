@@ -1,8 +1,9 @@
 """`uniserve report`: the key series of a running deployment, from Prometheus, as one PNG.
 
 For a look without Grafana: request latency percentiles (p50 / p95 / p99 over the /v1 routes),
-throughput by route with 4xx / 5xx / rejected requests, the cache hit ratio, and the p95 of each
-pipeline stage, over the last `since` seconds. The series are fetched with Prometheus'
+throughput by route with 4xx / 5xx / rejected requests, the cache hit ratio, the p95 of each
+pipeline stage, and online quality (online HR@10 per served version, live and shadow, and the
+matched events behind it), over the last `since` seconds. The series are fetched with Prometheus'
 `/api/v1/query_range` (the same metric names the dashboard uses, `deploy/grafana/dashboards`)
 and drawn with matplotlib, an optional dependency (`pip install 'uniserve[report]'`). Tested by
 `test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheus`, which renders a
@@ -93,7 +94,32 @@ def _queries(selector: str, window: str) -> dict[str, list[Query]]:
                 "stage",
             )
         ],
+        "Online HR@10 by version (ratio)": [
+            Query(
+                version_label(
+                    f"sum by (role, index_version) (rate(uniserve_online_hits_total"
+                    f'{{{selector + "," if selector else ""}k="10"}}[{window}])) / '
+                    f"sum by (role, index_version) (rate(uniserve_online_events_total{sel}"
+                    f"[{window}]))"
+                ),
+                "version",
+            )
+        ],
+        "Matched events by version (events/s)": [
+            Query(
+                version_label(
+                    f"sum by (role, index_version) "
+                    f"(rate(uniserve_online_events_total{sel}[{window}]))"
+                ),
+                "version",
+            )
+        ],
     }
+
+
+def version_label(expr: str) -> str:
+    """`expr` with a `version` label "<role> <index version>" to name its series by."""
+    return f'label_join({expr}, "version", " ", "role", "index_version")'
 
 
 def fetch(prometheus: str, expr: str, start: float, end: float, step: float) -> list[Series]:
@@ -188,15 +214,15 @@ def render(
     reloads = reload_times(
         fetch(prometheus, f"sum(uniserve_index_reloads_total{sel})", start, end, step)
     )
-    fig = Figure(figsize=(13, 8.5), dpi=110, layout="constrained")
-    axes = fig.subplots(2, 2, sharex=True)
+    fig = Figure(figsize=(13, 12.5), dpi=110, layout="constrained")
+    axes = fig.subplots(3, 2, sharex=True)
     for ax, (name, queries) in zip(axes.flat, panels.items(), strict=True):
         for i, at in enumerate(reloads):
             label = "index reload" if i == 0 else None
             ax.axvline(at, color="grey", linestyle="--", linewidth=1, label=label)  # type: ignore[arg-type]
         _plot(ax, name, queries, results[name])
         ax.xaxis.set_major_formatter(mdates.DateFormatter("%H:%M:%S"))
-    for ax in axes[1]:
+    for ax in axes[-1]:
         ax.set_xlabel("time (UTC)")
     stamp = datetime.fromtimestamp(end, UTC).strftime("%Y-%m-%d %H:%M UTC")
     fig.suptitle(

@@ -44,6 +44,8 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "uniserve.json"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts_test.yml"
+RULES = DEPLOY / "prometheus" / "rules.yml"  # recording rules (online quality)
+RULES_TEST = DEPLOY / "prometheus" / "rules_test.yml"
 ADMIN_KEY = "observability-admin-7f3a9c2e41"
 
 PROMETHEUS = shutil.which("prometheus")
@@ -83,6 +85,11 @@ def grafana_substitute(expr: str) -> str:
 
 def alert_rules() -> list[dict[str, Any]]:
     doc = yaml.safe_load(ALERTS.read_text())
+    return [rule for group in doc["groups"] for rule in group["rules"]]
+
+
+def recording_rules() -> list[dict[str, Any]]:
+    doc = yaml.safe_load(RULES.read_text())
     return [rule for group in doc["groups"] for rule in group["rules"]]
 
 
@@ -252,6 +259,8 @@ def test_promtool_checks_the_deployed_config_and_rules() -> None:
         ["check", "config", str(PROMETHEUS_CONFIG)],
         ["check", "rules", str(ALERTS)],
         ["test", "rules", str(ALERT_TESTS)],
+        ["check", "rules", str(RULES)],
+        ["test", "rules", str(RULES_TEST)],
     ):
         done = subprocess.run(
             [PROMTOOL, *args], capture_output=True, text=True, timeout=60, cwd=ALERTS.parent
@@ -310,7 +319,7 @@ class Stack:
         deployed = yaml.safe_load(PROMETHEUS_CONFIG.read_text())
         config = {
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(ALERTS)],
+            "rule_files": [str(ALERTS), str(RULES)],
             "scrape_configs": [
                 {
                     "job_name": deployed["scrape_configs"][0]["job_name"],
@@ -384,7 +393,12 @@ def drive_traffic(stack: Stack) -> str:
         assert client.post("/v1/events", json={"user_id": "obs-u1", "events": events}).is_success
         body = {"user_id": "obs-u1", "k": 5}
         for _ in range(3):  # a cache miss, then hits
-            assert client.post("/v1/retrieve", json=body).status_code == 200
+            served = client.post("/v1/retrieve", json=body)
+            assert served.status_code == 200
+        # the user's next event: matched against the list served (online quality)
+        item = served.json()["items"][0]["item_id"]
+        next_event = {"user_id": "obs-u1", "events": [{"item_id": item}]}
+        assert client.post("/v1/events", json=next_event).is_success
         rank = {"user_id": "obs-u1", "candidates": ids[:10]}
         assert client.post("/v1/rank", json=rank).status_code == 200
         assert client.post("/v1/users/embed", json={"events": events}).status_code == 200
@@ -424,6 +438,7 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
     assert stack.wait_for('uniserve_requests_total{route="/v1/retrieve",status="4xx"}')
     time.sleep(3)
     assert stack.wait_for('uniserve_shard_requests_total{outcome="ok"} > 0')
+    assert stack.wait_for('uniserve:online_hit_rate_at_10:ratio_rate5m{role="live"} > 0')
     reloads = stack.query(f'uniserve_index_reloads_total{{instance="127.0.0.1:{stack.port}"}}')
     assert reloads and float(reloads[0]["value"][1]) >= 1
     hits = stack.query('sum(uniserve_cache_requests_total{op="retrieve",result="hit"})')
@@ -453,12 +468,20 @@ def test_every_dashboard_and_alert_expression_returns_data_from_a_real_prometheu
     for rule in alert_rules():
         if not stack.query(with_bool(rule["expr"])):
             empty.append((rule["alert"], rule["expr"]))
+    for rule in recording_rules():  # the expression and the series Prometheus recorded
+        for expr in (rule["expr"], rule["record"]):
+            if not any(math.isfinite(float(r["value"][1])) for r in stack.query(expr)):
+                empty.append((rule["record"], expr))
     assert not empty, f"expressions without data: {empty}"
+    hit_rate = stack.query('uniserve:online_hit_rate_at_10:ratio{role="live"}')
+    assert any(float(r["value"][1]) > 0 for r in hit_rate), hit_rate  # the rank-0 event
 
     # Prometheus itself evaluates the alert rules without errors
     rules = httpx.get(f"{stack.prom_url}/api/v1/rules").json()["data"]["groups"]
     evaluated = {r["name"]: r for group in rules for r in group["rules"]}
-    assert set(evaluated) == {rule["alert"] for rule in alert_rules()}
+    assert set(evaluated) == {rule["alert"] for rule in alert_rules()} | {
+        rule["record"] for rule in recording_rules()
+    }
     for name, rule in evaluated.items():
         assert rule["health"] == "ok", (name, rule.get("lastError"))
 

@@ -970,7 +970,7 @@ def test_schemathesis_finds_no_server_error_or_schema_violation(live: Server) ->
         }
     )
     schema = schemathesis.openapi.from_url(f"{live.admin_url}/openapi.json", config=config)
-    assert len(list(schema.get_all_operations())) == 12
+    assert len(list(schema.get_all_operations())) == 15
 
     failures: list[str] = []
     cases = 0

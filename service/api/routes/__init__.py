@@ -16,6 +16,7 @@ from service.api.routes import (
     index,
     items,
     metrics,
+    online,
     rank,
     retrieve,
     shard,
@@ -32,5 +33,5 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     shard.router,
 )
 PROBE_ROUTERS: tuple[APIRouter, ...] = (health.router,)
-OPS_ROUTERS: tuple[APIRouter, ...] = (metrics.router, admin.router)
+OPS_ROUTERS: tuple[APIRouter, ...] = (metrics.router, admin.router, online.router)
 ROUTERS = API_ROUTERS + PROBE_ROUTERS + OPS_ROUTERS
