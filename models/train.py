@@ -583,6 +583,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     stop = False
     select = cfg.select_on_valid and len(corpus.valid) > 0
     best_state: dict[str, torch.Tensor] | None = None
+    best_key: tuple[float, float] = (-math.inf, -math.inf)  # (selection metric, sampled)
     for epoch in range(cfg.epochs):
         batches = length_bucketed_batches(win_lengths, cfg.batch_size, rng)
         total, seen = 0.0, 0
@@ -682,9 +683,13 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 lrs = result.extra.setdefault("lr_after_epoch", [])
                 assert isinstance(lrs, list)
                 lrs.append(optimizers[1].param_groups[0]["lr"])
-            if best_state is None or chosen[-1] > max(chosen[:-1]):
+            # equal selection values (on very sparse data a full ranking can find no target
+            # at all, every epoch 0.0) are told apart by the sampled NDCG@10
+            key = (chosen[-1], valid.get("sampled", 0.0))
+            if best_state is None or key > best_key:
                 best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 result.best_epoch = epoch + 1
+                best_key = key
             elif cfg.patience is not None and epoch + 1 - (result.best_epoch or 0) >= cfg.patience:
                 result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
                 break

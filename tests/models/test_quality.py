@@ -268,6 +268,22 @@ def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) 
         TrainConfig(lr_decay=0.0)
 
 
+def test_epochs_tied_on_the_full_ranking_are_told_apart_by_the_sampled_metric(monkeypatch) -> None:
+    # KuaiRand-like data: no full-ranking hit in any epoch; the sampled NDCG still rises
+    scripted = iter([(0.0, 0.20), (0.0, 0.25), (0.0, 0.24), (0.0, 0.26), (0.0, 0.22), (0.0, 0.21)])
+
+    def fake_validation(model, vocab, corpus, cfg, counts):
+        full, sampled = next(scripted)
+        return {"full_seen_removed": full, "full": full, "sampled": sampled}
+
+    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
+    cfg = TrainConfig(
+        dim=16, epochs=10, patience=2, batch_size=32, max_len=12, progress=False,
+    )  # fmt: skip
+    result = train(_corpus(), cfg)
+    assert result.best_epoch == 4 and len(result.epoch_losses) == 6  # then 2 epochs of patience
+
+
 OPTION_CONFIGS = {
     "full softmax": dict(loss="full"),
     "sampled uniform": dict(loss="sampled", in_batch_negatives=0, num_negatives=16),
