@@ -26,6 +26,7 @@ from fastapi import FastAPI
 from index import RejectReason
 from service.api.metrics import IndexSnapshot, Metrics
 from service.api.state import AppState
+from service.core.catalogue import LiveCatalogue
 from service.core.engine import Admission, Engine
 from service.core.heap import freeze_heap
 from service.core.reloader import REPAIRABLE, Reloader, created_timestamp, open_engine
@@ -110,6 +111,24 @@ def engine_hooks(metrics: Metrics) -> tuple[Callable[[Engine, bool], None], Call
     return on_swap, on_refused
 
 
+def live_catalogue(state: AppState) -> LiveCatalogue:
+    """The live catalogue over the index root's change log, reporting to the metrics."""
+    settings, metrics = state.settings, state.metrics.catalogue
+    metrics.delta_limit.set(settings.delta_max_items)
+    metrics.delta_items.set_function(
+        lambda: float(state.engine.delta.size) if state.engine is not None else 0.0
+    )
+    return LiveCatalogue(
+        settings.index_path,
+        lambda: state.engine,
+        max_delta=settings.delta_max_items,
+        on_applied=lambda engine, changes: metrics.observe_applied(
+            engine.delta.seq, [c.ts for c in changes]
+        ),
+        on_call=metrics.observe_call,
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.uniserve
@@ -125,14 +144,21 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await load_router_into(state, admission)
     else:
         on_swap, on_refused = engine_hooks(metrics)
+        catalogue = state.catalogue = live_catalogue(state)
         reloader = state.reloader = Reloader(
-            settings, admission, on_swap=on_swap, on_refused=on_refused
+            settings,
+            admission,
+            on_swap=on_swap,
+            on_refused=on_refused,
+            installing=catalogue.installing,
         )
         await reloader.start(functools.partial(load_engine, settings, admission))
     try:
         async with anyio.create_task_group() as background:
             if settings.index_poll_seconds > 0 and reloader is not None:
                 background.start_soon(reloader.watch)
+            if settings.index_poll_seconds > 0 and state.catalogue is not None:
+                background.start_soon(state.catalogue.watch, settings.index_poll_seconds)
             yield
             background.cancel_scope.cancel()
     finally:

@@ -1,0 +1,159 @@
+"""`Delta`: the live catalogue changes of one engine, searched exactly beside its ANN index.
+
+An index version holds the catalogue as it was built; the change log (`service.store.changelog`)
+holds what changed since (`changes_through` in the manifest says where the version stands).
+A `Delta` is those changes applied for one engine: the upserted items with the vectors that
+engine's model computes for them (`encode`: `service.jobs.catalog.encode_items`, the rebuild's
+own encoding), in a small exact index, and the retired ids. It is immutable: applying changes
+returns a new one, which the engine's one `delta` reference is set to, so a search holds a
+consistent snapshot whatever is applied meanwhile.
+
+What it changes in a search: main-index rows of retired or upserted ids are masked inside the
+ANN search (`hidden_rows`: an upserted id's vector is the delta's now), the delta's rows are
+scored exactly under the same filters, and the two top-k lists are merged by score
+(`merge_topk`), so k items come back whenever k are eligible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from models.embedder import ItemSpec
+from service.core.fanout import merge_topk
+from service.core.filters import Filters
+from service.store.changelog import CatalogueItem, CatalogueState, Change
+
+Encode = Callable[[Sequence[ItemSpec]], np.ndarray]  # items -> (B, D) float32 served vectors
+Rows = Callable[[Sequence[str]], np.ndarray]  # item ids -> (M,) main-index rows, -1 if absent
+
+
+@dataclass(frozen=True)
+class Delta:
+    base_seq: int  # the change log position the index version was built through
+    seq: int  # the last change applied (== base_seq: none)
+    upserts: dict[str, CatalogueItem] = field(default_factory=dict)  # id -> as sent
+    retired: frozenset[str] = frozenset()
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
+    surfaces: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
+    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))  # (n, D)
+    search_vectors: np.ndarray = field(  # (n, d): in the index's space (a Matryoshka prefix)
+        default_factory=lambda: np.empty((0, 0), np.float32)
+    )
+    row: dict[str, int] = field(default_factory=dict)  # id -> row of the arrays above
+    hidden_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # main rows
+    retired_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # main rows
+
+    @classmethod
+    def empty(cls, base_seq: int) -> Delta:
+        return cls(base_seq, base_seq)
+
+    @property
+    def count(self) -> int:
+        """Upserted items held in the exact index."""
+        return len(self.row)
+
+    @property
+    def size(self) -> int:
+        """Distinct ids changed: upserted or retired (what the delta limit bounds)."""
+        return len(self.upserts) + len(self.retired)
+
+    def size_after(self, changes: Sequence[Change]) -> int:
+        """The size once `changes` are applied (a call's own change included, before it is
+        written: what the delta limit is checked against)."""
+        state = CatalogueState(dict(self.upserts), set(self.retired))
+        for change in changes:
+            state.apply(change)
+        return state.size
+
+    def applied(
+        self,
+        changes: Sequence[Change],
+        encode: Encode,
+        cut: Callable[[np.ndarray], np.ndarray],
+        main_rows: Rows,
+    ) -> Delta:
+        """This delta with `changes` applied (those at or before `seq` are skipped): upserted
+        items encoded by `encode`, cut to the index's space by `cut`, main rows by `main_rows`."""
+        changes = [c for c in changes if c.seq > self.seq]
+        if not changes:
+            return self
+        state = CatalogueState(dict(self.upserts), set(self.retired))
+        fresh: dict[str, CatalogueItem] = {}
+        for change in changes:
+            state.apply(change)
+            for item_id in change.ids:
+                fresh.pop(item_id, None)
+            if change.op == "upsert":
+                fresh.update((i.item_id, i) for i in change.items)
+        ids = list(state.upserts)
+        new = [item_id for item_id in ids if item_id in fresh]
+        encoded = encode([(i, fresh[i].surface, fresh[i].features) for i in new])  # (m, D)
+        new_row = {item_id: r for r, item_id in enumerate(new)}
+        dim = encoded.shape[1] if len(encoded) else self.vectors.shape[1]
+        vectors = np.empty((len(ids), dim), np.float32)  # (n, D)
+        for r, item_id in enumerate(ids):
+            vectors[r] = (
+                encoded[new_row[item_id]] if item_id in new_row else self.vectors[self.row[item_id]]
+            )
+        changed = [*ids, *state.retired]
+        hidden = main_rows(changed) if changed else np.empty(0, np.int64)  # (|changed|,)
+        retired = main_rows(sorted(state.retired)) if state.retired else np.empty(0, np.int64)
+        return Delta(
+            base_seq=self.base_seq,
+            seq=changes[-1].seq,
+            upserts=state.upserts,
+            retired=frozenset(state.retired),
+            ids=np.asarray(ids, dtype=object),
+            surfaces=np.asarray([state.upserts[i].surface or "" for i in ids], dtype=object),
+            vectors=vectors,
+            search_vectors=cut(vectors) if len(ids) else vectors,
+            row={item_id: r for r, item_id in enumerate(ids)},
+            hidden_rows=hidden[hidden >= 0],
+            retired_rows=retired[retired >= 0],
+        )
+
+    # ------------------------------------------------------------------ search
+    def eligible(self, filters: Filters) -> np.ndarray | None:
+        """(n,) bool mask of delta rows passing the filters; None when every row passes."""
+        mask = None
+        if filters.surfaces is not None:
+            mask = np.isin(self.surfaces, np.asarray(filters.surfaces, dtype=object))
+        if filters.exclude:
+            rows = [self.row[i] for i in filters.exclude if i in self.row]
+            if rows:
+                mask = np.ones(self.count, dtype=bool) if mask is None else mask
+                mask[rows] = False
+        return mask
+
+    def search(
+        self, queries: np.ndarray, k: int, filters: Filters
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows."""
+        mask = self.eligible(filters)
+        rows = np.arange(self.count) if mask is None else np.flatnonzero(mask)  # (m,)
+        if not rows.size:
+            return [([], np.empty(0, np.float32))] * len(queries)
+        scores = queries @ self.search_vectors[rows].T  # (B, m)
+        top = min(k, rows.size)
+        out = []
+        for q in range(len(queries)):
+            if top < rows.size:
+                best = np.argpartition(-scores[q], top - 1)[:top]
+            else:
+                best = np.arange(rows.size)
+            order = best[np.argsort(-scores[q][best], kind="stable")]
+            out.append((self.ids[rows[order]].tolist(), scores[q][order].astype(np.float32)))
+        return out
+
+
+def merge(
+    main: tuple[list[str], np.ndarray], delta: tuple[list[str], np.ndarray], k: int
+) -> tuple[list[str], np.ndarray]:
+    """The k best of the main index's and the delta's results, by score (`merge_topk`)."""
+    if not delta[0]:
+        return main
+    merged = merge_topk([list(zip(*main, strict=True)), list(zip(*delta, strict=True))], k)
+    return [i for i, _ in merged], np.asarray([s for _, s in merged], dtype=np.float32)
