@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -32,7 +35,7 @@ from service.api.schemas import (
 from service.jobs.pipeline import build_and_publish
 from service.settings import Settings
 from service.store.changelog import CHANGES_THROUGH, log_path, read_changes
-from tests.helpers import copy_data
+from tests.helpers import copy_data, free_port, start_serve, wait_until_ok
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
@@ -471,3 +474,89 @@ def test_change_log_lines_are_json_with_dense_sequence_numbers(live: Live) -> No
     lines = log_path(live.root).read_bytes().splitlines()
     seqs = [json.loads(line)["seq"] for line in lines]
     assert seqs == list(range(1, len(seqs) + 1))
+
+
+# ---------------------------------------------------------------------------- real replicas
+class Replica:
+    """A real `uniserve serve` process over a shared data dir, polling it every second."""
+
+    def __init__(self, data: Path, name: str) -> None:
+        self.data, self.port = data, free_port()
+        self.log = data.parent / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> Replica:
+        args = ["--no-bootstrap", "--data-dir", str(self.data), "--port", str(self.port)]
+        env = {"UNISERVE_ADMIN_KEY": ADMIN_KEY, "UNISERVE_INDEX_POLL_SECONDS": str(POLL_SECONDS)}
+        self.proc = start_serve(args, self.log, env)
+        wait_until_ok(f"{self.url}/readyz", self.proc, self.log, 180)
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(30)
+
+    def post(self, path: str, body: Any, **kwargs: Any) -> httpx.Response:
+        return httpx.post(f"{self.url}{path}", json=body, timeout=30, **kwargs)
+
+    def unknown(self, candidates: list[str]) -> list[str]:
+        resp = self.post("/v1/rank", {"events": events(["2"]), "candidates": candidates})
+        assert resp.status_code == 200, resp.text
+        return list(RankResponse.model_validate(resp.json()).unknown)
+
+    def retrieved(self) -> set[str]:
+        resp = self.post("/v1/retrieve", {"events": events(["2"]), "k": 1000})
+        assert resp.status_code == 200, resp.text
+        return {it.item_id for it in RetrieveResponse.model_validate(resp.json()).items}
+
+
+POLL_SECONDS = 1.0
+
+
+def eventually(check: Any, seconds: float = 60.0) -> None:
+    """Wait (bounded) until `check()` is true; the bound is generous for a busy machine."""
+    deadline = time.monotonic() + seconds
+    while not check():
+        assert time.monotonic() < deadline, "not applied within the bound"
+        time.sleep(0.1)
+
+
+def test_two_replicas_share_changes_through_the_log_and_a_restart_keeps_them(
+    uniserve_data_dir: Path, tmp_path: Path
+) -> None:
+    data = copy_data(uniserve_data_dir, tmp_path / "data")
+    a = Replica(data, "a").start()
+    b = Replica(data, "b")
+    try:
+        b.start()
+        taken = a.post(
+            "/admin/items/upsert", {"items": [{"item_id": "r-new", "surface": "0"}]}, headers=ADMIN
+        )
+        assert taken.status_code == 200, taken.text
+        assert a.unknown(["r-new", "1"]) == []  # on the replica that took it: at once
+        assert "r-new" in a.retrieved()
+        eventually(lambda: b.unknown(["r-new"]) == [])  # the other: from the log
+        assert "r-new" in b.retrieved()
+
+        retired = b.post("/admin/items/retire", {"item_ids": ["1"]}, headers=ADMIN)
+        assert retired.status_code == 200, retired.text
+        assert "1" not in b.retrieved()
+        eventually(lambda: a.unknown(["1"]) == ["1"])
+        assert "1" not in a.retrieved()
+        metrics = httpx.get(f"{a.url}/metrics").text
+        assert "uniserve_catalogue_applied_seq 2.0" in metrics
+        assert "uniserve_catalogue_lag_seconds_count 2.0" in metrics
+
+        a.kill()  # SIGKILL: only what was fsynced survives
+        a.start()
+        assert a.unknown(["r-new", "1"]) == ["1"]  # ready means the log is applied
+        ids = a.retrieved()
+        assert "r-new" in ids and "1" not in ids
+    finally:
+        a.kill()
+        b.kill()
