@@ -18,6 +18,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -32,6 +33,9 @@ from service.core.heap import freeze_heap
 from service.core.reloader import REPAIRABLE, Reloader, created_timestamp, open_engine
 from service.core.router import load_router_model, make_router
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store.redis_feed import RedisChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -111,8 +115,9 @@ def engine_hooks(metrics: Metrics) -> tuple[Callable[[Engine, bool], None], Call
     return on_swap, on_refused
 
 
-def live_catalogue(state: AppState) -> LiveCatalogue:
-    """The live catalogue over the index root's change log, reporting to the metrics."""
+def live_catalogue(state: AppState, feed: RedisChangeFeed | None) -> LiveCatalogue:
+    """The live catalogue over the index root's change log, reporting to the metrics and
+    announcing its changes on `feed` (Redis) when there is one."""
     settings, metrics = state.settings, state.metrics.catalogue
     metrics.delta_limit.set(settings.delta_max_items)
     metrics.delta_items.set_function(
@@ -126,6 +131,19 @@ def live_catalogue(state: AppState) -> LiveCatalogue:
             engine.delta.seq, [c.ts for c in changes]
         ),
         on_call=metrics.observe_call,
+        on_written=feed.notify if feed is not None else None,
+    )
+
+
+def change_feed(state: AppState) -> RedisChangeFeed | None:
+    """With Redis configured: the pub/sub nudge that spreads catalogue changes at once."""
+    settings = state.settings
+    if state.redis is None or settings.redis_url is None:
+        return None
+    from service.store.redis_feed import RedisChangeFeed
+
+    return RedisChangeFeed(
+        state.redis, settings.redis_url, connect_timeout=settings.redis_connect_timeout_ms / 1000
     )
 
 
@@ -140,11 +158,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.track_index(lambda: index_snapshot(state.engine))
     await state.open_backends()  # Redis down is logged, never fatal
     reloader = None
+    feed: RedisChangeFeed | None = None
     if settings.shards:
         await load_router_into(state, admission)
     else:
         on_swap, on_refused = engine_hooks(metrics)
-        catalogue = state.catalogue = live_catalogue(state)
+        feed = change_feed(state)
+        catalogue = state.catalogue = live_catalogue(state, feed)
         reloader = state.reloader = Reloader(
             settings,
             admission,
@@ -159,6 +179,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 background.start_soon(reloader.watch)
             if settings.index_poll_seconds > 0 and state.catalogue is not None:
                 background.start_soon(state.catalogue.watch, settings.index_poll_seconds)
+            if feed is not None and state.catalogue is not None:
+                background.start_soon(feed.listen, state.catalogue.poll_once)
             yield
             background.cancel_scope.cancel()
     finally:

@@ -11,7 +11,7 @@ engine's `Delta` (`service.core.delta`) equal to the log after the engine's vers
   through change N replays the changes after N; an older one, after a rollback, re-applies
   more), then goes live, with no call applied in between;
 - `poll_once` / `watch`: changes other replicas wrote to the shared log are applied within one
-  poll interval.
+  poll interval, or at once when a Redis nudge (`service.store.redis_feed`) calls `poll_once`.
 
 One lock serialises the three, and the blocking parts (file I/O, encoding) run in a worker
 thread. It knows nothing of HTTP; the hooks report to the metrics.
@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,15 +56,19 @@ class LiveCatalogue:
         max_delta: int,
         on_applied: Callable[[Engine, Sequence[Change]], None] | None = None,
         on_call: Callable[[Op, int], None] | None = None,
+        on_written: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """`live()`: the live engine (None while not ready). `max_delta`: the most distinct ids
         the delta may hold (upserted or retired) before calls get `delta_full`. `on_applied`
-        runs after changes are applied to an engine, `on_call(op, items)` after a call."""
+        runs after changes are applied to an engine, `on_call(op, items)` after a call,
+        `on_written(seq)` after a call's change is live here (the Redis nudge to the other
+        replicas; it must not raise)."""
         self.log = ChangeLog(index_root)
         self.max_delta = max_delta
         self._live = live
         self._on_applied = on_applied or (lambda engine, changes: None)
         self._on_call = on_call or (lambda op, n: None)
+        self._on_written = on_written
         self._lock = anyio.Lock()
 
     # ------------------------------------------------------------------ admin calls
@@ -87,6 +91,8 @@ class LiveCatalogue:
                 self._write_and_apply, engine, op, items, item_ids
             )
         self._on_call(op, len(items) if op == "upsert" else len(item_ids))
+        if self._on_written is not None:
+            await self._on_written(outcome.seq)
         return outcome
 
     def _engine(self) -> Engine:

@@ -9,8 +9,11 @@ fails at once with `overloaded` instead of queueing.
 An engine is immutable: a model and an index (with its manifest) checked to belong together. A
 hot swap builds a whole new engine and replaces the one reference the app holds; a request takes
 that reference once, so it finishes on the version it started with. Engines an app swaps in
-share one `Admission`, so the in-flight bound holds across a swap. `ModelEngine` is the half that
-needs only the model (user vectors, rank, item embeddings): what a shard router serves with.
+share one `Admission`, so the in-flight bound holds across a swap. The one part that changes
+is the live catalogue's `delta` (`service.core.delta`), itself immutable: applying changes
+replaces that reference, and a search takes it once with the request. `ModelEngine` is the
+half that needs only the model (user vectors, rank, item embeddings): what a shard router serves
+with.
 """
 
 from __future__ import annotations

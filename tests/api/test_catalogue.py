@@ -35,7 +35,14 @@ from service.api.schemas import (
 from service.jobs.pipeline import build_and_publish
 from service.settings import Settings
 from service.store.changelog import CHANGES_THROUGH, log_path, read_changes
-from tests.helpers import copy_data, free_port, start_serve, wait_until_ok
+from tests.helpers import (
+    REDIS_SERVER,
+    RedisServer,
+    copy_data,
+    free_port,
+    start_serve,
+    wait_until_ok,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
@@ -478,10 +485,11 @@ def test_change_log_lines_are_json_with_dense_sequence_numbers(live: Live) -> No
 
 # ---------------------------------------------------------------------------- real replicas
 class Replica:
-    """A real `uniserve serve` process over a shared data dir, polling it every second."""
+    """A real `uniserve serve` process over a shared data dir, polling it every second unless
+    `env` says otherwise."""
 
-    def __init__(self, data: Path, name: str) -> None:
-        self.data, self.port = data, free_port()
+    def __init__(self, data: Path, name: str, **env: str) -> None:
+        self.data, self.port, self.env = data, free_port(), env
         self.log = data.parent / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -491,7 +499,11 @@ class Replica:
 
     def start(self) -> Replica:
         args = ["--no-bootstrap", "--data-dir", str(self.data), "--port", str(self.port)]
-        env = {"UNISERVE_ADMIN_KEY": ADMIN_KEY, "UNISERVE_INDEX_POLL_SECONDS": str(POLL_SECONDS)}
+        env = {
+            "UNISERVE_ADMIN_KEY": ADMIN_KEY,
+            "UNISERVE_INDEX_POLL_SECONDS": str(POLL_SECONDS),
+            **self.env,
+        }
         self.proc = start_serve(args, self.log, env)
         wait_until_ok(f"{self.url}/readyz", self.proc, self.log, 180)
         return self
@@ -560,3 +572,44 @@ def test_two_replicas_share_changes_through_the_log_and_a_restart_keeps_them(
     finally:
         a.kill()
         b.kill()
+
+
+def applied_seq(replica: Replica) -> float:
+    text = httpx.get(f"{replica.url}/metrics", timeout=30).text
+    line = next(x for x in text.splitlines() if x.startswith("uniserve_catalogue_applied_seq "))
+    return float(line.split()[1])
+
+
+@pytest.mark.skipif(REDIS_SERVER is None, reason="redis-server is not installed")
+def test_replicas_sharing_a_redis_hear_of_changes_at_once_and_the_log_covers_an_outage(
+    uniserve_data_dir: Path, tmp_path: Path
+) -> None:
+    """The index root's log is never polled here (an hour apart): only the Redis nudge can
+    bring a change to the other replica; with Redis killed the changes still succeed (the log
+    is the source of truth) and arrive once Redis is back."""
+    data = copy_data(uniserve_data_dir, tmp_path / "data")
+    (tmp_path / "redis").mkdir()
+    server = RedisServer(tmp_path / "redis").start()
+    env = {"UNISERVE_REDIS_URL": server.url, "UNISERVE_INDEX_POLL_SECONDS": "3600"}
+    a, b = Replica(data, "a", **env), Replica(data, "b", **env)
+    try:
+        a.start()
+        b.start()
+        upsert = {"items": [{"item_id": "redis-new", "surface": "0"}]}
+        assert a.post("/admin/items/upsert", upsert, headers=ADMIN).status_code == 200
+        eventually(lambda: b.unknown(["redis-new"]) == [])
+        assert "redis-new" in b.retrieved()
+
+        server.kill()  # Redis gone: changes still succeed, from the log
+        retired = b.post("/admin/items/retire", {"item_ids": ["redis-new"]}, headers=ADMIN)
+        assert retired.status_code == 200, retired.text
+        assert b.unknown(["redis-new"]) == ["redis-new"]
+        assert applied_seq(a) == 1  # not told: no poll, no Redis
+        server.start()  # same port: the listeners reconnect and read the log
+        eventually(lambda: a.unknown(["redis-new"]) == ["redis-new"])
+        assert "redis-new" not in a.retrieved()
+        assert applied_seq(a) == applied_seq(b) == 2
+    finally:
+        a.kill()
+        b.kill()
+        server.stop()
