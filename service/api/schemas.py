@@ -514,7 +514,7 @@ class ShardSearchResponse(_Strict):
 
 class RankResponse(_Strict):
     items: list[ScoredItem]  # score descending, each known candidate once
-    unknown: list[str]  # candidates not in the model's catalogue
+    unknown: list[str]  # candidates neither the model, the live index nor its delta holds
     model_version: str
     index_version: str  # the model+index pair that served the request
 

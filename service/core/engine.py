@@ -536,32 +536,43 @@ class Engine(ModelEngine):
     def _rank(
         self, user_vector: np.ndarray, candidates: Sequence[str]
     ) -> tuple[list[str], np.ndarray, list[str]]:
-        """As `ModelEngine._rank`, with the live catalogue changes: an upserted item is scored
-        with its delta vector, a retired one is reported unknown."""
+        """As `ModelEngine._rank`, over the catalogue as it is served (the live index and its
+        delta): an upserted item is scored with its delta vector; an item of the live index
+        with the model's vector of its id, or, when the model has none (a catalogue's
+        cold-start item, an upsert a rebuild folded in), with its index vector against the
+        user vector in the index's space; a retired item, and one neither holds, is unknown."""
         delta = self.delta
-        if not delta.size:
-            return super()._rank(user_vector, candidates)
         unique = list(dict.fromkeys(candidates))
         rows = self.embedder.item_rows(unique)  # (M,)
+        index_rows = self.index.row_of(unique)  # (M,)
+        if not delta.size and bool((rows >= 0).all()) and bool((index_rows >= 0).all()):
+            return super()._rank(user_vector, candidates)
+        query = self.index_queries(user_vector[None])[0]  # (d,)
         ids: list[str] = []
-        vectors: list[np.ndarray] = []
+        scores: list[float] = []
         unknown: list[str] = []
-        for item_id, row in zip(unique, rows, strict=True):
+        for item_id, row, index_row in zip(unique, rows, index_rows, strict=True):
             if item_id in delta.retired:
                 unknown.append(item_id)
             elif item_id in delta.row:
                 ids.append(item_id)
-                vectors.append(delta.vectors[delta.row[item_id]])
+                scores.append(float(delta.vectors[delta.row[item_id]] @ user_vector))
+            elif index_row < 0:  # not in the live catalogue (retired by a rebuild, or never)
+                unknown.append(item_id)
             elif row >= 0:
                 ids.append(item_id)
-                vectors.append(self.item_vectors[row])
+                scores.append(float(self.item_vectors[row] @ user_vector))
             else:
-                unknown.append(item_id)
-        if not ids:
-            return [], np.empty(0, np.float32), unknown
-        scores = np.stack(vectors) @ user_vector  # (m,)
-        order = np.argsort(-scores, kind="stable")
-        return [ids[i] for i in order], scores[order], unknown
+                try:
+                    vector = self.index.faiss_index.reconstruct(int(index_row))  # (d,)
+                except RuntimeError:  # an index type that cannot give its vectors back
+                    unknown.append(item_id)
+                    continue
+                ids.append(item_id)
+                scores.append(float(vector @ query))
+        ordered = np.asarray(scores, dtype=np.float32)
+        order = np.argsort(-ordered, kind="stable")
+        return [ids[i] for i in order], ordered[order], unknown
 
 
 def changes_through(manifest: Manifest) -> int:

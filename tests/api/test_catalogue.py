@@ -469,6 +469,14 @@ async def test_upserts_during_a_hot_swap_and_a_rollback_stay_live(
         got = await retrieve(served, events=events(["2"]), k=1000)
         ids = {it.item_id for it in got.items}
         assert set(wanted) <= ids and not {"s0", "1"} & ids
+        resp = await client.post(  # folded items are scored from the index, as retrieve does
+            "/v1/rank", json={"events": events(["2"]), "candidates": [*wanted, "s0", "1"]}
+        )
+        ranked = RankResponse.model_validate(resp.json())
+        assert ranked.unknown == ["s0", "1"] and len(ranked.items) == len(wanted)
+        scores = {it.item_id: it.score for it in got.items}
+        for it in ranked.items:
+            assert it.score == pytest.approx(scores[it.item_id], abs=1e-4)
 
         # and rolling back to a version built before the changes re-applies them
         resp = await client.post("/admin/rollback", json={"to": old}, headers=ADMIN)
