@@ -17,7 +17,7 @@ scored exactly under the same filters, and the two top-k lists are merged by sco
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -30,8 +30,17 @@ Encode = Callable[[Sequence[ItemSpec]], np.ndarray]  # items -> (B, D) float32 s
 Rows = Callable[[Sequence[str]], np.ndarray]  # item ids -> (M,) main-index rows, -1 if absent
 
 
+def _no_rows() -> np.ndarray:
+    return np.empty(0, np.int64)
+
+
 @dataclass(frozen=True)
 class Delta:
+    """Arrays are append-only between compactions: an upsert appends a row (the id's earlier
+    row, if any, is marked dead), a retirement marks its row dead; `row` maps each live id to
+    its row. Applying a change costs the new rows plus array copies, not a pass in Python over
+    every item held; dead rows are dropped once they outnumber the live ones."""
+
     base_seq: int  # the change log position the index version was built through
     seq: int  # the last change applied (== base_seq: none)
     upserts: dict[str, CatalogueItem] = field(default_factory=dict)  # id -> as sent
@@ -42,9 +51,10 @@ class Delta:
     search_vectors: np.ndarray = field(  # (n, d): in the index's space (a Matryoshka prefix)
         default_factory=lambda: np.empty((0, 0), np.float32)
     )
-    row: dict[str, int] = field(default_factory=dict)  # id -> row of the arrays above
-    hidden_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # main rows
-    retired_rows: np.ndarray = field(default_factory=lambda: np.empty(0, np.int64))  # main rows
+    alive: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # (n,) live rows
+    row: dict[str, int] = field(default_factory=dict)  # live id -> row of the arrays above
+    hidden_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired, upserted
+    retired_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired
 
     @classmethod
     def empty(cls, base_seq: int) -> Delta:
@@ -81,50 +91,74 @@ class Delta:
         if not changes:
             return self
         state = CatalogueState(dict(self.upserts), set(self.retired))
-        fresh: dict[str, CatalogueItem] = {}
+        touched: dict[str, None] = {}
         for change in changes:
             state.apply(change)
-            for item_id in change.ids:
-                fresh.pop(item_id, None)
-            if change.op == "upsert":
-                fresh.update((i.item_id, i) for i in change.items)
-        ids = list(state.upserts)
-        new = [item_id for item_id in ids if item_id in fresh]
-        encoded = encode([(i, fresh[i].surface, fresh[i].features) for i in new])  # (m, D)
-        new_row = {item_id: r for r, item_id in enumerate(new)}
-        dim = encoded.shape[1] if len(encoded) else self.vectors.shape[1]
-        vectors = np.empty((len(ids), dim), np.float32)  # (n, D)
-        for r, item_id in enumerate(ids):
-            vectors[r] = (
-                encoded[new_row[item_id]] if item_id in new_row else self.vectors[self.row[item_id]]
-            )
-        changed = [*ids, *state.retired]
-        hidden = main_rows(changed) if changed else np.empty(0, np.int64)  # (|changed|,)
-        retired = main_rows(sorted(state.retired)) if state.retired else np.empty(0, np.int64)
-        return Delta(
+            touched.update(dict.fromkeys(change.ids))
+        fresh = [i for i in touched if i in state.upserts]  # upserted: new rows
+        encoded = encode([(i, state.upserts[i].surface, state.upserts[i].features) for i in fresh])
+        alive = self.alive.copy()
+        row = dict(self.row)
+        for item_id in touched:  # their earlier rows are dead now
+            old = row.pop(item_id, None)
+            if old is not None:
+                alive[old] = False
+        n = len(self.ids)
+        row.update((item_id, n + r) for r, item_id in enumerate(fresh))
+        vectors = np.concatenate([self.vectors, encoded]) if n else encoded  # (n', D)
+        added = cut(encoded) if len(encoded) else encoded
+        search_vectors = np.concatenate([self.search_vectors, added]) if n else added
+        ids = np.concatenate([self.ids, np.asarray(fresh, dtype=object)])
+        surfaces = np.concatenate(
+            [self.surfaces, np.asarray([state.upserts[i].surface or "" for i in fresh], object)]
+        )
+        alive = np.concatenate([alive, np.ones(len(fresh), bool)])
+        touched_rows = main_rows(list(touched))  # (t,)
+        unretired = [i for i in touched if i not in state.retired]
+        retired_now = [i for i in touched if i in state.retired]
+        retired_rows = np.union1d(
+            np.setdiff1d(self.retired_rows, main_rows(unretired)), main_rows(retired_now)
+        )
+        delta = Delta(
             base_seq=self.base_seq,
             seq=changes[-1].seq,
             upserts=state.upserts,
             retired=frozenset(state.retired),
-            ids=np.asarray(ids, dtype=object),
-            surfaces=np.asarray([state.upserts[i].surface or "" for i in ids], dtype=object),
+            ids=ids,
+            surfaces=surfaces,
             vectors=vectors,
-            search_vectors=cut(vectors) if len(ids) else vectors,
-            row={item_id: r for r, item_id in enumerate(ids)},
-            hidden_rows=hidden[hidden >= 0],
-            retired_rows=retired[retired >= 0],
+            search_vectors=search_vectors,
+            alive=alive,
+            row=row,
+            hidden_rows=np.union1d(self.hidden_rows, touched_rows[touched_rows >= 0]),
+            retired_rows=retired_rows[retired_rows >= 0],
+        )
+        return delta.compacted() if len(ids) > 2 * max(len(row), 64) else delta
+
+    def compacted(self) -> Delta:
+        """The same delta without its dead rows."""
+        keep = np.flatnonzero(self.alive)  # (m,)
+        ids = self.ids[keep]
+        return replace(
+            self,
+            ids=ids,
+            surfaces=self.surfaces[keep],
+            vectors=self.vectors[keep],
+            search_vectors=self.search_vectors[keep],
+            alive=np.ones(len(keep), bool),
+            row={item_id: r for r, item_id in enumerate(ids.tolist())},
         )
 
     # ------------------------------------------------------------------ search
-    def eligible(self, filters: Filters) -> np.ndarray | None:
-        """(n,) bool mask of delta rows passing the filters; None when every row passes."""
-        mask = None
+    def eligible(self, filters: Filters) -> np.ndarray:
+        """(n,) bool mask of the live delta rows passing the filters."""
+        mask = self.alive
         if filters.surfaces is not None:
-            mask = np.isin(self.surfaces, np.asarray(filters.surfaces, dtype=object))
+            mask = mask & np.isin(self.surfaces, np.asarray(filters.surfaces, dtype=object))
         if filters.exclude:
             rows = [self.row[i] for i in filters.exclude if i in self.row]
             if rows:
-                mask = np.ones(self.count, dtype=bool) if mask is None else mask
+                mask = mask.copy() if mask is self.alive else mask
                 mask[rows] = False
         return mask
 
@@ -132,8 +166,7 @@ class Delta:
         self, queries: np.ndarray, k: int, filters: Filters
     ) -> list[tuple[list[str], np.ndarray]]:
         """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows."""
-        mask = self.eligible(filters)
-        rows = np.arange(self.count) if mask is None else np.flatnonzero(mask)  # (m,)
+        rows = np.flatnonzero(self.eligible(filters))  # (m,)
         if not rows.size:
             return [([], np.empty(0, np.float32))] * len(queries)
         scores = queries @ self.search_vectors[rows].T  # (B, m)

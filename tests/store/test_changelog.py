@@ -135,3 +135,18 @@ def test_delta_search_equals_brute_force_under_filters_and_merges_by_score() -> 
 
     sizes = delta.size_after([Change(4, "upsert", (CatalogueItem("d3", None, {}),))])
     assert sizes == delta.size  # d3 moves from retired to upserted
+
+
+def test_upserting_the_same_ids_again_and_again_keeps_the_delta_compact() -> None:
+    rows = lambda ids: np.full(len(ids), -1, np.int64)  # noqa: E731  nothing in the main index
+    delta = Delta.empty(0)
+    for seq in range(1, 301):
+        item = CatalogueItem(f"d{seq % 7}", "0", {})
+        delta = delta.applied([Change(seq, "upsert", (item,))], _encode, lambda v: v, rows)
+    assert delta.count == 7 and len(delta.ids) <= 2 * 64 + 1
+    assert sorted(delta.ids[delta.alive].tolist()) == sorted(delta.row)
+    query = np.ones((1, 8), "f4")
+    ids, scores = delta.search(query, 10, Filters())[0]
+    assert sorted(ids) == sorted(f"d{i}" for i in range(7))
+    expected = sorted((_vector(i) @ query[0] for i in ids), reverse=True)
+    np.testing.assert_allclose(scores, expected, rtol=1e-5)
