@@ -545,34 +545,30 @@ class Engine(ModelEngine):
         unique = list(dict.fromkeys(candidates))
         rows = self.embedder.item_rows(unique)  # (M,)
         index_rows = self.index.row_of(unique)  # (M,)
-        if not delta.size and bool((rows >= 0).all()) and bool((index_rows >= 0).all()):
-            return super()._rank(user_vector, candidates)
-        query = self.index_queries(user_vector[None])[0]  # (d,)
-        ids: list[str] = []
-        scores: list[float] = []
-        unknown: list[str] = []
-        for item_id, row, index_row in zip(unique, rows, index_rows, strict=True):
-            if item_id in delta.retired:
-                unknown.append(item_id)
-            elif item_id in delta.row:
-                ids.append(item_id)
-                scores.append(float(delta.vectors[delta.row[item_id]] @ user_vector))
-            elif index_row < 0:  # not in the live catalogue (retired by a rebuild, or never)
-                unknown.append(item_id)
-            elif row >= 0:
-                ids.append(item_id)
-                scores.append(float(self.item_vectors[row] @ user_vector))
-            else:
-                try:
-                    vector = self.index.faiss_index.reconstruct(int(index_row))  # (d,)
-                except RuntimeError:  # an index type that cannot give its vectors back
-                    unknown.append(item_id)
-                    continue
-                ids.append(item_id)
-                scores.append(float(vector @ query))
-        ordered = np.asarray(scores, dtype=np.float32)
-        order = np.argsort(-ordered, kind="stable")
-        return [ids[i] for i in order], ordered[order], unknown
+        m = len(unique)
+        in_delta = np.fromiter((c in delta.row for c in unique), bool, m)  # (M,)
+        retired = np.fromiter((c in delta.retired for c in unique), bool, m)  # (M,)
+        in_index = (index_rows >= 0) & ~in_delta & ~retired
+        by_model = in_index & (rows >= 0)  # the model's vector of the id, as ModelEngine
+        by_index = in_index & (rows < 0)  # no id in the model: the index's vector
+        scores = np.zeros(m, np.float32)  # (M,)
+        scores[by_model] = self.item_vectors[rows[by_model]] @ user_vector
+        if in_delta.any():
+            held = [delta.row[c] for c, hit in zip(unique, in_delta, strict=True) if hit]
+            scores[in_delta] = delta.vectors[held] @ user_vector
+        if by_index.any():
+            query = self.index_queries(user_vector[None])[0]  # (d,)
+            try:
+                vectors = self.index.faiss_index.reconstruct_batch(index_rows[by_index])  # (b, d)
+                scores[by_index] = vectors @ query
+            except RuntimeError:  # an index type that cannot give its vectors back
+                by_index[:] = False
+        known = by_model | by_index | in_delta
+        unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
+        ids = [c for c, ok in zip(unique, known, strict=True) if ok]
+        kept = scores[known]  # (k,)
+        order = np.argsort(-kept, kind="stable")
+        return [ids[i] for i in order], kept[order], unknown
 
 
 def changes_through(manifest: Manifest) -> int:
