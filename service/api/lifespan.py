@@ -127,8 +127,9 @@ def live_catalogue(state: AppState, feed: RedisChangeFeed | None) -> LiveCatalog
         settings.index_path,
         lambda: state.engine,
         max_delta=settings.delta_max_items,
-        on_applied=lambda engine, changes: metrics.observe_applied(
-            engine.delta.seq, [c.ts for c in changes]
+        # the lag of changes as they arrive; a swap's replay of older ones is not lag
+        on_applied=lambda engine, changes, replayed: metrics.observe_applied(
+            engine.delta.seq, [] if replayed else [c.ts for c in changes]
         ),
         on_call=metrics.observe_call,
         on_written=feed.notify if feed is not None else None,

@@ -262,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
             b = stack.enter_context(replica(data, args.poll, env, Path(tmp) / "b.log"))
             client = stack.enter_context(httpx.Client(timeout=60))
             requests = bodies(item_ids, args.latency_requests)
-            latency(client, a, requests[:50])  # warm
+            latency(client, a, requests[:200])  # warm
             empty = latency(client, a, requests)
             fresh = freshness(client, a, b, args.upserts)
             churned = churn(

@@ -54,19 +54,20 @@ class LiveCatalogue:
         live: Callable[[], Engine | None],
         *,
         max_delta: int,
-        on_applied: Callable[[Engine, Sequence[Change]], None] | None = None,
+        on_applied: Callable[[Engine, Sequence[Change], bool], None] | None = None,
         on_call: Callable[[Op, int], None] | None = None,
         on_written: Callable[[int], Awaitable[None]] | None = None,
     ) -> None:
         """`live()`: the live engine (None while not ready). `max_delta`: the most distinct ids
-        the delta may hold (upserted or retired) before calls get `delta_full`. `on_applied`
-        runs after changes are applied to an engine, `on_call(op, items)` after a call,
+        the delta may hold (upserted or retired) before calls get `delta_full`.
+        `on_applied(engine, changes, replayed)` runs after changes are applied to an engine
+        (`replayed`: by a swap bringing a version up to the log, not as they arrive), `on_call(op, items)` after a call,
         `on_written(seq)` after a call's change is live here (the Redis nudge to the other
         replicas; it must not raise)."""
         self.log = ChangeLog(index_root)
         self.max_delta = max_delta
         self._live = live
-        self._on_applied = on_applied or (lambda engine, changes: None)
+        self._on_applied = on_applied or (lambda engine, changes, replayed: None)
         self._on_call = on_call or (lambda op, n: None)
         self._on_written = on_written
         self._lock = anyio.Lock()
@@ -137,16 +138,16 @@ class LiveCatalogue:
             seq=change.seq,
         )
 
-    def _apply(self, engine: Engine) -> None:
+    def _apply(self, engine: Engine, *, replayed: bool = False) -> None:
         """Apply the log's records after the engine's delta (blocking)."""
         changes = self.log.since(engine.delta.seq)
         if changes:
             engine.apply_changes(changes)
-            self._on_applied(engine, changes)
+            self._on_applied(engine, changes, replayed)
 
-    def _catch_up(self, engine: Engine) -> None:
+    def _catch_up(self, engine: Engine, replayed: bool = False) -> None:
         self.log.refresh()
-        self._apply(engine)
+        self._apply(engine, replayed=replayed)
 
     # ------------------------------------------------------------------ swaps
     @asynccontextmanager
@@ -156,7 +157,7 @@ class LiveCatalogue:
         async with self._lock:
             started = time.perf_counter()
             try:
-                await anyio.to_thread.run_sync(self._catch_up, engine)
+                await anyio.to_thread.run_sync(self._catch_up, engine, True)
             except Exception:  # the version still goes live; the watcher retries the log
                 log.exception("catalogue: applying the change log to %s failed", engine)
             else:
