@@ -127,7 +127,12 @@ class LiveCatalogue:
                 )
 
         change, _ = self.log.append(
-            op, items=items, item_ids=item_ids, index_version=engine.index_version, check=check
+            op,
+            items=items,
+            item_ids=item_ids,
+            index_version=engine.index_version,
+            check=check,
+            after=engine.delta.seq,
         )
         self._apply(engine)
         return ChangeOutcome(

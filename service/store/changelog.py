@@ -194,11 +194,14 @@ class ChangeLog:
         item_ids: Sequence[str] = (),
         index_version: str | None = None,
         check: Callable[[list[Change]], None] | None = None,
+        after: int = 0,
     ) -> tuple[Change, list[Change]]:
         """Append one record, durably; returns it and the others' records read first.
 
         `check(others)` runs under the lock once the others' records are read, before anything
         is written: an exception it raises leaves the log as it was (nothing half-applied).
+        The record's number is past `after` too (the live version's `changes_through`), so a
+        log someone emptied after a rebuild never reuses numbers that version already holds.
         """
         self.path.parent.mkdir(parents=True, exist_ok=True)
         created = not self.path.exists()
@@ -213,7 +216,7 @@ class ChangeLog:
             if check is not None:
                 check(others)
             change = Change(
-                seq=self.last_seq + 1,
+                seq=max(self.last_seq, after) + 1,
                 op=op,
                 items=tuple(items),
                 item_ids=tuple(item_ids),

@@ -150,3 +150,10 @@ def test_upserting_the_same_ids_again_and_again_keeps_the_delta_compact() -> Non
     assert sorted(ids) == sorted(f"d{i}" for i in range(7))
     expected = sorted((_vector(i) @ query[0] for i in ids), reverse=True)
     np.testing.assert_allclose(scores, expected, rtol=1e-5)
+
+
+def test_an_emptied_log_never_reuses_numbers_a_version_holds(tmp_path: Path) -> None:
+    """After a rebuild through change 7, someone deletes the log: the next change is 8, so a
+    replica serving that version (changes_through 7) still applies it."""
+    change, _ = ChangeLog(tmp_path).append("retire", item_ids=["1"], after=7)
+    assert change.seq == 8 and [c.seq for c in read_changes(tmp_path)] == [8]
