@@ -107,7 +107,10 @@ class Delta:
         row.update((item_id, n + r) for r, item_id in enumerate(fresh))
         vectors = np.concatenate([self.vectors, encoded]) if n else encoded  # (n', D)
         added = cut(encoded) if len(encoded) else encoded
-        search_vectors = np.concatenate([self.search_vectors, added]) if n else added
+        if added is encoded and (not n or self.search_vectors is self.vectors):
+            search_vectors = vectors  # the index holds full vectors: one copy serves both
+        else:
+            search_vectors = np.concatenate([self.search_vectors, added]) if n else added
         ids = np.concatenate([self.ids, np.asarray(fresh, dtype=object)])
         surfaces = np.concatenate(
             [self.surfaces, np.asarray([state.upserts[i].surface or "" for i in fresh], object)]
@@ -139,12 +142,14 @@ class Delta:
         """The same delta without its dead rows."""
         keep = np.flatnonzero(self.alive)  # (m,)
         ids = self.ids[keep]
+        vectors = self.vectors[keep]
+        shared = self.search_vectors is self.vectors
         return replace(
             self,
             ids=ids,
             surfaces=self.surfaces[keep],
-            vectors=self.vectors[keep],
-            search_vectors=self.search_vectors[keep],
+            vectors=vectors,
+            search_vectors=vectors if shared else self.search_vectors[keep],
             alive=np.ones(len(keep), bool),
             row={item_id: r for r, item_id in enumerate(ids.tolist())},
         )
