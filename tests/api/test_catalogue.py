@@ -185,9 +185,6 @@ def rank_of(scores: dict[str, float], item_id: str) -> int:
     return sum(1 for s in scores.values() if s > scores[item_id])
 
 
-HISTORY = [str(i) for i in range(1, 9)]
-
-
 # ---------------------------------------------------------------------------- upsert
 @pytest.mark.anyio
 async def test_upsert_then_retrieve_and_rank(live: Live) -> None:
