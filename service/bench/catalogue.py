@@ -36,7 +36,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.bench.servers import free_port
+from service.bench.servers import free_port, thread_env
 
 ADMIN_KEY = "bench-catalogue-admin-7e6d5c4b3a"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
@@ -54,6 +54,8 @@ def replica(data: Path, poll: float, env: dict[str, str], log: Path) -> Iterator
         "UNISERVE_INDEX_POLL_SECONDS": str(poll),
         "UNISERVE_CACHE_TTL_SECONDS": "0",
         "UNISERVE_TORCH_THREADS": "1",
+        "UNISERVE_FAISS_THREADS": "1",
+        **thread_env(1),  # as `bench service` runs its replicas: no BLAS / OpenMP oversubscription
         **env,
     }
     cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]

@@ -128,7 +128,7 @@ def test_delta_search_equals_brute_force_under_filters_and_merges_by_score() -> 
         }
         best = sorted(eligible.items(), key=lambda p: -p[1])[:5]
         assert ids == [i for i, _ in best]
-        np.testing.assert_allclose(scores, [s for _, s in best], rtol=1e-5)
+        np.testing.assert_allclose(scores, [s for _, s in best], atol=1e-5)
     main_hits = (["m1", "m2"], np.asarray([9.0, -9.0], "f4"))
     ids, scores = merge(main_hits, got[0], 3)
     assert ids[0] == "m1" and len(ids) == 3 and list(scores) == sorted(scores, reverse=True)
@@ -149,7 +149,7 @@ def test_upserting_the_same_ids_again_and_again_keeps_the_delta_compact() -> Non
     ids, scores = delta.search(query, 10, Filters())[0]
     assert sorted(ids) == sorted(f"d{i}" for i in range(7))
     expected = sorted((_vector(i) @ query[0] for i in ids), reverse=True)
-    np.testing.assert_allclose(scores, expected, rtol=1e-5)
+    np.testing.assert_allclose(scores, expected, atol=1e-5)
 
 
 def test_an_emptied_log_never_reuses_numbers_a_version_holds(tmp_path: Path) -> None:
