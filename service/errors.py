@@ -23,6 +23,8 @@ class ErrorType(StrEnum):
     # multi-vector index, a local-index operation asked of a router, a shard search sent by a
     # router whose model the live index was not built for
     UNSERVABLE = "unservable"
+    # a catalogue upsert or retirement would take the live delta over UNISERVE_DELTA_MAX_ITEMS
+    DELTA_FULL = "delta_full"
     TOO_LARGE = "too_large"
     OVERLOADED = "overloaded"
     NOT_READY = "not_ready"
@@ -43,7 +45,7 @@ def status_code(error_type: ErrorType) -> int:
             return 401
         case ErrorType.FORBIDDEN:
             return 403
-        case ErrorType.INDEX_REJECTED | ErrorType.UNSERVABLE:
+        case ErrorType.INDEX_REJECTED | ErrorType.UNSERVABLE | ErrorType.DELTA_FULL:
             return 409
         case ErrorType.TOO_LARGE:
             return 413

@@ -160,6 +160,14 @@ class Settings(BaseSettings):
     # file read per poll.
     index_poll_seconds: Annotated[float, Field(ge=0.0, le=3600.0)] = 5.0
 
+    # Live catalogue (POST /admin/items/upsert and /admin/items/retire): the most distinct
+    # items changed since the live index version was built (upserted or retired) before such
+    # calls get 409 delta_full and a rebuild is due. Upserted items are searched exactly beside
+    # the ANN index, so more: fewer rebuilds, for search time linear in the delta (and its
+    # vectors in memory on every replica). Replicas sharing the index root read each other's
+    # changes from its change log every index_poll_seconds (0: only their own).
+    delta_max_items: Annotated[int, Field(ge=1, le=1_000_000)] = 20_000
+
     # Multi-vector retrieval (POST /v1/retrieve with mode "multi", on an index built with
     # `uniserve build-index --mode multi`). multi_candidates: rows taken by MUVERA FDE inner
     # product and re-ranked by exact Chamfer similarity per request; more: recall closer to

@@ -1,6 +1,6 @@
 """What several test suites share: free loopback ports (the benchmark's `free_port`, imported),
 a copy of the session's artifacts, a started `uniserve serve` process (and waiting for a URL to
-answer), and `BlockedEmbedder`.
+answer), a real `redis-server` (`RedisServer`) and `BlockedEmbedder`.
 
 Fixtures live in `tests/conftest.py`; plain helpers here, imported as `tests.helpers`.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -18,10 +19,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+import redis
 
 from service.bench.servers import free_port as free_port  # re-exported: one definition
 
 REPO = Path(__file__).resolve().parents[1]
+REDIS_SERVER = shutil.which("redis-server")
 
 
 def copy_data(source: Path, target: Path) -> Path:
@@ -78,6 +81,58 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
+
+
+class RedisServer:
+    """A real redis-server on a free loopback port with its files in `directory`."""
+
+    def __init__(self, directory: Path, *args: str) -> None:
+        self.directory = directory
+        self.args = args
+        self.port = free_port()
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def client(self) -> redis.Redis:
+        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
+
+    def start(self) -> RedisServer:
+        assert REDIS_SERVER is not None
+        log = (self.directory / "redis.log").open("ab")
+        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
+        self.proc = subprocess.Popen(
+            [REDIS_SERVER, *args, "--save", "", "--appendonly", "no", *self.args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if self.client().ping():
+                    return self
+            except redis.ConnectionError:
+                if self.proc.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"redis-server did not start; see {log.name}") from None
+                time.sleep(0.02)
+
+    def signal(self, sig: signal.Signals) -> None:
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
+    def kill(self) -> None:
+        """kill -9: no shutdown, no goodbye to clients."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
+            self.proc.terminate()
+            self.proc.wait(10)
 
 
 class BlockedEmbedder:

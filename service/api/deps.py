@@ -15,6 +15,7 @@ from fastapi import Depends, Request
 
 from service.api.metrics import Metrics
 from service.api.state import AppState
+from service.core.catalogue import LiveCatalogue
 from service.core.engine import Engine
 from service.core.reloader import Reloader
 from service.core.router import NOT_SHARDED, RouterEngine
@@ -86,6 +87,17 @@ async def get_reloader(state: StateDep) -> Reloader:
     return state.reloader
 
 
+async def get_catalogue(state: StateDep) -> LiveCatalogue:
+    """The live catalogue the lifespan made; 409 unservable in router mode (no local index),
+    503 not_ready before the lifespan ran."""
+    if state.settings.shards:
+        raise ServiceError(ErrorType.UNSERVABLE, NOT_SHARDED.format(what="change the catalogue"))
+    if state.catalogue is None:
+        raise ServiceError(ErrorType.NOT_READY, state.not_ready_reason)
+    return state.catalogue
+
+
+CatalogueDep = Annotated[LiveCatalogue, Depends(get_catalogue)]
 MetricsDep = Annotated[Metrics, Depends(get_metrics)]
 LiveEngineDep = Annotated[Engine | RouterEngine, Depends(get_live_engine)]
 ReloaderDep = Annotated[Reloader, Depends(get_reloader)]

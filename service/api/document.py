@@ -57,10 +57,13 @@ def feature_schema(kind: str) -> dict[str, Any]:
 def describe_model(components: Mapping[str, Any], shape: ModelShape) -> None:
     """Write the model's shape into the document's component schemas, in place."""
     item = components["ItemIn"]
-    features = item["properties"]["features"]
-    features.pop("propertyNames", None)
-    features["properties"] = {name: feature_schema(kind) for name, kind in shape.features}
-    features["additionalProperties"] = False
+    for model in ("ItemIn", "UpsertItem"):  # the metadata of items/embed and items/upsert
+        if model not in components:
+            continue
+        features = components[model]["properties"]["features"]
+        features.pop("propertyNames", None)
+        features["properties"] = {name: feature_schema(kind) for name, kind in shape.features}
+        features["additionalProperties"] = False
     if shape.features:
         example = {name: "example" for name, _ in shape.features}
         components["ItemEmbedRequest"].setdefault("examples", []).append(

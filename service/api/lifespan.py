@@ -19,6 +19,7 @@ import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import TYPE_CHECKING
 
 import anyio
 import anyio.to_thread
@@ -28,11 +29,15 @@ from index import RejectReason
 from service.api.metrics import IndexSnapshot, Metrics
 from service.api.online import close_online, load_configured_shadow, make_online
 from service.api.state import AppState
+from service.core.catalogue import LiveCatalogue
 from service.core.engine import Admission, Engine
 from service.core.heap import freeze_heap
 from service.core.reloader import REPAIRABLE, Reloader, created_timestamp, open_engine
 from service.core.router import load_router_model, make_router
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.store.redis_feed import RedisChangeFeed
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +117,39 @@ def engine_hooks(metrics: Metrics) -> tuple[Callable[[Engine, bool], None], Call
     return on_swap, on_refused
 
 
+def live_catalogue(state: AppState, feed: RedisChangeFeed | None) -> LiveCatalogue:
+    """The live catalogue over the index root's change log, reporting to the metrics and
+    announcing its changes on `feed` (Redis) when there is one."""
+    settings, metrics = state.settings, state.metrics.catalogue
+    metrics.delta_limit.set(settings.delta_max_items)
+    metrics.delta_items.set_function(
+        lambda: float(state.engine.delta.size) if state.engine is not None else 0.0
+    )
+    return LiveCatalogue(
+        settings.index_path,
+        lambda: state.engine,
+        max_delta=settings.delta_max_items,
+        # the lag of changes as they arrive; a swap's replay of older ones is not lag
+        on_applied=lambda engine, changes, replayed: metrics.observe_applied(
+            engine.delta.seq, [] if replayed else [c.ts for c in changes]
+        ),
+        on_call=metrics.observe_call,
+        on_written=feed.notify if feed is not None else None,
+    )
+
+
+def change_feed(state: AppState) -> RedisChangeFeed | None:
+    """With Redis configured: the pub/sub nudge that spreads catalogue changes at once."""
+    settings = state.settings
+    if state.redis is None or settings.redis_url is None:
+        return None
+    from service.store.redis_feed import RedisChangeFeed
+
+    return RedisChangeFeed(
+        state.redis, settings.redis_url, connect_timeout=settings.redis_connect_timeout_ms / 1000
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     state: AppState = app.state.uniserve
@@ -123,12 +161,19 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     metrics.track_index(lambda: index_snapshot(state.engine))
     await state.open_backends()  # Redis down is logged, never fatal
     reloader = None
+    feed: RedisChangeFeed | None = None
     if settings.shards:
         await load_router_into(state, admission)
     else:
         on_swap, on_refused = engine_hooks(metrics)
+        feed = change_feed(state)
+        catalogue = state.catalogue = live_catalogue(state, feed)
         reloader = state.reloader = Reloader(
-            settings, admission, on_swap=on_swap, on_refused=on_refused
+            settings,
+            admission,
+            on_swap=on_swap,
+            on_refused=on_refused,
+            installing=catalogue.installing,
         )
         await reloader.start(functools.partial(load_engine, settings, admission))
     make_online(state)  # served lists, online hit counting, the shadow slot
@@ -137,6 +182,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with anyio.create_task_group() as background:
             if settings.index_poll_seconds > 0 and reloader is not None:
                 background.start_soon(reloader.watch)
+            if settings.index_poll_seconds > 0 and state.catalogue is not None:
+                background.start_soon(state.catalogue.watch, settings.index_poll_seconds)
+            if feed is not None and state.catalogue is not None:
+                background.start_soon(feed.listen, state.catalogue.poll_once)
             yield
             background.cancel_scope.cancel()
     finally:

@@ -13,7 +13,7 @@ of their expressions against a real Prometheus scraping a real server.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -222,6 +222,7 @@ class Metrics:
         self._index = _IndexCollector()
         self.registry.register(self._index)
         self.online = OnlineMetrics(self.registry)  # online quality, shadow, promotion
+        self.catalogue = CatalogueMetrics(self.registry)
         # every closed-set series exported from the start, at 0
         for stage in STAGES:
             self.stage_latency.labels(stage)
@@ -280,3 +281,58 @@ class Metrics:
         self.redis_calls.labels(op, result).inc()
         if seconds is not None:
             self.redis_latency.labels(op).observe(seconds)
+
+
+# Seconds from a catalogue change being written to the change log to its being applied on a
+# replica: milliseconds on the replica that took the call, about a poll interval on the others.
+CATALOGUE_LAG_BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0, 60.0)
+
+
+class CatalogueMetrics:
+    """The live catalogue (`service.core.catalogue`): the delta's size against its limit, the
+    upserts and retirements this replica took, and how far behind the change log it applies."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.delta_items = Gauge(
+            "uniserve_catalogue_delta_items",
+            "Distinct items changed (upserted or retired) since the live index version was "
+            "built: the live delta, bounded by uniserve_catalogue_delta_limit.",
+            registry=registry,
+        )
+        self.delta_limit = Gauge(
+            "uniserve_catalogue_delta_limit",
+            "UNISERVE_DELTA_MAX_ITEMS: beyond it upserts and retirements get 409 delta_full.",
+            registry=registry,
+        )
+        self.upserts = Counter(
+            "uniserve_catalogue_upserts_total",
+            "Items upserted through POST /admin/items/upsert on this replica.",
+            registry=registry,
+        )
+        self.retirements = Counter(
+            "uniserve_catalogue_retirements_total",
+            "Items retired through POST /admin/items/retire on this replica.",
+            registry=registry,
+        )
+        self.applied_seq = Gauge(
+            "uniserve_catalogue_applied_seq",
+            "Sequence number of the last change-log record this replica applied (0: none).",
+            registry=registry,
+        )
+        self.lag = Histogram(
+            "uniserve_catalogue_lag_seconds",
+            "Seconds from a change being written to the change log to its being applied on "
+            "this replica (the replica that took the call, and every other one).",
+            buckets=CATALOGUE_LAG_BUCKETS,
+            registry=registry,
+        )
+
+    def observe_call(self, op: str, items: int) -> None:
+        (self.upserts if op == "upsert" else self.retirements).inc(items)
+
+    def observe_applied(self, seq: int, written: Sequence[float]) -> None:
+        """Changes up to `seq` applied, written at the epoch seconds `written`."""
+        now = time.time()
+        self.applied_seq.set(seq)
+        for ts in written:
+            self.lag.observe(max(0.0, now - ts))

@@ -31,6 +31,7 @@ from pydantic_core import PydanticCustomError
 from index.paths import MAX_VERSION_CHARS, VERSION_ID_PATTERN
 from service.errors import ErrorType, ServiceError
 from service.settings import Settings
+from service.store.changelog import CatalogueItem
 from service.store.events import Event
 
 MAX_ID_CHARS = 256  # longest id accepted, so ids cannot bloat keys and logs
@@ -364,6 +365,48 @@ class RollbackRequest(_Strict):
     to: VersionId  # the version to make live and CURRENT
 
 
+class UpsertItem(_Strict):
+    """An item of POST /admin/items/upsert: its vector is computed by the live model (the
+    id's learnt embedding when the model knows the id, else metadata only, as for a catalogue
+    item `build-index` encodes)."""
+
+    item_id: Id
+    surface: Id | None = None
+    features: dict[FeatureName, FeatureValue] = Field(default_factory=dict, max_length=MAX_FEATURES)
+
+    def to_item(self) -> CatalogueItem:
+        return CatalogueItem(self.item_id, self.surface, self.features)
+
+
+class UpsertRequest(_Strict):
+    """Body of POST /admin/items/upsert; an id given twice: the later one wins."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"items": [{"item_id": "new-1", "surface": "1"}]}]},
+    )
+    items: list[UpsertItem] = Field(min_length=1)
+
+    def check_limits(self, settings: Settings) -> None:
+        if len(self.items) > settings.max_items:
+            raise _too_many("items", len(self.items), settings.max_items, "max_items")
+
+
+class RetireRequest(_Strict):
+    """Body of POST /admin/items/retire."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"item_ids": ["42", "new-1"]}]}
+    )
+    item_ids: list[Id] = Field(min_length=1)
+
+    def check_limits(self, settings: Settings) -> None:
+        if len(self.item_ids) > settings.max_candidates:
+            raise _too_many(
+                "item_ids", len(self.item_ids), settings.max_candidates, "max_candidates"
+            )
+
+
 # ---------------------------------------------------------------------------- the fast lane's
 # The hot requests again with string ids only, which pydantic-core checks without calling Python
 # (`Id` calls `_to_id` per id: two calls per event, 100 for a 50-event history, about half of
@@ -425,6 +468,8 @@ def settings_limits(settings: Settings) -> dict[str, dict[str, dict[str, int]]]:
         },
         "RankRequest": {**events, "candidates": {"maxItems": settings.max_candidates}},
         "ItemEmbedRequest": {"items": {"maxItems": settings.max_items}},
+        "UpsertRequest": {"items": {"maxItems": settings.max_items}},
+        "RetireRequest": {"item_ids": {"maxItems": settings.max_candidates}},
         "ShardSearchRequest": {
             "k": {"maximum": settings.max_k},
             "exclude": {"maxItems": shard_exclude_limit(settings)},
@@ -469,7 +514,7 @@ class ShardSearchResponse(_Strict):
 
 class RankResponse(_Strict):
     items: list[ScoredItem]  # score descending, each known candidate once
-    unknown: list[str]  # candidates not in the model's catalogue
+    unknown: list[str]  # candidates neither the model, the live index nor its delta holds
     model_version: str
     index_version: str  # the model+index pair that served the request
 
@@ -525,6 +570,17 @@ class SwapResponse(_Strict):
     model_version: str
     previous_index_version: str | None
     previous_model_version: str | None
+
+
+class CatalogueChangeResponse(_Strict):
+    """Answer of POST /admin/items/upsert and /admin/items/retire, sent once the change is
+    in the change log (fsynced) and live on this replica."""
+
+    upserted: int  # items upserted by this call
+    retired: int  # ids retired by this call
+    delta_size: int  # distinct items changed since the live index version was built
+    index_version: str  # the live version the change was applied to
+    seq: int  # the change's sequence number in the index root's change log
 
 
 class Health(_Strict):

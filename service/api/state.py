@@ -17,6 +17,7 @@ from service.store.events import EventStore, InProcessEventStore
 from service.store.singleflight import SingleFlight
 
 if TYPE_CHECKING:
+    from service.core.catalogue import LiveCatalogue
     from service.core.online import OnlineTracker
     from service.core.router import RouterEngine
     from service.core.shadow import ShadowSlot
@@ -32,6 +33,7 @@ class AppState:
     admission: Admission | None = None  # set by the lifespan: the batchers engines share
     reloader: Reloader | None = None  # set by the lifespan: holds and swaps the local engine
     router: RouterEngine | None = None  # router mode (shard_urls set) instead of the reloader
+    catalogue: LiveCatalogue | None = None  # set by the lifespan (not in router mode)
     router_not_ready_reason: str = STARTING  # router mode: why `router` is None
     redis: RedisLink | None = None  # set when redis_url is: the cache and events live there
     flights: SingleFlight[bytes] = field(default_factory=SingleFlight)  # shared by requests

@@ -18,7 +18,11 @@ def add_parser(sub: Any) -> None:
         "--engine ray, on the actors of a Ray cluster), build "
         "the index (IVF k-means on GPUs when faiss reports any), pick the cheapest efSearch / "
         "nprobe meeting --target-recall, refuse an index that fails the gate (exit 3, nothing "
-        "published), else publish a new version atomically and prune old ones.",
+        "published), else publish a new version atomically and prune old ones. The live "
+        "catalogue's change log under --index-root (POST /admin/items/upsert and /retire) is "
+        "folded in: upserted items indexed, retired ones left out, the last change folded "
+        "recorded in the manifest (changes_through); sharded, --mode multi and --engine ray "
+        "builds fold nothing (replicas keep applying the log live).",
     )
     p.add_argument("--model", required=True, help="model directory")
     p.add_argument("--index-root", required=True, help="index root (versions/ + CURRENT)")

@@ -9,8 +9,11 @@ fails at once with `overloaded` instead of queueing.
 An engine is immutable: a model and an index (with its manifest) checked to belong together. A
 hot swap builds a whole new engine and replaces the one reference the app holds; a request takes
 that reference once, so it finishes on the version it started with. Engines an app swaps in
-share one `Admission`, so the in-flight bound holds across a swap. `ModelEngine` is the half that
-needs only the model (user vectors, rank, item embeddings): what a shard router serves with.
+share one `Admission`, so the in-flight bound holds across a swap. The one part that changes
+is the live catalogue's `delta` (`service.core.delta`), itself immutable: applying changes
+replaces that reference, and a search takes it once with the request. `ModelEngine` is the
+half that needs only the model (user vectors, rank, item embeddings): what a shard router serves
+with.
 """
 
 from __future__ import annotations
@@ -33,9 +36,11 @@ from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
 from models.vocab import History
 from service.core.batcher import Batcher, BatchStats
+from service.core.delta import Delta, merge
 from service.core.filters import NO_FILTERS, Filters
 from service.errors import ErrorType, ServiceError
 from service.settings import Settings
+from service.store.changelog import CHANGES_THROUGH, Change
 
 T = TypeVar("T")
 
@@ -113,6 +118,7 @@ class SearchJob:
     vector: np.ndarray  # (D,) float32
     k: int
     filters: Filters
+    delta: Delta  # the engine's live catalogue changes when the request was made
 
 
 def encode_batch(jobs: list[EncodeJob]) -> list[np.ndarray]:
@@ -136,21 +142,25 @@ def search_batch(jobs: list[SearchJob]) -> list[tuple[list[str], np.ndarray]]:
 
     Jobs sharing a filter share one eligibility mask, so the filter stays inside the search;
     grouping by k as well keeps every result identical to that job searched on its own.
+    With live catalogue changes (`Delta`), rows of retired and upserted ids are masked inside
+    the ANN search and the delta's items are searched exactly beside it, merged by score.
     """
     out: list[tuple[list[str], np.ndarray]] = [([], np.empty(0, np.float32))] * len(jobs)
-    groups: dict[tuple[int, Filters, int], list[int]] = {}
+    groups: dict[tuple[int, Filters, int, int], list[int]] = {}
     for i, job in enumerate(jobs):
-        key = (id(job.engine), job.filters, job.k)
+        key = (id(job.engine), job.filters, job.k, id(job.delta))
         groups.setdefault(key, []).append(i)
     for members in groups.values():
         first = jobs[members[0]]
-        engine = first.engine
-        allowed = engine.allowed_rows(first.filters)  # (N,) bool or None
+        engine, delta = first.engine, first.delta
+        allowed = engine.allowed_rows(first.filters, delta.hidden_rows)  # (N,) bool or None
         queries = engine.index_queries(np.stack([jobs[i].vector for i in members]))  # (b, d)
         scores, rows = engine.index.search(queries, first.k, allowed=allowed)  # (b, k)
+        extra = delta.search(queries, first.k, first.filters) if delta.count else None
         for row, i in enumerate(members):
             valid = rows[row] >= 0
-            out[i] = (engine.index.item_ids[rows[row][valid]].tolist(), scores[row][valid])
+            found = (engine.index.item_ids[rows[row][valid]].tolist(), scores[row][valid])
+            out[i] = found if extra is None else merge(found, extra[row], first.k)
     return out
 
 
@@ -269,6 +279,11 @@ class ModelEngine:
         return self.embedder.version
 
     @property
+    def delta_seq(self) -> int:
+        """The live catalogue change last applied (0: none; a router applies none)."""
+        return 0
+
+    @property
     def dim(self) -> int:
         return self.embedder.dim
 
@@ -332,6 +347,15 @@ class ModelEngine:
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
+        self.check_items(items)
+        try:
+            return await self._run(self.embedder.embed_items, items)
+        except ValueError as exc:  # the embedder's documented rejection of bad metadata
+            raise ServiceError(ErrorType.INVALID_INPUT, f"items: {exc}") from exc
+
+    def check_items(self, items: Sequence[ItemSpec]) -> None:
+        """`invalid_input` unless every item's features are fields this model reads (the
+        surface has its own place in an item, not among the features)."""
         fields = self.item_features
         for i, (_, _, features) in enumerate(items):
             if SURFACE_FIELD in features:
@@ -346,10 +370,6 @@ class ModelEngine:
                     f"items[{i}].features: unknown field(s) {unknown}; "
                     f"this model reads {sorted(fields)}",
                 )
-        try:
-            return await self._run(self.embedder.embed_items, items)
-        except ValueError as exc:  # the embedder's documented rejection of bad metadata
-            raise ServiceError(ErrorType.INVALID_INPUT, f"items: {exc}") from exc
 
 
 class Engine(ModelEngine):
@@ -385,6 +405,26 @@ class Engine(ModelEngine):
         # the index may hold a Matryoshka prefix of the model's vectors: queries are cut alike
         self.index_dim = index_dim(embedder, manifest)
         self._surface_masks: dict[tuple[str, ...], np.ndarray] = {}
+        # live catalogue changes since the version was built: the one reference replaced as
+        # changes are applied (`apply_changes`), by `service.core.catalogue.LiveCatalogue`
+        self.delta = Delta.empty(changes_through(manifest))
+
+    @property
+    def delta_seq(self) -> int:
+        return self.delta.seq
+
+    def apply_changes(self, changes: Sequence[Change]) -> None:
+        """Apply catalogue changes (blocking: upserted items are encoded by this engine's
+        model, as `build-index` encodes a catalogue); requests already searching keep the
+        delta they took."""
+        from service.jobs.catalog import encode_items  # torch + pyarrow: the job's encoding
+
+        self.delta = self.delta.applied(
+            changes,
+            functools.partial(encode_items, self.embedder),
+            self.index_queries,
+            self.index.row_of,
+        )
 
     @property
     def index_version(self) -> str:
@@ -418,7 +458,8 @@ class Engine(ModelEngine):
         (unknown ids ignored). The filter is applied inside the ANN search, so k items come back
         whenever at least k items are eligible.
         """
-        job = SearchJob(self, np.asarray(user_vector, dtype=np.float32).reshape(-1), k, filters)
+        vector = np.asarray(user_vector, dtype=np.float32).reshape(-1)
+        job = SearchJob(self, vector, k, filters, self.delta)
         return await self.admission.searcher.submit(job)
 
     def require_multi(self) -> MultiIndex:
@@ -461,7 +502,7 @@ class Engine(ModelEngine):
         filters: Filters,
     ) -> tuple[list[str], np.ndarray, float]:
         vecs, mask = self.embedder.user_multi_vectors([history], num_interests)  # (1, K, D)
-        allowed = self.allowed_rows(filters)  # (N,) bool or None
+        allowed = self.allowed_rows(filters, self.delta.retired_rows)  # (N,) bool or None
         timings: dict[str, float] = {}
         scores, rows = multi.search(
             vecs, k, query_mask=mask, candidates=candidates, allowed=allowed, timings=timings
@@ -469,8 +510,9 @@ class Engine(ModelEngine):
         valid = rows[0] >= 0
         return self.index.item_ids[rows[0][valid]].tolist(), scores[0][valid], timings["rerank"]
 
-    def allowed_rows(self, filters: Filters) -> np.ndarray | None:
-        """(N,) bool mask of index rows passing the filters; None when every row passes."""
+    def allowed_rows(self, filters: Filters, hidden: np.ndarray | None = None) -> np.ndarray | None:
+        """(N,) bool mask of index rows passing the filters and not `hidden` (rows of retired
+        or upserted ids); None when every row passes."""
         mask = None
         if filters.surfaces is not None:
             key = filters.surfaces
@@ -485,4 +527,52 @@ class Engine(ModelEngine):
             if rows.size:
                 mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
                 mask[rows] = False
+        if hidden is not None and hidden.size:
+            mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
+            mask[hidden] = False
         return mask
+
+    # ------------------------------------------------------------------ rank with the delta
+    def _rank(
+        self, user_vector: np.ndarray, candidates: Sequence[str]
+    ) -> tuple[list[str], np.ndarray, list[str]]:
+        """As `ModelEngine._rank`, over the catalogue as it is served (the live index and its
+        delta): an upserted item is scored with its delta vector; an item of the live index
+        with the model's vector of its id, or, when the model has none (a catalogue's
+        cold-start item, an upsert a rebuild folded in), with its index vector against the
+        user vector in the index's space; a retired item, and one neither holds, is unknown."""
+        delta = self.delta
+        unique = list(dict.fromkeys(candidates))
+        rows = self.embedder.item_rows(unique)  # (M,)
+        index_rows = self.index.row_of(unique)  # (M,)
+        m = len(unique)
+        in_delta = np.fromiter((c in delta.row for c in unique), bool, m)  # (M,)
+        retired = np.fromiter((c in delta.retired for c in unique), bool, m)  # (M,)
+        in_index = (index_rows >= 0) & ~in_delta & ~retired
+        by_model = in_index & (rows >= 0)  # the model's vector of the id, as ModelEngine
+        by_index = in_index & (rows < 0)  # no id in the model: the index's vector
+        scores = np.zeros(m, np.float32)  # (M,)
+        scores[by_model] = self.item_vectors[rows[by_model]] @ user_vector
+        if in_delta.any():
+            held = [delta.row[c] for c, hit in zip(unique, in_delta, strict=True) if hit]
+            scores[in_delta] = delta.vectors[held] @ user_vector
+        if by_index.any():
+            query = self.index_queries(user_vector[None])[0]  # (d,)
+            try:
+                vectors = self.index.faiss_index.reconstruct_batch(index_rows[by_index])  # (b, d)
+                scores[by_index] = vectors @ query
+            except RuntimeError:  # an index type that cannot give its vectors back
+                by_index[:] = False
+        known = by_model | by_index | in_delta
+        unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
+        ids = [c for c, ok in zip(unique, known, strict=True) if ok]
+        kept = scores[known]  # (k,)
+        order = np.argsort(-kept, kind="stable")
+        return [ids[i] for i in order], kept[order], unknown
+
+
+def changes_through(manifest: Manifest) -> int:
+    """The change log position a version was built through (`build-index` folds the log in
+    and records it); 0 when it folded none."""
+    seq = manifest.extra.get(CHANGES_THROUGH, 0)
+    return seq if isinstance(seq, int) and not isinstance(seq, bool) and seq >= 0 else 0

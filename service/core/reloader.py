@@ -25,7 +25,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -176,6 +177,11 @@ def _point_current_at(root: Path, version: str) -> None:
         set_current(root, version)
 
 
+@asynccontextmanager
+async def _nothing(engine: Engine) -> AsyncIterator[None]:
+    yield
+
+
 @dataclass(frozen=True)
 class SwapOutcome:
     changed: bool  # False: the asked-for version was already live
@@ -208,7 +214,10 @@ class Reloader:
         *,
         on_swap: Callable[[Engine, bool], None] | None = None,
         on_refused: Callable[[RejectReason], None] | None = None,
+        installing: Callable[[Engine], AbstractAsyncContextManager[None]] | None = None,
     ) -> None:
+        """`installing(engine)`: entered around every swap, just before the engine goes live
+        (the live catalogue brings the new engine up to its change log there)."""
         self.settings = settings
         self.admission = admission
         self.engine: Engine | None = None
@@ -216,6 +225,7 @@ class Reloader:
         self.refused: str | None = None  # version the watcher last failed on: not retried
         self._on_swap = on_swap or (lambda engine, reloaded: None)
         self._on_refused = on_refused or (lambda reason: None)
+        self._installing = installing or _nothing
         self._lock = anyio.Lock()
 
     @property
@@ -237,7 +247,7 @@ class Reloader:
                 else:
                     log.exception("not ready: %s", self.not_ready_reason)
                 return
-            self._install(engine, reloaded=False)
+            await self._go_live(engine, reloaded=False)
 
     def close(self, reason: str) -> None:
         """Nothing serves from now on (shutdown); `reason` answers requests still arriving."""
@@ -264,7 +274,7 @@ class Reloader:
             except ReloadError:
                 self.refused = target  # the watcher leaves it be; an explicit reload retries
                 raise
-            self._install(engine, reloaded=True)
+            await self._go_live(engine, reloaded=True)
             return self._outcome(engine, live, changed=True)
 
     async def rollback(self, to: str | None = None) -> SwapOutcome:
@@ -293,7 +303,7 @@ class Reloader:
                     await anyio.to_thread.run_sync(set_current, self.root, version)
                 except Exception as exc:
                     raise self._failed(version, exc) from exc
-                self._install(engine, reloaded=True)
+                await self._go_live(engine, reloaded=True)
                 return self._outcome(engine, live, changed=True)
             if not errors:
                 raise ReloadError(
@@ -324,7 +334,7 @@ class Reloader:
             except Exception as exc:
                 raise self._failed(version, exc) from exc
             if changed:
-                self._install(engine, reloaded=True)
+                await self._go_live(engine, reloaded=True)
             return self._outcome(engine, live, changed=changed)
 
     async def _open(self, version: str, live: Engine | None) -> Engine:
@@ -347,6 +357,10 @@ class Reloader:
         else:
             log.warning("%s", message)
         return ReloadError(version, reason, message)
+
+    async def _go_live(self, engine: Engine, *, reloaded: bool) -> None:
+        async with self._installing(engine):
+            self._install(engine, reloaded=reloaded)
 
     def _install(self, engine: Engine, *, reloaded: bool) -> None:
         """The one way an engine goes live: one reference replaced. Requests holding the old

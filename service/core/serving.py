@@ -278,6 +278,7 @@ class ServingCore:
                 surfaces=filters.surfaces,
                 exclude=filters.exclude,
                 seen=exclude_seen,
+                delta=self.engine.delta_seq,  # live catalogue changes applied
                 **(
                     {"mode": mode, "candidates": self.multi_candidates, "K": self.multi_interests}
                     if mode == "multi"
@@ -368,7 +369,9 @@ class ServingCore:
                     }
                 )
 
-            key = self._key("rank", history, candidates=list(candidates))
+            key = self._key(
+                "rank", history, candidates=list(candidates), delta=self.engine.delta_seq
+            )
             return await self._cached("rank", key, compute)
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> bytes:

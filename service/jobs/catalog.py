@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ import torch
 from tqdm import tqdm
 
 from models.device import select_device
-from models.embedder import Embedder
+from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
 from models.item_encoder import FIRST_ITEM_ID, UNK_ID
 
@@ -217,3 +218,27 @@ def _strings(col: pa.ChunkedArray) -> np.ndarray:
     if pa.types.is_dictionary(col.type):
         col = col.cast(col.type.value_type)
     return pc.fill_null(col.cast(pa.string()), "").to_numpy(zero_copy_only=False).astype(object)
+
+
+def items_table(items: Sequence[ItemSpec]) -> pa.Table:
+    """Items given as (item id, surface, metadata) as a table of the generic catalogue format
+    (`item_id`, `surface`, one column per metadata field; missing values null)."""
+    names = sorted({name for _, _, features in items for name in features})
+    columns: dict[str, list[str | None]] = {
+        "item_id": [str(item_id) for item_id, _, _ in items],
+        SURFACE_FIELD: [surface for _, surface, _ in items],
+        **{name: [features.get(name) for _, _, features in items] for name in names},
+    }
+    return pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})
+
+
+def encode_items(embedder: Embedder, items: Sequence[ItemSpec]) -> np.ndarray:
+    """Served vectors (B, D) float32 of items given as (item id, surface, metadata), encoded
+    exactly as `build-index --catalog` encodes a catalogue's rows (`catalogue_inputs`, then
+    `encode_item_batch` on the CPU): a trained id keeps its id embedding, an unknown one gets a
+    metadata-only (cold-start) vector; fields the model does not read are ignored. What the
+    live catalogue (`service.core.delta`) and the rebuild's change fold-in use."""
+    if not items:
+        return np.zeros((0, embedder.dim), np.float32)
+    batch = catalogue_inputs(embedder, items_table(items), "upserted items")
+    return encode_item_batch(embedder, batch, torch.device("cpu"))

@@ -37,7 +37,8 @@ from models.corpus import Corpus
 from models.embedder import Embedder
 from models.evaluate import evaluation_report
 from models.train import TrainConfig, train
-from service.jobs.catalog import ENCODE_BATCH, EncodedCatalogue, encode_catalogue
+from service.jobs.catalog import ENCODE_BATCH, EncodedCatalogue, encode_catalogue, encode_items
+from service.store.changelog import CHANGES_THROUGH, CatalogueState, fold, read_changes
 
 log = logging.getLogger(__name__)
 
@@ -146,6 +147,12 @@ def build_and_publish(
     tuned on) and the manifest records the spec in `extra["shard"]`; publish each shard to its
     own index root (`index.shard.shard_root`). `encoded`: the catalogue already encoded by
     this model (`encode_catalogue` of `catalog`), so the shards of one build encode it once.
+
+    The live catalogue's change log under `index_root` (`service.store.changelog`) is folded
+    in (`fold_changes`): upserted items are indexed (encoded as the catalogue is), retired ones
+    left out, and the manifest records the last change folded (`changes_through`), so replicas
+    serving the version add only later changes live. Sharded builds fold nothing (their
+    replicas keep replaying the log of their own root).
     """
     if muvera is not None and shard is not None:
         raise ValueError("--mode multi indexes the whole vocabulary; it cannot be sharded")
@@ -166,6 +173,13 @@ def build_and_publish(
         raise ValueError(
             f"pre-encoded catalogue has dim {encoded.vectors.shape[1]}, the model {embedder.dim}"
         )
+    through = 0
+    if shard is None and muvera is None:
+        changes = read_changes(Path(index_root))
+        if changes:
+            encoded = fold_changes(encoded, fold(changes), embedder)
+            through = changes[-1].seq
+            log.info("folded %d catalogue changes (through %d) in", len(changes), through)
     if shard is not None:  # one shard of a sharded build: only the items it owns
         mine = shard.owns(encoded.item_ids)  # (N,) bool
         encoded = replace(
@@ -218,7 +232,28 @@ def build_and_publish(
             "encode_seconds": round(encoded.seconds, 2),
             "build_seconds": round(build_seconds, 2),
             **({"shard": shard.to_json()} if shard is not None else {}),
+            **({CHANGES_THROUGH: through} if through else {}),
         },
+    )
+
+
+def fold_changes(
+    encoded: EncodedCatalogue, state: CatalogueState, embedder: Embedder
+) -> EncodedCatalogue:
+    """The catalogue with the live changes folded in: retired and upserted ids dropped, the
+    upserted items appended with their vectors from `embedder` (`encode_items`: as a catalogue
+    row is encoded)."""
+    drop = state.retired | set(state.upserts)
+    keep = np.fromiter((i not in drop for i in encoded.item_ids), bool, len(encoded.item_ids))
+    items = list(state.upserts.values())
+    vectors = encode_items(embedder, [(i.item_id, i.surface, i.features) for i in items])
+    return replace(
+        encoded,
+        item_ids=np.concatenate([encoded.item_ids[keep], [i.item_id for i in items]]),
+        surfaces=np.concatenate([encoded.surfaces[keep], [i.surface or "" for i in items]]),
+        vectors=np.concatenate([encoded.vectors[keep], vectors]),  # (N', D)
+        cold_start=encoded.cold_start
+        + int((embedder.item_rows([i.item_id for i in items]) < 0).sum()),
     )
 
 

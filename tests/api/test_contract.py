@@ -155,12 +155,16 @@ async def test_the_document_describes_the_live_model_and_follows_a_swap(
             assert schemas["ItemEmbedRequest"]["properties"]["items"]["maxItems"] == 1000
         model_part = {
             "ItemIn",
+            "UpsertItem",  # POST /admin/items/upsert: the same features as items/embed
             "ItemEmbedRequest",
             "ShardSearchRequest",
             "UserEmbedResponse",
             "ItemEmbedResponse",
         }
         assert all(before[name] != after[name] for name in model_part)
+        for schemas in (before, after):
+            upsert, embed = schemas["UpsertItem"], schemas["ItemIn"]
+            assert upsert["properties"]["features"] == embed["properties"]["features"]
         assert {k: v for k, v in after.items() if k not in model_part} == {
             k: v for k, v in before.items() if k not in model_part
         }

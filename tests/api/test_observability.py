@@ -152,6 +152,7 @@ def test_every_alert_expression_has_a_top_level_comparison() -> None:
         "UniserveIndexStale",
         "UniserveIndexReloadFailed",
         "UniserveRedisBreakerOpen",
+        "UniserveCatalogueDeltaNearLimit",
     } <= names
     for rule in rules:
         with_bool(rule["expr"])  # raises when the bound cannot be found
@@ -407,6 +408,10 @@ def drive_traffic(stack: Stack) -> str:
         assert client.post("/v1/retrieve", json={"user_id": "obs-u1", "k": 0}).status_code == 422
         assert client.get("/no/such/path").status_code == 404
         assert client.get("/v1/index").status_code == 200
+        upsert = {"items": [{"item_id": "obs-new", "surface": "0"}]}  # the live catalogue
+        assert client.post("/admin/items/upsert", json=upsert, headers=admin).status_code == 200
+        retire = {"item_ids": [ids[-1]]}
+        assert client.post("/admin/items/retire", json=retire, headers=admin).status_code == 200
         missing = {"to": "00000000T000000Z-deadbeef"}
         refused = client.post("/admin/rollback", json=missing, headers=admin)
         assert refused.status_code == 409, refused.text  # counted: reason not_found

@@ -12,10 +12,8 @@ one configured timeout plus a generous margin), never fast numbers.
 from __future__ import annotations
 
 import asyncio
-import os
 import shutil
 import signal
-import subprocess
 import time
 import uuid
 from collections.abc import Iterator
@@ -25,19 +23,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import orjson
 import pytest
-import redis
 
 from service.settings import Settings
 from service.store.breaker import BreakerState, CircuitBreaker
 from service.store.redis_cache import seal, unseal
 from service.store.redis_link import CorruptValue
 from service.store.singleflight import SingleFlight
-from tests.helpers import free_port
+from tests.helpers import REDIS_SERVER, RedisServer, free_port
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
 
-REDIS_SERVER = shutil.which("redis-server")
 pytestmark = pytest.mark.skipif(
     REDIS_SERVER is None,
     reason="redis-server is not installed (.ci/run installs it: apt-get install redis-server)",
@@ -49,58 +45,6 @@ MARGIN = 0.25  # seconds of non-Redis, non-model overhead a request may add on a
 
 
 # ---------------------------------------------------------------------------- redis-server
-class RedisServer:
-    """A real redis-server on a free loopback port with its files in `directory`."""
-
-    def __init__(self, directory: Path, *args: str) -> None:
-        self.directory = directory
-        self.args = args
-        self.port = free_port()
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    def client(self) -> redis.Redis:
-        return redis.Redis(host="127.0.0.1", port=self.port, socket_timeout=5)
-
-    def start(self) -> RedisServer:
-        assert REDIS_SERVER is not None
-        log = (self.directory / "redis.log").open("ab")
-        args = ["--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory)]
-        self.proc = subprocess.Popen(
-            [REDIS_SERVER, *args, "--save", "", "--appendonly", "no", *self.args],
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                if self.client().ping():
-                    return self
-            except redis.ConnectionError:
-                if self.proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"redis-server did not start; see {log.name}") from None
-                time.sleep(0.02)
-
-    def signal(self, sig: signal.Signals) -> None:
-        assert self.proc is not None
-        os.kill(self.proc.pid, sig)
-
-    def kill(self) -> None:
-        """kill -9: no shutdown, no goodbye to clients."""
-        assert self.proc is not None
-        self.proc.kill()
-        self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
-            self.proc.terminate()
-            self.proc.wait(10)
-
-
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     directory = tmp_path / "redis"

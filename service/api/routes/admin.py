@@ -1,4 +1,5 @@
-"""POST /admin/reload and POST /admin/rollback: swap the live index version.
+"""POST /admin/reload and POST /admin/rollback: swap the live index version; POST
+/admin/items/upsert and /admin/items/retire: change the live catalogue.
 
 Both answer once the swap is done or refused: the version is loaded, checked and warmed in a
 worker thread while the old one keeps serving, then swapped in. A refusal is 409
@@ -7,19 +8,33 @@ optional body `{"to": "<version>"}`; the id must match `index.VERSION_ID_PATTERN
 otherwise, before any file is touched). The routes need `Authorization: Bearer
 <UNISERVE_ADMIN_KEY>`, checked by `service.api.auth.AuthMiddleware` before they run; with no admin
 key configured they answer 403.
+
+Catalogue changes (`service.core.catalogue.LiveCatalogue`) answer once the change is fsynced in
+the index root's change log and live on this replica: 422 for a bad body (features the live
+model does not read included), 409 `delta_full` over UNISERVE_DELTA_MAX_ITEMS (nothing
+applied), 409 `unservable` on a router.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Awaitable
 from typing import Any
 
 from fastapi import APIRouter, Security
 
 from service.api.auth import ADMIN_KEY
-from service.api.deps import ReloaderDep
+from service.api.deps import CatalogueDep, ReloaderDep, StateDep
 from service.api.routes._json import StrictJSONRoute
-from service.api.schemas import ErrorBody, RollbackRequest, SwapResponse
+from service.api.schemas import (
+    CatalogueChangeResponse,
+    ErrorBody,
+    RetireRequest,
+    RollbackRequest,
+    SwapResponse,
+    UpsertRequest,
+)
+from service.core.catalogue import ChangeOutcome
 from service.core.reloader import ReloadError, SwapOutcome
 from service.errors import ErrorType, ServiceError
 
@@ -60,3 +75,25 @@ async def reload(reloader: ReloaderDep) -> SwapResponse:
 async def rollback(reloader: ReloaderDep, req: RollbackRequest | None = None) -> SwapResponse:
     """Swap to `to`, or back to the newest older version that loads; point CURRENT at it."""
     return await _answer(reloader.rollback(req.to if req is not None else None))
+
+
+@router.post("/items/upsert")
+async def upsert_items(
+    req: UpsertRequest, state: StateDep, catalogue: CatalogueDep
+) -> CatalogueChangeResponse:
+    """Make items retrievable now, with vectors from the live model; durable and shared."""
+    req.check_limits(state.settings)
+    return _changed(await catalogue.upsert([item.to_item() for item in req.items]))
+
+
+@router.post("/items/retire")
+async def retire_items(
+    req: RetireRequest, state: StateDep, catalogue: CatalogueDep
+) -> CatalogueChangeResponse:
+    """Never return these items again (until upserted again); durable and shared."""
+    req.check_limits(state.settings)
+    return _changed(await catalogue.retire(req.item_ids))
+
+
+def _changed(outcome: ChangeOutcome) -> CatalogueChangeResponse:
+    return CatalogueChangeResponse(**dataclasses.asdict(outcome))

@@ -1,0 +1,197 @@
+"""`Delta`: the live catalogue changes of one engine, searched exactly beside its ANN index.
+
+An index version holds the catalogue as it was built; the change log (`service.store.changelog`)
+holds what changed since (`changes_through` in the manifest says where the version stands).
+A `Delta` is those changes applied for one engine: the upserted items with the vectors that
+engine's model computes for them (`encode`: `service.jobs.catalog.encode_items`, the rebuild's
+own encoding), in a small exact index, and the retired ids. It is immutable: applying changes
+returns a new one, which the engine's one `delta` reference is set to, so a search holds a
+consistent snapshot whatever is applied meanwhile.
+
+What it changes in a search: main-index rows of retired or upserted ids are masked inside the
+ANN search (`hidden_rows`: an upserted id's vector is the delta's now), the delta's rows are
+scored exactly under the same filters, and the two top-k lists are merged by score
+(`merge_topk`), so k items come back whenever k are eligible.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from models.embedder import ItemSpec
+from service.core.fanout import merge_topk
+from service.core.filters import Filters
+from service.store.changelog import CatalogueItem, CatalogueState, Change
+
+Encode = Callable[[Sequence[ItemSpec]], np.ndarray]  # items -> (B, D) float32 served vectors
+Rows = Callable[[Sequence[str]], np.ndarray]  # item ids -> (M,) main-index rows, -1 if absent
+
+
+def _no_rows() -> np.ndarray:
+    return np.empty(0, np.int64)
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Arrays are append-only between compactions: an upsert appends a row (the id's earlier
+    row, if any, is marked dead), a retirement marks its row dead; `row` maps each live id to
+    its row. Applying a change costs the new rows plus array copies, not a pass in Python over
+    every item held; dead rows are dropped once they outnumber the live ones."""
+
+    base_seq: int  # the change log position the index version was built through
+    seq: int  # the last change applied (== base_seq: none)
+    upserts: dict[str, CatalogueItem] = field(default_factory=dict)  # id -> as sent
+    retired: frozenset[str] = frozenset()
+    ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
+    surfaces: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
+    vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))  # (n, D)
+    search_vectors: np.ndarray = field(  # (n, d): in the index's space (a Matryoshka prefix)
+        default_factory=lambda: np.empty((0, 0), np.float32)
+    )
+    alive: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # (n,) live rows
+    row: dict[str, int] = field(default_factory=dict)  # live id -> row of the arrays above
+    hidden_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired, upserted
+    retired_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired
+
+    @classmethod
+    def empty(cls, base_seq: int) -> Delta:
+        return cls(base_seq, base_seq)
+
+    @property
+    def count(self) -> int:
+        """Upserted items held in the exact index."""
+        return len(self.row)
+
+    @property
+    def size(self) -> int:
+        """Distinct ids changed: upserted or retired (what the delta limit bounds)."""
+        return len(self.upserts) + len(self.retired)
+
+    def size_after(self, changes: Sequence[Change]) -> int:
+        """The size once `changes` are applied (a call's own change included, before it is
+        written: what the delta limit is checked against)."""
+        state = CatalogueState(dict(self.upserts), set(self.retired))
+        for change in changes:
+            state.apply(change)
+        return state.size
+
+    def applied(
+        self,
+        changes: Sequence[Change],
+        encode: Encode,
+        cut: Callable[[np.ndarray], np.ndarray],
+        main_rows: Rows,
+    ) -> Delta:
+        """This delta with `changes` applied (those at or before `seq` are skipped): upserted
+        items encoded by `encode`, cut to the index's space by `cut`, main rows by `main_rows`."""
+        changes = [c for c in changes if c.seq > self.seq]
+        if not changes:
+            return self
+        state = CatalogueState(dict(self.upserts), set(self.retired))
+        touched: dict[str, None] = {}
+        for change in changes:
+            state.apply(change)
+            touched.update(dict.fromkeys(change.ids))
+        fresh = [i for i in touched if i in state.upserts]  # upserted: new rows
+        encoded = encode([(i, state.upserts[i].surface, state.upserts[i].features) for i in fresh])
+        alive = self.alive.copy()
+        row = dict(self.row)
+        for item_id in touched:  # their earlier rows are dead now
+            old = row.pop(item_id, None)
+            if old is not None:
+                alive[old] = False
+        n = len(self.ids)
+        row.update((item_id, n + r) for r, item_id in enumerate(fresh))
+        vectors = np.concatenate([self.vectors, encoded]) if n else encoded  # (n', D)
+        added = cut(encoded) if len(encoded) else encoded
+        if added is encoded and (not n or self.search_vectors is self.vectors):
+            search_vectors = vectors  # the index holds full vectors: one copy serves both
+        else:
+            search_vectors = np.concatenate([self.search_vectors, added]) if n else added
+        ids = np.concatenate([self.ids, np.asarray(fresh, dtype=object)])
+        surfaces = np.concatenate(
+            [self.surfaces, np.asarray([state.upserts[i].surface or "" for i in fresh], object)]
+        )
+        alive = np.concatenate([alive, np.ones(len(fresh), bool)])
+        touched_rows = main_rows(list(touched))  # (t,)
+        unretired = [i for i in touched if i not in state.retired]
+        retired_now = [i for i in touched if i in state.retired]
+        retired_rows = np.union1d(
+            np.setdiff1d(self.retired_rows, main_rows(unretired)), main_rows(retired_now)
+        )
+        delta = Delta(
+            base_seq=self.base_seq,
+            seq=changes[-1].seq,
+            upserts=state.upserts,
+            retired=frozenset(state.retired),
+            ids=ids,
+            surfaces=surfaces,
+            vectors=vectors,
+            search_vectors=search_vectors,
+            alive=alive,
+            row=row,
+            hidden_rows=np.union1d(self.hidden_rows, touched_rows[touched_rows >= 0]),
+            retired_rows=retired_rows[retired_rows >= 0],
+        )
+        return delta.compacted() if len(ids) > 2 * max(len(row), 64) else delta
+
+    def compacted(self) -> Delta:
+        """The same delta without its dead rows."""
+        keep = np.flatnonzero(self.alive)  # (m,)
+        ids = self.ids[keep]
+        vectors = self.vectors[keep]
+        shared = self.search_vectors is self.vectors
+        return replace(
+            self,
+            ids=ids,
+            surfaces=self.surfaces[keep],
+            vectors=vectors,
+            search_vectors=vectors if shared else self.search_vectors[keep],
+            alive=np.ones(len(keep), bool),
+            row={item_id: r for r, item_id in enumerate(ids.tolist())},
+        )
+
+    # ------------------------------------------------------------------ search
+    def eligible(self, filters: Filters) -> np.ndarray:
+        """(n,) bool mask of the live delta rows passing the filters."""
+        mask = self.alive
+        if filters.surfaces is not None:
+            mask = mask & np.isin(self.surfaces, np.asarray(filters.surfaces, dtype=object))
+        if filters.exclude:
+            rows = [self.row[i] for i in filters.exclude if i in self.row]
+            if rows:
+                mask = mask.copy() if mask is self.alive else mask
+                mask[rows] = False
+        return mask
+
+    def search(
+        self, queries: np.ndarray, k: int, filters: Filters
+    ) -> list[tuple[list[str], np.ndarray]]:
+        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows."""
+        rows = np.flatnonzero(self.eligible(filters))  # (m,)
+        if not rows.size:
+            return [([], np.empty(0, np.float32))] * len(queries)
+        scores = queries @ self.search_vectors[rows].T  # (B, m)
+        top = min(k, rows.size)
+        out = []
+        for q in range(len(queries)):
+            if top < rows.size:
+                best = np.argpartition(-scores[q], top - 1)[:top]
+            else:
+                best = np.arange(rows.size)
+            order = best[np.argsort(-scores[q][best], kind="stable")]
+            out.append((self.ids[rows[order]].tolist(), scores[q][order].astype(np.float32)))
+        return out
+
+
+def merge(
+    main: tuple[list[str], np.ndarray], delta: tuple[list[str], np.ndarray], k: int
+) -> tuple[list[str], np.ndarray]:
+    """The k best of the main index's and the delta's results, by score (`merge_topk`)."""
+    if not delta[0]:
+        return main
+    merged = merge_topk([list(zip(*main, strict=True)), list(zip(*delta, strict=True))], k)
+    return [i for i, _ in merged], np.asarray([s for _, s in merged], dtype=np.float32)
