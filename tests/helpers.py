@@ -1,6 +1,7 @@
 """What several test suites share: free loopback ports (the benchmark's `free_port`, imported),
 a copy of the session's artifacts, a started `uniserve serve` process (and waiting for a URL to
-answer), a real `redis-server` (`RedisServer`) and `BlockedEmbedder`.
+answer), a real `redis-server` (`RedisServer`), `BlockedEmbedder` and `publish_halves` (two
+index versions over the two halves of a model's catalogue).
 
 Fixtures live in `tests/conftest.py`; plain helpers here, imported as `tests.helpers`.
 """
@@ -15,13 +16,16 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import numpy as np
 import redis
 
 from service.bench.servers import free_port as free_port  # re-exported: one definition
+
+if TYPE_CHECKING:
+    from models.embedder import Embedder
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server")
@@ -145,3 +149,28 @@ class BlockedEmbedder:
     def user_vectors(self, histories: Any, batch_size: int = 0) -> np.ndarray:
         self.release.wait(10)
         return np.zeros((len(histories), 1), np.float32)
+
+
+def publish_halves(root: Path, embedder: Embedder) -> tuple[str, str, dict[str, set[str]]]:
+    """Publish two HNSW versions under `root`, the even and the odd catalogue rows of
+    `embedder`'s items (neither made CURRENT): (first version, second version, {version: its
+    item ids}), so every answer shows which version served it."""
+    from index import build_index, publish
+
+    vectors = embedder.item_vectors()  # (N, D)
+    ids = np.asarray(embedder.item_ids, dtype=object)
+    surfaces = np.asarray(embedder.item_surfaces, dtype=object)
+    items: dict[str, set[str]] = {}
+    names = []
+    for rows in (np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)):
+        index = build_index(vectors[rows], ids[rows], surfaces[rows], index_type="HNSW32")
+        manifest = publish(
+            index,
+            root,
+            model_fingerprint=embedder.fingerprint,
+            model_version=embedder.version,
+            keep=100,
+        )
+        items[manifest.version] = set(ids[rows].tolist())
+        names.append(manifest.version)
+    return names[0], names[1], items

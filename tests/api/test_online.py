@@ -23,8 +23,14 @@ from index import current_version, set_current
 from models.embedder import Embedder
 from service.cli.common import EXIT_ERROR, EXIT_REFUSED
 from service.settings import Settings
-from tests.core.test_hotswap import publish_halves
-from tests.helpers import copy_data, free_port, start_serve, stop, wait_until_ok
+from tests.helpers import (
+    copy_data,
+    free_port,
+    publish_halves,
+    start_serve,
+    stop,
+    wait_until_ok,
+)
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn

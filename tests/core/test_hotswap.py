@@ -33,7 +33,6 @@ from pydantic import ValidationError
 
 from index import (
     ItemIndex,
-    build_index,
     current_version,
     list_versions,
     load_current,
@@ -49,7 +48,7 @@ from service.cli import EXIT_ERROR, EXIT_REFUSED, main
 from service.jobs.catalog import encode_catalogue
 from service.jobs.pipeline import build_and_publish, train_to_dir
 from service.settings import Settings
-from tests.helpers import REPO, copy_data
+from tests.helpers import REPO, copy_data, publish_halves
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
@@ -95,26 +94,6 @@ class Hot:
         resp = await self.served.client.post("/admin/reload", headers=AUTH)
         assert resp.status_code == 200, resp.text
         assert self.engine_version == version
-
-
-def publish_halves(root: Path, embedder: Embedder) -> tuple[str, str, dict[str, set[str]]]:
-    vectors = embedder.item_vectors()  # (N, D)
-    ids = np.asarray(embedder.item_ids, dtype=object)
-    surfaces = np.asarray(embedder.item_surfaces, dtype=object)
-    items: dict[str, set[str]] = {}
-    names = []
-    for rows in (np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)):
-        index = build_index(vectors[rows], ids[rows], surfaces[rows], index_type="HNSW32")
-        manifest = publish(
-            index,
-            root,
-            model_fingerprint=embedder.fingerprint,
-            model_version=embedder.version,
-            keep=100,
-        )
-        items[manifest.version] = set(ids[rows].tolist())
-        names.append(manifest.version)
-    return names[0], names[1], items
 
 
 def _republish_plain(root: Path) -> str:
