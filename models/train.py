@@ -608,7 +608,11 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             batch_targets = targets[keep]  # (M,)
             content = model.user_content(inputs, mask)[keep] if model.has_content else None
             queries = model.query_vectors(hidden[keep], content)  # (M, dim)
-            window = later_targets(ids, cfg.future_window)[keep]  # (M, G), column 0 = targets
+            window = (  # (M,) the next items, or (M, G) with the later ones
+                batch_targets
+                if cfg.future_window == 1
+                else later_targets(ids, cfg.future_window)[keep]
+            )
             if full_softmax:
                 loss = full_softmax_loss(
                     model, queries, window, cfg.temperature, cfg.matryoshka, excluded
