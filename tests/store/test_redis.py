@@ -16,7 +16,6 @@ import shutil
 import signal
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,18 +41,6 @@ pytestmark = pytest.mark.skipif(
 K = 10
 TIMEOUT_MS = 200  # the Redis budget of the outage tests: roomy for a busy 2-core machine
 MARGIN = 0.25  # seconds of non-Redis, non-model overhead a request may add on a busy machine
-
-
-# ---------------------------------------------------------------------------- redis-server
-@pytest.fixture
-def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    directory = tmp_path / "redis"
-    directory.mkdir()
-    server = RedisServer(directory).start()
-    try:
-        yield server
-    finally:
-        server.stop()
 
 
 # ---------------------------------------------------------------------------- helpers

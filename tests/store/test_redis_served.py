@@ -1,7 +1,7 @@
 """The served-list store in a real Redis: lists remembered and bounded, expiring with the window,
 hits counted as with the in-process store; and with Redis stalled or gone, retrieves still 200
 within the existing Redis budget (the remembering happens in the background and is dropped and
-counted), never a 5xx. Uses `tests/store/test_redis.py`'s real `redis-server` fixture."""
+counted), never a 5xx. Uses the real `redis-server` fixture of `tests/store/conftest.py`."""
 
 from __future__ import annotations
 
@@ -31,7 +31,6 @@ if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
 
 pytestmark = test_redis.pytestmark  # skipped without redis-server
-redis_server = test_redis.redis_server  # the fixture: a real redis-server per test
 K = 10
 
 
