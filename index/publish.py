@@ -105,9 +105,9 @@ def publish(
             extra=dict(extra or {}),
         )
         _write_durably(tmp / MANIFEST_FILE, manifest.to_json())
-        _fsync_dir(tmp)
+        fsync_dir(tmp)
         os.rename(tmp, versions / version)
-        _fsync_dir(versions)
+        fsync_dir(versions)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -284,7 +284,7 @@ def set_current(root: Path, version: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(root)
+    fsync_dir(root)
 
 
 def older_versions(root: Path, before: str | None = None) -> list[str]:
@@ -369,7 +369,9 @@ def _fsync_file(path: Path) -> None:
         os.fsync(f.fileno())
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a directory's entries durable (a file created or renamed in it survives a crash);
+    also used by the live catalogue's change log (`service.store.changelog`)."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)

@@ -32,6 +32,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from index.publish import fsync_dir
+
 LOG_FILE = "changes.jsonl"
 CHANGES_THROUGH = "changes_through"  # manifest extra key: the last sequence folded into a build
 
@@ -235,7 +237,7 @@ class ChangeLog:
         finally:
             os.close(fd)  # releases the lock
         if created:
-            _fsync_dir(self.path.parent)
+            fsync_dir(self.path.parent)
         return change, others
 
 
@@ -244,11 +246,3 @@ def read_changes(index_root: Path) -> list[Change]:
     log = ChangeLog(index_root)
     log.refresh()
     return log.changes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
