@@ -1,12 +1,15 @@
 """Model artifact: a self-describing directory, no pickle.
 
-    config.json          architecture, feature spec, surface vocabulary, training summary, metrics
-    weights.safetensors  learnt parameters
-    items.parquet        the item-id vocabulary in catalogue order with its metadata
+    config.json              architecture, feature spec, surface vocabulary, training summary,
+                             metrics
+    weights.safetensors      learnt parameters
+    items.parquet            the item-id vocabulary in catalogue order with its metadata
+    neighbours.safetensors   optional: the served blend's co-occurrence table and weight
+                             (`models.blend`), when training chose one
 
 ``config.json`` is written last, so a directory without it is an incomplete save. The model
-fingerprint is the sha256 over the three files; the index manifest records it so a model and
-an index built from it are always served as a pair.
+fingerprint is the sha256 over the files (the optional one when present); the index manifest
+records it so a model and an index built from it are always served as a pair.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import pyarrow.parquet as pq
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from models.blend import NEIGHBOURS_FILE, Blend, NeighbourTableError
 from models.corpus import ItemTable
 from models.features import FeatureSpec
 from models.recommender import Recommender, RecommenderConfig
@@ -33,6 +37,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "weights.safetensors"
 ITEMS_FILE = "items.parquet"
 ARTIFACT_FILES = (CONFIG_FILE, WEIGHTS_FILE, ITEMS_FILE)
+OPTIONAL_FILES = (NEIGHBOURS_FILE,)  # fingerprinted when present
 
 
 class ModelArtifactError(Exception):
@@ -48,11 +53,20 @@ def save_model(
     *,
     name: str,
     info: dict[str, Any] | None = None,
+    blend: Blend | None = None,
 ) -> str:
-    """Write the artifact and return its fingerprint. Existing files are replaced."""
+    """Write the artifact and return its fingerprint. Existing files are replaced (a
+    neighbours file too, removed when there is no ``blend``)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / CONFIG_FILE).unlink(missing_ok=True)  # marks the directory incomplete meanwhile
+    (directory / NEIGHBOURS_FILE).unlink(missing_ok=True)
+    if blend is not None:
+        if blend.neighbours.items != len(vocab):
+            raise ValueError(
+                f"blend table over {blend.neighbours.items} items; the vocabulary has {len(vocab)}"
+            )
+        blend.save(directory)
     columns: dict[str, pa.Array] = {
         "item_id": pa.array(items.item_id.astype(str).tolist(), pa.string()),
         "surface": pa.array(items.surface.astype(str).tolist(), pa.string()),
@@ -74,7 +88,7 @@ def save_model(
         **(info or {}),
     }
     _write_synced(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True).encode())
-    for file in (ITEMS_FILE, WEIGHTS_FILE):
+    for file in (ITEMS_FILE, WEIGHTS_FILE, *([NEIGHBOURS_FILE] if blend else [])):
         with open(directory / file, "rb") as fh:
             os.fsync(fh.fileno())
     return model_fingerprint(directory)
@@ -89,7 +103,8 @@ def _write_synced(path: Path, data: bytes) -> None:
 
 def model_fingerprint(directory: Path) -> str:
     digest = hashlib.sha256()
-    for file in ARTIFACT_FILES:
+    present = [f for f in OPTIONAL_FILES if (Path(directory) / f).is_file()]
+    for file in (*ARTIFACT_FILES, *present):
         path = Path(directory) / file
         if not path.is_file():
             raise ModelArtifactError(f"model directory {directory} has no {file}")
@@ -170,3 +185,15 @@ def load_model(directory: Path) -> tuple[Recommender, FeatureSpec, Vocab, dict[s
         )
     model.eval()
     return model, spec, vocab, config
+
+
+def load_blend(directory: Path, items: int) -> Blend | None:
+    """The served blend saved with a model of ``items`` catalogue rows; None when it has none
+    (the model's scores alone are served)."""
+    path = Path(directory) / NEIGHBOURS_FILE
+    if not path.is_file():
+        return None
+    try:
+        return Blend.load(path, items)
+    except NeighbourTableError as exc:
+        raise ModelArtifactError(str(exc)) from exc

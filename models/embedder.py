@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from models.artifacts import load_model, model_fingerprint
+from models.artifacts import load_blend, load_model, model_fingerprint
+from models.blend import Blend
 from models.features import SURFACE_FIELD, FeatureSpec
 from models.item_encoder import FIRST_ITEM_ID, PAD_ID, UNK_ID
 from models.matryoshka import truncate_np
@@ -33,8 +34,12 @@ class Embedder:
         vocab: Vocab,
         config: Mapping[str, Any],
         fingerprint: str,
+        blend: Blend | None = None,
     ) -> None:
+        """`blend`: the co-occurrence term served with the model's scores (`models.blend`),
+        when training chose one."""
         self.model = model.eval()
+        self.blend = blend
         self.spec = spec
         self.vocab = vocab
         self.config = dict(config)
@@ -54,7 +59,8 @@ class Embedder:
     @classmethod
     def from_dir(cls, directory: Path) -> Embedder:
         model, spec, vocab, config = load_model(directory)
-        return cls(model, spec, vocab, config, model_fingerprint(directory))
+        blend = load_blend(directory, len(vocab))
+        return cls(model, spec, vocab, config, model_fingerprint(directory), blend)
 
     @property
     def metadata_fields(self) -> dict[str, str]:

@@ -20,13 +20,14 @@ Baselines: most-popular (`evaluate_popularity`) and item-to-item co-occurrence
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 
 import numpy as np
 import torch
 
+from models.blend import BETAS, Blend, ItemNeighbours
 from models.corpus import Corpus, EvalSet, Sequences
 from models.holdout import drop_items
 from models.item_encoder import FIRST_ITEM_ID
@@ -171,11 +172,14 @@ def evaluate_model(
     dim: int | None = None,
     item_model: Recommender | None = None,
     full_ranking: bool = True,
+    blend: Blend | None = None,
 ) -> dict:
     """Metrics of the model on ``eval_set``, overall and per group; with ``dim``, of the
     Matryoshka prefix of that many dimensions; with ``item_model`` (same catalogue), this
     model's user vectors against that model's item vectors (backward compatibility); without
-    ``full_ranking``, the sampled protocol only (cheap: no scoring of the whole catalogue)."""
+    ``full_ranking``, the sampled protocol only (cheap: no scoring of the whole catalogue);
+    with ``blend``, of the served score (`models.blend`: the model's plus the co-occurrence
+    term of each history)."""
     users, items = _vectors(model, vocab, eval_set, dim)
     if item_model is not None:
         with torch.inference_mode():
@@ -185,6 +189,12 @@ def evaluate_model(
                 f"item model vectors {items.shape} do not fit {len(vocab)} items x "
                 f"{users.shape[1]} dims"
             )
+    if blend is not None:
+        scorer = blended_scorer(users, items, blend, vocab, eval_set)
+        named = all_ranks(scorer, vocab, eval_set, num_negatives, seed)
+        if not full_ranking:
+            named = {"sampled": named["sampled"]}
+        return _report(eval_set, named, ks)
     rows = vocab.item_rows(eval_set.target_item)
     negatives = sample_negatives(rows, len(vocab), num_negatives, seed)
     if not full_ranking:  # the sampled protocol alone: 1 + K scores per user, not N
@@ -196,6 +206,61 @@ def evaluate_model(
     users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
     scorer = lambda idx: users_t[idx] @ items_t.T  # noqa: E731  (b, N)
     return _report(eval_set, all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
+
+
+def blended_scorer(
+    users: np.ndarray, items: np.ndarray, blend: Blend, vocab: Vocab, eval_set: EvalSet
+) -> Callable[[np.ndarray], torch.Tensor]:
+    """Scores (b, N) of the served blend for the eval set's histories ``idx``: user vectors
+    (U, D) against item vectors (N, D), plus ``beta * log(1 + c)`` of each history."""
+    users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
+    counts_t = blend.neighbours.transposed()
+
+    def scorer(idx: np.ndarray) -> torch.Tensor:
+        c = blend.neighbours.batch_scores(eval_set.history, vocab, idx, counts_t)  # (b, N)
+        return users_t[idx] @ items_t.T + blend.bonus(c)
+
+    return scorer
+
+
+def choose_beta(
+    model: Recommender,
+    vocab: Vocab,
+    eval_set: EvalSet,
+    neighbours: ItemNeighbours,
+    betas: Sequence[float] = BETAS,
+    batch_size: int = 256,
+) -> tuple[float, dict[str, float]]:
+    """The blend weight whose served score gives the best NDCG@10 (full ranking, seen items
+    removed) on ``eval_set`` (the validation split), and each tried beta's NDCG@10. One pass
+    over the users: each batch's model scores and co-occurrence term are computed once and
+    ranked for every beta. Ties keep the smaller beta (0 first: the model alone)."""
+    users, items = _vectors(model, vocab, eval_set, None)
+    users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
+    counts_t = neighbours.transposed()
+    rows = vocab.item_rows(eval_set.target_item)  # (U,)
+    offsets, hist = history_rows(vocab, eval_set.history)
+    no_negatives = np.zeros((len(rows), 1), np.int64)  # the sampled protocol is not used
+    ordered = sorted(set(betas))
+    ranks = {beta: np.full(len(rows), np.inf) for beta in ordered}
+    for lo in range(0, len(rows), batch_size):
+        idx = np.arange(lo, min(len(rows), lo + batch_size))
+        model_scores = users_t[idx] @ items_t.T  # (b, N)
+        term = torch.log1p(neighbours.batch_scores(eval_set.history, vocab, idx, counts_t))
+        for beta in ordered:
+            _, unseen, _ = rank_targets(
+                lambda _, b=beta, m=model_scores, t=term: m + b * t,  # type: ignore[misc]
+                rows[idx],
+                no_negatives[idx],
+                batch_size=len(idx),
+                seen=(offsets[lo : idx[-1] + 2], hist),
+            )
+            ranks[beta][idx] = unseen
+    tried = {
+        f"{beta:g}": round(metrics_from_ranks(r, (10,))["ndcg@10"], 5) for beta, r in ranks.items()
+    }
+    best = max(ordered, key=lambda beta: (tried[f"{beta:g}"], -beta))
+    return best, tried
 
 
 @torch.inference_mode()
@@ -295,19 +360,23 @@ def evaluate_within_surface(
     cold_items: Sequence[str] = (),
     ks: Sequence[int] = (10, 20),
     dim: int | None = None,
+    blend: Blend | None = None,
 ) -> dict[str, dict[str, object]]:
     """Full ranking within the target's surface, per target surface (and warm / cold target).
 
-    Scores by the model, or by ``popularity`` (N,) when ``model`` is None. Groups: "all",
+    Scores by the model (with ``blend``, the served blend), or by ``popularity`` (N,) when
+    ``model`` is None. Groups: "all",
     "surface=S", and with ``cold_items`` (ids never trained on) "warm", "cold", "S/warm",
     "S/cold". Each group: {"n", metrics...}.
     """
     rows = vocab.item_rows(eval_set.target_item)
     if model is not None:
         users, items = _vectors(model, vocab, eval_set, dim)
-        ranks = within_surface_ranks(
-            lambda idx: users[idx] @ items.T, rows, eval_set.target_surface, item_surfaces
-        )
+        scorer: Scorer = lambda idx: users[idx] @ items.T  # noqa: E731  (b, N)
+        if blend is not None:
+            blended = blended_scorer(users, items, blend, vocab, eval_set)
+            scorer = lambda idx: blended(idx).numpy()  # noqa: E731
+        ranks = within_surface_ranks(scorer, rows, eval_set.target_surface, item_surfaces)
     else:
         if popularity is None:
             raise ValueError("give a model or popularity scores")
@@ -343,68 +412,37 @@ def evaluate_within_surface(
 class Cooccurrence:
     """A model-free retriever: items that follow the user's recent items in training sequences.
 
-    ``counts`` (N, N) sparse: counts[a, b] = how often b comes within ``window`` events after a
-    in a training sequence, weighted ``1 / gap`` (item-based CF on sequences, as in the session
-    kNN baselines of Ludewig & Jannach, 2018). A user's score for item b is
-    sum over the last ``last`` history events e (newest first, age 0, 1, ...) of
+    The counts are an `ItemNeighbours` table (`models.blend`): how often b comes within
+    ``window`` events after a in a training sequence, weighted ``1 / gap`` (item-based CF on
+    sequences, as in the session kNN baselines of Ludewig & Jannach, 2018). A user's score for
+    item b is sum over the last ``last`` history events e (newest first, age 0, 1, ...) of
     ``decay ** age * counts[e, b]``, plus a popularity tie-break far below one count.
     """
 
+    neighbours: ItemNeighbours
     counts_t: torch.Tensor  # (N, N) sparse CSR float32: counts transposed, [b, a]
     popularity: torch.Tensor  # (N,) float32 tie-break, < 1e-3
-    window: int
-    last: int
-    decay: float
+
+    @property
+    def params(self) -> tuple[int, int, float]:
+        """(window, last, decay)."""
+        nb = self.neighbours
+        return nb.window, nb.last, nb.decay
 
     @staticmethod
     def fit(
         train: Sequences, vocab: Vocab, *, window: int = 3, last: int = 3, decay: float = 0.5
     ) -> Cooccurrence:
-        if window < 1 or last < 1 or not 0.0 < decay <= 1.0:
-            raise ValueError(
-                f"window and last must be >= 1 and decay in (0, 1], got {window}, {last}, {decay}"
-            )
-        n = len(vocab)
+        neighbours = ItemNeighbours.fit(train, vocab, window=window, last=last, decay=decay)
         rows = vocab.item_rows(train.item_id)  # (E,)
-        user = np.repeat(np.arange(len(train)), train.lengths)  # (E,)
-        src, dst, weight = [], [], []
-        for gap in range(1, window + 1):
-            same = user[gap:] == user[:-gap]
-            a, b = rows[:-gap][same], rows[gap:][same]
-            ok = (a >= 0) & (b >= 0) & (a != b)
-            src.append(a[ok])
-            dst.append(b[ok])
-            weight.append(np.full(int(ok.sum()), 1.0 / gap))
-        key = np.concatenate(src) * n + np.concatenate(dst)  # (P,) int64
-        uniq, inverse = np.unique(key, return_inverse=True)
-        total = np.bincount(inverse, weights=np.concatenate(weight))  # (Q,)
-        with warnings.catch_warnings():  # "sparse CSR support is in beta"
-            warnings.simplefilter("ignore", UserWarning)
-            counts_t = torch.sparse_coo_tensor(
-                torch.from_numpy(np.stack([uniq % n, uniq // n])),  # transposed: [b, a]
-                torch.from_numpy(total).float(),
-                (n, n),
-                check_invariants=False,
-            ).to_sparse_csr()
-        pop = np.bincount(rows[rows >= 0], minlength=n).astype(np.float64)
+        pop = np.bincount(rows[rows >= 0], minlength=len(vocab)).astype(np.float64)
         popularity = torch.from_numpy(1e-4 * pop / max(pop.max(), 1.0)).float()
-        return Cooccurrence(counts_t, popularity, window, last, decay)
+        return Cooccurrence(neighbours, neighbours.transposed(), popularity)
 
     def scores(self, histories: Sequences, vocab: Vocab, idx: np.ndarray) -> torch.Tensor:
         """Scores of every item for the histories ``idx``: (b, N) float32."""
-        starts, ends = histories.offsets[idx], histories.offsets[idx + 1]  # (b,), (b,)
-        profile = torch.zeros(len(vocab), len(idx))  # (N, b): decayed one-hot of recent items
-        for age in range(self.last):  # age 0 = the newest event
-            pos = ends - 1 - age  # (b,)
-            ok = pos >= starts
-            rows = vocab.item_rows(histories.item_id[pos[ok]])  # (b',)
-            cols = np.flatnonzero(ok)[rows >= 0]
-            profile.index_put_(
-                (torch.from_numpy(rows[rows >= 0]), torch.from_numpy(cols)),
-                torch.full((len(cols),), self.decay**age),
-                accumulate=True,
-            )
-        return (self.counts_t @ profile).T + self.popularity  # (b, N)
+        counts = self.neighbours.batch_scores(histories, vocab, idx, self.counts_t)  # (b, N)
+        return counts + self.popularity
 
 
 COOCCURRENCE_GRID = (
@@ -462,16 +500,23 @@ def evaluate_cooccurrence(
 
 
 def baseline_metrics(
-    corpus: Corpus, vocab: Vocab, eval_set: EvalSet, *, seed: int = 0, cooccurrence: bool = True
+    corpus: Corpus,
+    vocab: Vocab,
+    eval_set: EvalSet,
+    *,
+    seed: int = 0,
+    cooccurrence: bool = True,
+    chosen: tuple[Cooccurrence, dict[str, float]] | None = None,
 ) -> dict[str, object]:
     """Both baselines on ``eval_set``: {"most_popular", "cooccurrence",
     "cooccurrence_valid_ndcg@10" (its grid on the validation split)}; ``corpus.train`` is
-    what they count (without held-out items, if any)."""
+    what they count (without held-out items, if any). ``chosen``: the co-occurrence retriever
+    `choose_cooccurrence` already picked for this corpus, and its grid (not chosen again)."""
     out: dict[str, object] = {
         "most_popular": evaluate_popularity(corpus, vocab, eval_set, seed=seed)
     }
     if cooccurrence:
-        cooc, tried = choose_cooccurrence(corpus, vocab)
+        cooc, tried = chosen or choose_cooccurrence(corpus, vocab)
         out["cooccurrence"] = evaluate_cooccurrence(cooc, vocab, eval_set, seed=seed)
         out["cooccurrence_valid_ndcg@10"] = tried
     return out
@@ -490,6 +535,8 @@ def evaluation_report(
     dim: int | None = None,
     item_model: Recommender | None = None,
     seed: int = 0,
+    blend: Blend | None = None,
+    cooccurrence: tuple[Cooccurrence, dict[str, float]] | None = None,
 ) -> dict:
     """The evaluation policy: what is measured for a model on a corpus, and how.
 
@@ -500,7 +547,10 @@ def evaluation_report(
       from the baselines' training data too, and force the per-surface report (warm / cold
       targets within their surface; sampled per target surface), as ``by_surface`` does.
     - ``baselines``: most-popular and item-to-item co-occurrence (its parameters chosen on the
-      validation split), measured with the same protocols.
+      validation split), measured with the same protocols; ``cooccurrence``: that choice
+      when already made (`choose_cooccurrence` on the same corpus).
+    - ``blend`` (`models.blend`, saved with the model): "model" is the served score (model
+      plus co-occurrence term), and "model_alone" the model's vectors without it.
     """
     if split not in ("test", "valid"):
         raise ValueError(f"split must be test or valid, got {split!r}")
@@ -510,35 +560,33 @@ def evaluation_report(
         corpus = replace(corpus, train=drop_items(corpus.train, list(cold_items)))
     eval_set = corpus.test if split == "test" else corpus.valid
     full = protocol != "sampled100"
-    metrics: dict[str, object] = {
-        "split": split,
-        "model": evaluate_model(
-            model, vocab, eval_set, seed=seed, dim=dim, item_model=item_model, full_ranking=full
-        ),
-    }
+    measure = partial(
+        evaluate_model, model, vocab, seed=seed, dim=dim, item_model=item_model, blend=blend
+    )
+    metrics: dict[str, object] = {"split": split, "model": measure(eval_set, full_ranking=full)}
+    if blend is not None:
+        metrics["model_alone"] = measure(eval_set, full_ranking=full, blend=None)
     report: dict[str, object] = {"metrics": metrics}
+    if blend is not None:
+        report["blend"] = blend.to_json()
     if baselines:
-        found = baseline_metrics(corpus, vocab, eval_set, seed=seed, cooccurrence=full)
+        found = baseline_metrics(
+            corpus, vocab, eval_set, seed=seed, cooccurrence=full, chosen=cooccurrence
+        )
         report["cooccurrence_valid_ndcg@10"] = found.pop("cooccurrence_valid_ndcg@10", None)
         metrics.update(found)
         if not full:
             report.pop("cooccurrence_valid_ndcg@10")
     if by_surface or cold_items:
-        report["sampled_by_target_surface"] = evaluate_model(
-            model,
-            vocab,
-            replace(eval_set, group=eval_set.target_surface.astype(object)),
-            seed=seed,
-            dim=dim,
-            item_model=item_model,
-            full_ranking=False,
+        report["sampled_by_target_surface"] = measure(
+            replace(eval_set, group=eval_set.target_surface.astype(object)), full_ranking=False
         )
         if full:
             surfaces = corpus.items.surface.astype(str)
             report["within_surface"] = {
                 "split": split,
                 "model": evaluate_within_surface(
-                    model, vocab, surfaces, eval_set, cold_items=cold_items, dim=dim
+                    model, vocab, surfaces, eval_set, cold_items=cold_items, dim=dim, blend=blend
                 ),
                 "most_popular": evaluate_within_surface(
                     None,
@@ -551,7 +599,7 @@ def evaluation_report(
             }
     if protocol != "both":
         drop = ("sampled",) if protocol == "full" else ("full", "full_seen_removed")
-        for who in ("model", "most_popular", "cooccurrence"):
+        for who in ("model", "model_alone", "most_popular", "cooccurrence"):
             for res in metrics.get(who, {}).values():  # type: ignore[attr-defined]
                 for name in drop:
                     res.pop(name, None)

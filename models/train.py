@@ -130,6 +130,9 @@ class TrainConfig:
     # (cold-start evaluation); their vectors come from metadata alone
     device: str = "auto"  # auto (CUDA when torch sees a GPU, else CPU), cpu or cuda; the
     # saved model is always on the CPU
+    blend: bool = True  # after training, choose on the validation split the weight of the
+    # co-occurrence term served with the model (models/blend.py; 0 when it does not help);
+    # False: the model's vectors alone are served
 
     def __post_init__(self) -> None:
         for name in (

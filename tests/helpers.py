@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ import httpx
 import numpy as np
 import redis
 
+from models.corpus import Corpus, EvalSet, ItemTable, Sequences
 from service.bench.servers import free_port as free_port  # re-exported: one definition
 
 if TYPE_CHECKING:
@@ -174,3 +176,45 @@ def publish_halves(root: Path, embedder: Embedder) -> tuple[str, str, dict[str, 
         items[manifest.version] = set(ids[rows].tolist())
         names.append(manifest.version)
     return names[0], names[1], items
+
+
+def ring_corpus(n_items: int = 40, n_users: int = 120, seed: int = 0) -> Corpus:
+    """Users walk a ring of items (i -> i+1 -> i+2 ...), so the next item is predictable."""
+    rng = np.random.default_rng(seed)
+    ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
+    items = ItemTable(ids, np.array([""] * n_items, dtype=object), text={"tags": ids.copy()})
+    seqs = []
+    for _ in range(n_users):
+        start, length = rng.integers(n_items), rng.integers(5, 12)
+        seqs.append([f"i{(start + k) % n_items}" for k in range(length)])
+
+    def evalset(cut: int) -> EvalSet:
+        hist = [s[: len(s) - cut - 1] for s in seqs]
+        return EvalSet(
+            Sequences.from_lists(
+                [f"u{u}" for u in range(n_users)], hist, [[""] * len(h) for h in hist]
+            ),
+            np.array([s[len(s) - cut - 1] for s in seqs], dtype=object),
+            np.array([""] * n_users, dtype=object),
+            np.array(["all"] * n_users, dtype=object),
+        )
+
+    train_seqs = [s[:-2] for s in seqs]
+    train = Sequences.from_lists(
+        [f"u{u}" for u in range(n_users)], train_seqs, [[""] * len(s) for s in train_seqs]
+    )
+    return Corpus("ring", items, train, evalset(1), evalset(0))
+
+
+def blend_term(embedder: Embedder, item_ids: Sequence[str], history: Sequence[str]) -> np.ndarray:
+    """(M,) the served blend's term (`models.blend`) of each item id for a history (oldest
+    first), by the id's row in the model: 0 for ids the model lacks, and everywhere when the
+    model is served without a blend. Add it to a model score to get the served score."""
+    out = np.zeros(len(item_ids), np.float32)
+    if embedder.blend is None or not history:
+        return out
+    near, bonus = embedder.blend.sparse_bonus(embedder.vocab, list(history))
+    term = dict(zip(near.tolist(), bonus.tolist(), strict=True))
+    for i, row in enumerate(embedder.item_rows(list(item_ids)).tolist()):
+        out[i] = term.get(row, 0.0)
+    return out

@@ -40,6 +40,7 @@ MIN_INT_ID, MAX_INT_ID = -(2**53 - 1), 2**53 - 1
 # Fixed bounds on what one request may hold besides the settings' limits (k, events, candidates,
 # items): each keeps the work and memory of a request proportional to what it is for.
 MAX_SURFACES = 1000  # surfaces one retrieve may filter on
+MAX_SHARD_HISTORY = 100  # recent item ids a router sends a shard for the blend's term
 MAX_FEATURES = 64  # metadata fields of one item
 MAX_FEATURE_CHARS = 10_000  # one metadata value (a title, a description)
 MAX_VECTOR_DIM = 65_536  # dimensions of a user vector sent to POST /v1/shard/search
@@ -265,6 +266,9 @@ class ShardSearchRequest(_Strict):
     k: Annotated[int, BeforeValidator(_to_int)] = Field(ge=1)
     surfaces: list[Id] | None = Field(None, min_length=1, max_length=MAX_SURFACES)  # None = all
     exclude: list[Id] = Field(default_factory=list)  # the retrieve's exclude and seen items
+    # the user's most recent item ids, oldest first: a shard whose model is served with a
+    # blend (models/blend.py) adds their co-occurrence term, as an unsharded retrieve does
+    history: list[Id] = Field(default_factory=list, max_length=MAX_SHARD_HISTORY)
     # the models whose indexes the vector can query (a router's own model and those it was
     # trained compatible with); a live index built for another model answers 409 unservable.
     # None: not checked (the caller checks the `model_fingerprint` of the answer)

@@ -96,8 +96,9 @@ async def online_tally(
 
 
 def offline_hits(model_dir: Path, users: Sequence[ReplayUser], k: int = K) -> int:
-    """Users whose next item is in the model's exact top-k over its whole catalogue, their
-    history's items removed: what the service answers with a Flat index."""
+    """Users whose next item is in the model's exact top-k over its whole catalogue by the
+    served score (with the model's blend, if any), their history's items removed: what the
+    service answers with a Flat index."""
     from models.embedder import Embedder
 
     embedder = Embedder.from_dir(model_dir)
@@ -107,6 +108,9 @@ def offline_hits(model_dir: Path, users: Sequence[ReplayUser], k: int = K) -> in
     hits = 0
     for user, vector, (seen, _) in zip(users, vectors, histories, strict=True):
         scores = items @ vector  # (N,)
+        if embedder.blend is not None:  # the co-occurrence term of the recent items
+            near, bonus = embedder.blend.sparse_bonus(embedder.vocab, seen)
+            scores[near] += bonus
         rows = embedder.item_rows(seen)
         scores[rows[rows >= 0]] = -np.inf
         top = np.argpartition(-scores, k)[:k] if len(scores) > k else np.arange(len(scores))

@@ -20,7 +20,7 @@ def print_report(report: dict[str, Any]) -> None:
         print(
             f"{'':14}{'group':>8}{'n':>7}  {'protocol':<18}" + "".join(f"{m:>11}" for m in _METRICS)
         )
-        for who in ("most_popular", "cooccurrence", "model"):
+        for who in ("most_popular", "cooccurrence", "model_alone", "model"):
             for group, res in metrics.get(who, {}).items():
                 for protocol in ("full_seen_removed", "full", "sampled"):
                     if protocol not in res:
@@ -54,6 +54,18 @@ def print_report(report: dict[str, Any]) -> None:
     if report.get("cooccurrence_valid_ndcg@10"):
         tried = report["cooccurrence_valid_ndcg@10"]
         print(f"co-occurrence baseline, validation NDCG@10 (seen removed) per setting: {tried}")
+    blend = report.get("blend")
+    if blend:
+        chose = (
+            f"beta {blend['beta']:g}: model score + beta x log(1 + co-occurrence), window "
+            f"{blend['window']}, last {blend['last']}, decay {blend['decay']:g}"
+            if blend["beta"]
+            else "beta 0: the model alone"
+        )
+        tried = blend.get("valid_ndcg@10_by_beta")
+        print(
+            f"served blend ({chose})" + (f"; validation NDCG@10 by beta: {tried}" if tried else "")
+        )
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")
 

@@ -51,15 +51,21 @@ def add_parser(sub: Any) -> None:
         "changes the served vectors of items without a trained id): choose S on --split valid",
     )  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="seed of the 100 sampled negatives")
+    p.add_argument(
+        "--no-blend", action="store_true",
+        help="score with the model's vectors alone, without the co-occurrence term the model "
+        "is served with (when training chose one: its report's `blend`)",
+    )  # fmt: skip
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from models.artifacts import load_model
+    from models.artifacts import load_blend, load_model
     from models.data import load_corpus
     from models.evaluate import evaluation_report
 
     model, _, vocab, config = load_model(Path(args.model))
+    blend = None if args.no_blend or args.item_model else load_blend(Path(args.model), len(vocab))
     if args.cold_boost is not None:  # serving-only: the weights are the same for every boost
         if not model.config.item.content_dim:
             raise ValueError("--cold-boost needs a model trained with --content-dim")
@@ -81,6 +87,7 @@ def run(args: argparse.Namespace) -> int:
         dim=args.dim,
         item_model=item_model,
         seed=args.seed,
+        blend=blend,
     )
     report["model_dir"], report["dim"] = args.model, args.dim or model.dim
     if args.json:

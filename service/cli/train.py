@@ -161,6 +161,11 @@ def add_parser(sub: Any) -> None:
         help="where to train: auto = CUDA when torch sees a GPU, else the CPU (default auto); "
         "the saved model is the same either way",
     )  # fmt: skip
+    p.add_argument(
+        "--no-blend", action="store_true",
+        help="serve the model's vectors alone: skip choosing, on the validation split, the "
+        "weight of the item co-occurrence term added to the model's scores (models/blend.py)",
+    )  # fmt: skip
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=run)
 
@@ -212,6 +217,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_items=args.holdout_items,
         device=args.device,
         select_on=args.select_on,
+        blend=not args.no_blend,
     )
     corpus = load_corpus(args.data)
     print(

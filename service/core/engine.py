@@ -119,6 +119,7 @@ class SearchJob:
     k: int
     filters: Filters
     delta: Delta  # the engine's live catalogue changes when the request was made
+    history: Sequence[str] = ()  # the user's item ids, oldest first: the blend's recent items
 
 
 def encode_batch(jobs: list[EncodeJob]) -> list[np.ndarray]:
@@ -144,6 +145,8 @@ def search_batch(jobs: list[SearchJob]) -> list[tuple[list[str], np.ndarray]]:
     grouping by k as well keeps every result identical to that job searched on its own.
     With live catalogue changes (`Delta`), rows of retired and upserted ids are masked inside
     the ANN search and the delta's items are searched exactly beside it, merged by score.
+    When the model is served with a blend (`models.blend`), each job's top-k is re-scored
+    with its history's co-occurrence term (`Engine.blended`).
     """
     out: list[tuple[list[str], np.ndarray]] = [([], np.empty(0, np.float32))] * len(jobs)
     groups: dict[tuple[int, Filters, int, int], list[int]] = {}
@@ -160,7 +163,12 @@ def search_batch(jobs: list[SearchJob]) -> list[tuple[list[str], np.ndarray]]:
         for row, i in enumerate(members):
             valid = rows[row] >= 0
             found = (engine.index.item_ids[rows[row][valid]].tolist(), scores[row][valid])
-            out[i] = found if extra is None else merge(found, extra[row], first.k)
+            found = found if extra is None else merge(found, extra[row], first.k)
+            if engine.blend is not None and jobs[i].history:
+                found = engine.blended(
+                    found, jobs[i].history, queries[row], first.k, allowed, delta, first.filters
+                )
+            out[i] = found
     return out
 
 
@@ -259,6 +267,7 @@ class ModelEngine:
         """`admission` is shared with the engine this one replaces; a new one when None."""
         self.embedder = embedder
         self.item_vectors = embedder.item_vectors()  # (N_model, D) float32, row = item_ids[row]
+        self.blend = embedder.blend  # the co-occurrence term served with the model, if any
         self.admission = admission or Admission(max_inflight, worker_threads)
         self.loaded_at = time.time()  # when this engine was built (epoch seconds)
 
@@ -324,17 +333,19 @@ class ModelEngine:
         return await self._run(self.embedder.user_multi_vectors, histories, num_interests)
 
     async def rank(
-        self, user_vector: np.ndarray, candidates: Sequence[str]
+        self, user_vector: np.ndarray, candidates: Sequence[str], history: Sequence[str] = ()
     ) -> tuple[list[str], np.ndarray, list[str]]:
-        """Score candidates by inner product with the model's item vectors.
+        """Score candidates by inner product with the model's item vectors, plus the blend's
+        co-occurrence term of `history` (the user's item ids, oldest first) when the model is
+        served with one: the score `retrieve` ranks by.
 
         Returns (ids sorted by score desc, scores, unknown ids); duplicates are ranked once, ties
         keep the candidates' order.
         """
-        return await self._run(self._rank, user_vector, candidates)
+        return await self._run(self._rank, user_vector, candidates, history)
 
     def _rank(
-        self, user_vector: np.ndarray, candidates: Sequence[str]
+        self, user_vector: np.ndarray, candidates: Sequence[str], history: Sequence[str] = ()
     ) -> tuple[list[str], np.ndarray, list[str]]:
         unique = list(dict.fromkeys(candidates))
         rows = self.embedder.item_rows(unique)  # (M,)
@@ -342,8 +353,22 @@ class ModelEngine:
         unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
         ids = [c for c, ok in zip(unique, known, strict=True) if ok]
         scores = self.item_vectors[rows[known]] @ user_vector  # (m,)
+        scores += self.blend_bonus(rows[known], history)
         order = np.argsort(-scores, kind="stable")
         return [ids[i] for i in order], scores[order], unknown
+
+    def blend_bonus(self, rows: np.ndarray, history: Sequence[str]) -> np.ndarray | float:
+        """The blend's term for the model's catalogue `rows` (M,) (-1: none) given a history:
+        (M,) float32, or 0.0 when the model has no blend or the history is empty."""
+        if self.blend is None or not history:
+            return 0.0
+        near, bonus = self.blend.sparse_bonus(self.embedder.vocab, history)  # (P,) sorted
+        out = np.zeros(len(rows), np.float32)
+        if near.size:
+            at = np.minimum(np.searchsorted(near, rows), near.size - 1)  # (M,)
+            hit = (rows >= 0) & (near[at] == rows)
+            out[hit] = bonus[at[hit]]
+        return out
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
@@ -408,6 +433,9 @@ class Engine(ModelEngine):
         # live catalogue changes since the version was built: the one reference replaced as
         # changes are applied (`apply_changes`), by `service.core.catalogue.LiveCatalogue`
         self.delta = Delta.empty(changes_through(manifest))
+        if self.blend is not None:  # what `blended` needs, made once per version
+            self._index_row_of_model = index.row_of(embedder.item_ids)  # (N_model,), -1: none
+            self._index_space_items = self.index_queries(self.item_vectors)  # (N_model, d)
 
     @property
     def delta_seq(self) -> int:
@@ -451,16 +479,69 @@ class Engine(ModelEngine):
         user_vector: np.ndarray,
         k: int,
         filters: Filters = NO_FILTERS,
+        history: Sequence[str] = (),
     ) -> tuple[list[str], np.ndarray]:
         """Top-k item ids and scores (desc) among eligible items.
 
         Eligible: surface in `filters.surfaces` (all when None) and id not in `filters.exclude`
         (unknown ids ignored). The filter is applied inside the ANN search, so k items come back
-        whenever at least k items are eligible.
+        whenever at least k items are eligible. `history`: the user's item ids, oldest first;
+        when the model is served with a blend, the score is the model's plus the co-occurrence
+        term of its recent items (`blended`).
         """
         vector = np.asarray(user_vector, dtype=np.float32).reshape(-1)
-        job = SearchJob(self, vector, k, filters, self.delta)
+        job = SearchJob(self, vector, k, filters, self.delta, history)
         return await self.admission.searcher.submit(job)
+
+    def blended(
+        self,
+        found: tuple[list[str], np.ndarray],
+        history: Sequence[str],
+        query: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None,
+        delta: Delta,
+        filters: Filters,
+    ) -> tuple[list[str], np.ndarray]:
+        """The top-k by the blended score, from the search's top-k by the model's score.
+
+        The blend's term is >= 0, and > 0 only for the recent items' co-occurring neighbours
+        (by the row of their id in the model): so the blended top-k is among the search's
+        top-k (re-scored: model score + term) and those neighbours, scored here against
+        `query`, the user vector in the index's space: an upserted neighbour with its delta
+        vector when the delta's `filters` pass it, one of the live index with the model's
+        vector of its id cut to that space (as the build cuts it) when `allowed` (the
+        search's mask: filters, retired and upserted rows) passes its row. Exact whenever the
+        search's top-k is (a flat index); with ANN, as good as its recall.
+        """
+        near, bonus = self.blend.sparse_bonus(self.embedder.vocab, history)  # type: ignore[union-attr]
+        if not near.size:
+            return found
+        ids, scores = found
+        found_rows = self.embedder.item_rows(ids)  # (k,) model rows, -1: none
+        at = np.minimum(np.searchsorted(near, found_rows), near.size - 1)  # (k,)
+        hit = (found_rows >= 0) & (near[at] == found_rows)
+        rescored = scores.astype(np.float32, copy=True)
+        rescored[hit] += bonus[at[hit]]
+        fresh = ~np.isin(near, found_rows[hit])  # (P,) neighbours not already found
+        index_rows = self._index_row_of_model[near]  # (P,)
+        in_index = fresh & (index_rows >= 0)
+        if allowed is not None:
+            in_index &= allowed[np.maximum(index_rows, 0)]
+        extra_ids = self.index.item_ids[index_rows[in_index]].tolist()
+        extra_scores = [self._index_space_items[near[in_index]] @ query + bonus[in_index]]
+        if delta.count:  # upserted neighbours: hidden in the index, held by the delta
+            names = self.embedder.item_ids[near].tolist()
+            held = np.fromiter((delta.row.get(i, -1) for i in names), np.int64, len(names))
+            in_delta = fresh & (held >= 0)
+            if in_delta.any():
+                in_delta[in_delta] = delta.eligible(filters)[held[in_delta]]
+                extra_ids += delta.ids[held[in_delta]].tolist()
+                extra_scores.append(delta.search_vectors[held[in_delta]] @ query + bonus[in_delta])
+        all_ids = [*ids, *extra_ids]
+        all_scores = np.concatenate([rescored, *extra_scores]).astype(np.float32)  # (k + e,)
+        order = np.argsort(-all_scores, kind="stable")[:k]
+        return [all_ids[i] for i in order], all_scores[order]
 
     def require_multi(self) -> MultiIndex:
         """The MUVERA index, or `unservable` (409: the request is valid, this index cannot
@@ -534,13 +615,14 @@ class Engine(ModelEngine):
 
     # ------------------------------------------------------------------ rank with the delta
     def _rank(
-        self, user_vector: np.ndarray, candidates: Sequence[str]
+        self, user_vector: np.ndarray, candidates: Sequence[str], history: Sequence[str] = ()
     ) -> tuple[list[str], np.ndarray, list[str]]:
         """As `ModelEngine._rank`, over the catalogue as it is served (the live index and its
         delta): an upserted item is scored with its delta vector; an item of the live index
         with the model's vector of its id, or, when the model has none (a catalogue's
         cold-start item, an upsert a rebuild folded in), with its index vector against the
-        user vector in the index's space; a retired item, and one neither holds, is unknown."""
+        user vector in the index's space; a retired item, and one neither holds, is unknown.
+        The blend's term is added as `retrieve` adds it (by the id's row in the model)."""
         delta = self.delta
         unique = list(dict.fromkeys(candidates))
         rows = self.embedder.item_rows(unique)  # (M,)
@@ -564,6 +646,7 @@ class Engine(ModelEngine):
             except RuntimeError:  # an index type that cannot give its vectors back
                 by_index[:] = False
         known = by_model | by_index | in_delta
+        scores += self.blend_bonus(np.where(known, rows, -1), history)
         unknown = [c for c, ok in zip(unique, known, strict=True) if not ok]
         ids = [c for c, ok in zip(unique, known, strict=True) if ok]
         kept = scores[known]  # (k,)

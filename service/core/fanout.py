@@ -118,8 +118,10 @@ class ShardFanout:
         *,
         surfaces: Sequence[str] | None = None,
         exclude: Sequence[str] = (),
+        history: Sequence[str] = (),
     ) -> Merged:
-        """Every shard's k best eligible items for the user vector (D,), merged."""
+        """Every shard's k best eligible items for the user vector (D,), merged; `history`:
+        the recent item ids whose blend term the shards add (models/blend.py)."""
         body = orjson.dumps(
             {
                 # float64 values of the float32 vector: JSON round-trips them exactly
@@ -127,6 +129,7 @@ class ShardFanout:
                 "k": k,
                 "surfaces": None if surfaces is None else list(surfaces),
                 "exclude": list(exclude),
+                **({"history": list(history)} if history else {}),
                 **(
                     {}
                     if self.model_fingerprints is None

@@ -14,7 +14,7 @@ whose index it cannot query refuses (409 `unservable`) and is left out.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 import numpy as np
@@ -61,17 +61,23 @@ class RouterEngine(ModelEngine):
         user_vector: np.ndarray,
         k: int,
         filters: Filters = NO_FILTERS,
+        history: Sequence[str] = (),
     ) -> Merged:
         """Top-k item ids and scores (desc) among eligible items of the shards that answered.
 
         Eligibility as in `Engine.retrieve`; each shard applies the filters inside its own
         search, so k items come back whenever the answering shards hold k eligible items.
+        With a blend (models/blend.py), the user's recent items go along: each shard adds
+        their co-occurrence term to its own items (an item's blended score does not depend
+        on its shard), so the merged top-k is the unsharded one.
         """
+        recent = list(history[-self.blend.neighbours.last :]) if self.blend is not None else []
         return await self.fanout.search(
             np.asarray(user_vector, dtype=np.float32).reshape(-1),
             k,
             surfaces=None if filters.surfaces is None else list(filters.surfaces),
             exclude=list(filters.exclude),
+            history=recent,
         )
 
 

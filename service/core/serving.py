@@ -294,7 +294,9 @@ class ServingCore:
                 )
                 if isinstance(self.engine, RouterEngine):
                     vector = await self.user_vector(history)
-                    return await self._fan_out(self.engine, vector, k, eligible)
+                    return await self._fan_out(
+                        self.engine, vector, k, eligible, history.model_input()[0]
+                    )
                 if mode == "multi":
                     ids, scores, rerank_seconds = await self.engine.retrieve_multi(
                         history.model_input(),
@@ -306,7 +308,9 @@ class ServingCore:
                     self._on_stage("rerank", rerank_seconds)
                 else:
                     vector = await self.user_vector(history)
-                    ids, scores = await self.engine.retrieve(vector, k, eligible)
+                    ids, scores = await self.engine.retrieve(
+                        vector, k, eligible, history.model_input()[0]
+                    )
                 return to_json(
                     {
                         "items": scored_items(ids, scores),
@@ -330,10 +334,11 @@ class ServingCore:
         vector: np.ndarray,
         k: int,
         filters: Filters,
+        history: Sequence[str],
     ) -> bytes:
         """A router's retrieve body: the shards' merged top-k, flagged `partial` (and not
         cached) when shards are missing; 503 backend_unavailable when every shard is."""
-        merged = await router.retrieve(vector, k, filters)
+        merged = await router.retrieve(vector, k, filters, history)
         if not merged.versions:
             raise ServiceError(
                 ErrorType.BACKEND_UNAVAILABLE,
@@ -359,7 +364,9 @@ class ServingCore:
 
             async def compute() -> bytes:
                 vector = await self.user_vector(history)
-                ids, scores, unknown = await self.engine.rank(vector, candidates)
+                ids, scores, unknown = await self.engine.rank(
+                    vector, candidates, history.model_input()[0]
+                )
                 return to_json(
                     {
                         "items": scored_items(ids, scores),

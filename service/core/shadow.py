@@ -88,7 +88,7 @@ class Shadow:
         history = (items, [e.surface for e in call.history])
         filters = call.filters.excluding(items) if call.exclude_seen else call.filters
         vector = (await self.engine.user_vectors([history]))[0]  # (D,)
-        ids, _ = await self.engine.retrieve(vector, call.k, filters)
+        ids, _ = await self.engine.retrieve(vector, call.k, filters, items)
         return ServedList(
             tuple(ids), "shadow", self.model_version, self.index_version, call.served_at
         )

@@ -29,6 +29,7 @@ from service.core.serving import ServingCore
 from service.settings import Settings
 from service.store.cache import InProcessCache, cache_key
 from service.store.events import Event, InProcessEventStore
+from tests.helpers import blend_term
 
 if TYPE_CHECKING:
     from tests.conftest import Served, ServeFn
@@ -192,12 +193,15 @@ async def test_rank_sorts_candidates_and_reports_unknown_ids(api: Served) -> Non
     assert_ranked([it.model_dump() for it in out.items])
     assert sorted(it.item_id for it in out.items) == sorted(candidates)
     assert out.unknown == ["nope-1", "nope-2"]
-    # reference: the inner product of the user's embedding with the model's item vectors
+    # reference: the inner product of the user's embedding with the model's item vectors,
+    # plus the blend's term of the history (the served score)
     user = (await api.client.post("/v1/users/embed", json={"events": events})).json()
     engine = api.state.engine
     assert engine is not None
-    rows = engine.embedder.item_rows([it.item_id for it in out.items])
+    ranked = [it.item_id for it in out.items]
+    rows = engine.embedder.item_rows(ranked)
     expected = engine.embedder.item_vectors()[rows] @ np.asarray(user["embedding"], np.float32)
+    expected += blend_term(engine.embedder, ranked, [e["item_id"] for e in events])
     np.testing.assert_allclose([it.score for it in out.items], expected, rtol=1e-5, atol=1e-5)
 
 

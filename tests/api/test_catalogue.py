@@ -38,6 +38,7 @@ from service.store.changelog import CHANGES_THROUGH, log_path, read_changes
 from tests.helpers import (
     REDIS_SERVER,
     RedisServer,
+    blend_term,
     copy_data,
     free_port,
     start_serve,
@@ -116,22 +117,26 @@ class Live:
             self.retired.add(item_id)
         return CatalogueChangeResponse.model_validate(resp.json())
 
-    def scores(self, user: np.ndarray, surfaces: set[str] | None = None) -> dict[str, float]:
-        """Every eligible item's exact score for `user`, the catalogue as it should be now."""
+    def scores(self, user: User, surfaces: set[str] | None = None) -> dict[str, float]:
+        """Every eligible item's exact served score for `user`, the catalogue as it should be
+        now: its vector's inner product with the user's, plus the blend's term of the user's
+        history for the item's id (`tests.helpers.blend_term`)."""
         vectors = self.embedder.item_vectors()
         out: dict[str, float] = {}
         for item_id, surface, vector in zip(
             self.embedder.item_ids, self.embedder.item_surfaces, vectors, strict=True
         ):
             if surfaces is None or surface in surfaces:
-                out[str(item_id)] = float(vector @ user)
+                out[str(item_id)] = float(vector @ user.vector)
         for item_id, (vector, surface) in self.upserted.items():
             out.pop(item_id, None)
             if surfaces is None or surface in surfaces:
-                out[item_id] = float(vector @ user)
+                out[item_id] = float(vector @ user.vector)
         for item_id in self.retired:
             out.pop(item_id, None)
-        return out
+        ids = list(out)
+        term = blend_term(self.embedder, ids, user.items)
+        return {i: s + float(t) for i, s, t in zip(ids, out.values(), term, strict=True)}
 
 
 @pytest.fixture(scope="module")
@@ -149,10 +154,17 @@ def events(ids: list[str]) -> list[dict[str, str]]:
     return [{"item_id": i} for i in ids]
 
 
-async def user_vector(served: Served, history: list[dict[str, str]]) -> np.ndarray:
+@dataclass(frozen=True)
+class User:
+    vector: np.ndarray  # (D,) the served user vector
+    items: list[str]  # the history's item ids, oldest first (the blend's recent items)
+
+
+async def user_vector(served: Served, history: list[dict[str, str]]) -> User:
     resp = await served.client.post("/v1/users/embed", json={"events": history})
     assert resp.status_code == 200, resp.text
-    return np.asarray(UserEmbedResponse.model_validate(resp.json()).embedding, np.float32)
+    vector = np.asarray(UserEmbedResponse.model_validate(resp.json()).embedding, np.float32)
+    return User(vector, [e["item_id"] for e in history])
 
 
 async def item_vector(served: Served, item: dict[str, Any]) -> np.ndarray:

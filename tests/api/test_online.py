@@ -198,7 +198,7 @@ async def test_a_shadow_answers_the_same_request_and_is_scored_on_the_same_event
         # the shadow's list: what its version answers for the same history, k and filters
         history_in = ([e["item_id"] for e in events], [e["surface"] for e in events])
         vector = (await shadow.engine.user_vectors([history_in]))[0]
-        ids, _ = await shadow.engine.retrieve(vector, K)
+        ids, _ = await shadow.engine.retrieve(vector, K, history=history_in[0])
         assert lists["shadow"].items == tuple(ids) and set(ids) <= halves.items[halves.shadow]
         assert lists["shadow"].index_version == halves.shadow
         assert lists["shadow"].served_at == lists["live"].served_at

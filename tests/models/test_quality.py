@@ -13,7 +13,6 @@ import torch
 import torch.nn.functional as F
 
 import models.train as train_module
-from models.corpus import Corpus, EvalSet, ItemTable, Sequences
 from models.data import load_corpus, load_s3rec
 from models.evaluate import (
     Cooccurrence,
@@ -38,6 +37,7 @@ from models.train import (
     window_weights,
 )
 from models.vocab import Vocab
+from tests.helpers import ring_corpus
 
 
 def _brute_force_rank(scores: np.ndarray, target: int, history: list[int]) -> float:
@@ -87,36 +87,8 @@ def test_seen_items_removed_ranking_matches_brute_force() -> None:
     np.testing.assert_array_equal(torch_ranks[1], unseen)
 
 
-def _corpus(n_items: int = 40, n_users: int = 120, seed: int = 0) -> Corpus:
-    """Users walk a ring of items (i -> i+1 -> i+2 ...), so the next item is predictable."""
-    rng = np.random.default_rng(seed)
-    ids = np.array([f"i{i}" for i in range(n_items)], dtype=object)
-    items = ItemTable(ids, np.array([""] * n_items, dtype=object), text={"tags": ids.copy()})
-    seqs = []
-    for _ in range(n_users):
-        start, length = rng.integers(n_items), rng.integers(5, 12)
-        seqs.append([f"i{(start + k) % n_items}" for k in range(length)])
-
-    def evalset(cut: int) -> EvalSet:
-        hist = [s[: len(s) - cut - 1] for s in seqs]
-        return EvalSet(
-            Sequences.from_lists(
-                [f"u{u}" for u in range(n_users)], hist, [[""] * len(h) for h in hist]
-            ),
-            np.array([s[len(s) - cut - 1] for s in seqs], dtype=object),
-            np.array([""] * n_users, dtype=object),
-            np.array(["all"] * n_users, dtype=object),
-        )
-
-    train_seqs = [s[:-2] for s in seqs]
-    train = Sequences.from_lists(
-        [f"u{u}" for u in range(n_users)], train_seqs, [[""] * len(s) for s in train_seqs]
-    )
-    return Corpus("ring", items, train, evalset(1), evalset(0))
-
-
 def test_cooccurrence_scores_match_their_definition() -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     vocab = Vocab(corpus.items.item_id, [])
     cooc = Cooccurrence.fit(corpus.train, vocab, window=2, last=2, decay=0.5)
     n = len(vocab)
@@ -138,7 +110,7 @@ def test_cooccurrence_scores_match_their_definition() -> None:
 
 
 def test_full_softmax_equals_sampled_softmax_with_every_item_as_negative() -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     model, _, vocab = build_model(corpus, TrainConfig(dim=16, progress=False))
     torch.manual_seed(0)
     queries = F.normalize(torch.randn(6, 16), dim=-1)
@@ -177,7 +149,7 @@ def test_later_targets_and_their_weights() -> None:
 
 
 def test_window_losses_are_the_weighted_cross_entropies() -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     model, _, vocab = build_model(corpus, TrainConfig(dim=16, progress=False))
     model.eval()
     torch.manual_seed(0)
@@ -228,7 +200,7 @@ def test_size_rule_picks_the_softmax() -> None:
 
 
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkeypatch) -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.95])
     states: list[dict[str, torch.Tensor]] = []
 
@@ -260,7 +232,7 @@ def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) 
         dim=16, epochs=8, patience=None, lr=1e-3, lr_decay=0.5, batch_size=32, max_len=12,
         progress=False,
     )  # fmt: skip
-    result = train(_corpus(), cfg)
+    result = train(ring_corpus(), cfg)
     # epochs 3 and 4 do not beat 0.30: halved; 5 improves; 6 and 7 do not: halved again
     assert result.extra["lr_after_epoch"] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
     assert result.best_epoch == 5
@@ -280,7 +252,7 @@ def test_epochs_tied_on_the_full_ranking_are_told_apart_by_the_sampled_metric(mo
     cfg = TrainConfig(
         dim=16, epochs=10, patience=2, batch_size=32, max_len=12, progress=False,
     )  # fmt: skip
-    result = train(_corpus(), cfg)
+    result = train(ring_corpus(), cfg)
     assert result.best_epoch == 4 and len(result.epoch_losses) == 6  # then 2 epochs of patience
 
 
@@ -300,7 +272,7 @@ OPTION_CONFIGS = {
 
 @pytest.mark.parametrize("option", list(OPTION_CONFIGS))
 def test_small_training_run_per_option(option: str) -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     cfg = TrainConfig(
         dim=16, epochs=3, batch_size=32, max_len=12, select_on="full_seen_removed",
         progress=False, **OPTION_CONFIGS[option],  # type: ignore[arg-type]
@@ -314,7 +286,7 @@ def test_small_training_run_per_option(option: str) -> None:
 
 
 def test_evaluation_report_policy() -> None:
-    corpus = _corpus()
+    corpus = ring_corpus()
     result = train(corpus, TrainConfig(dim=16, epochs=2, batch_size=32, max_len=12, progress=False))
     report = evaluation_report(result.model, result.vocab, corpus)
     metrics = report["metrics"]

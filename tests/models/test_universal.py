@@ -29,6 +29,7 @@ from service.core.reloader import open_engine
 from service.jobs.bootstrap import ensure_artifacts
 from service.jobs.pipeline import build_and_publish
 from service.settings import Settings
+from tests.helpers import blend_term
 
 SMOKE = ["--data", "sample", "--epochs", "1", "--max-steps", "3", "--quiet", "--batch-size", "32"]
 
@@ -250,7 +251,8 @@ def test_matryoshka_prefixes_are_valid_embeddings_used_by_index_build(tmp_path: 
 @pytest.mark.anyio
 async def test_service_serves_a_matryoshka_prefix_index(tmp_path: Path, serve) -> None:
     """A `build-index --dim 16` version is served: queries are cut to the same prefix, so the
-    scores are the re-normalised 16-dim inner products; a prefix the model lacks is refused."""
+    scores are the re-normalised 16-dim inner products (plus the blend's term of the history,
+    as at full dimension); a prefix the model lacks is refused."""
     out = _train(tmp_path, "mrl", "--matryoshka", "16,32")
     root = tmp_path / "index16"
     build_and_publish(out, root, index_type="Flat", dim=16)
@@ -267,11 +269,11 @@ async def test_service_serves_a_matryoshka_prefix_index(tmp_path: Path, serve) -
     assert len(items) == 5
     query = truncate_np(np.asarray([user["embedding"]], np.float32), 16)[0]  # (16,)
     table = truncate_np(embedder.item_vectors(), 16)  # (N, 16)
+    ids = [str(i) for i in embedder.item_ids]
+    served = table @ query + blend_term(embedder, ids, [e["item_id"] for e in events])  # (N,)
     rows = embedder.item_rows([it["item_id"] for it in items])
-    np.testing.assert_allclose(
-        [it["score"] for it in items], table[rows] @ query, rtol=1e-4, atol=1e-5
-    )
-    assert items[0]["score"] == pytest.approx(float((table @ query).max()), abs=1e-5)
+    np.testing.assert_allclose([it["score"] for it in items], served[rows], rtol=1e-4, atol=1e-4)
+    assert items[0]["score"] == pytest.approx(float(served.max()), abs=1e-4)
 
     # an index claiming a prefix wider than the model's vectors is refused
     index, manifest = load_current(root)
@@ -298,8 +300,8 @@ def test_evaluate_cli_protocol_json_and_prefix_dim(base_model: Path, capsys) -> 
         report["metrics"]["model"]["all"]["sampled"]
     )
     assert cli_main([*args, "--item-model", str(base_model), "--protocol", "sampled100"]) == 0
-    same = json.loads(capsys.readouterr().out)  # the model against its own items
-    assert cli_main([*args, "--protocol", "sampled100"]) == 0
+    same = json.loads(capsys.readouterr().out)  # the model against its own items (no blend)
+    assert cli_main([*args, "--protocol", "sampled100", "--no-blend"]) == 0
     assert json.loads(capsys.readouterr().out)["metrics"]["model"] == same["metrics"]["model"]
 
 

@@ -33,7 +33,8 @@ async def shard_search(req: ShardSearchRequest, state: StateDep) -> Response:
     req.check_limits(state.settings, engine.dim)  # 422: the request breaks the document
     req.check_model(engine.manifest.model_fingerprint)  # 409: valid, but not for this index
     filters = Filters.of(req.surfaces, req.exclude)  # normalised here, once, as retrieve does
-    ids, scores = await engine.retrieve(np.asarray(req.vector, dtype=np.float32), req.k, filters)
+    vector = np.asarray(req.vector, dtype=np.float32)
+    ids, scores = await engine.retrieve(vector, req.k, filters, req.history)
     return json_bytes(
         to_json(
             {

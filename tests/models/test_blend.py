@@ -1,0 +1,131 @@
+"""The served blend (`models.blend`): one history's sparse co-occurrence scores equal the
+batch scores; the beta chosen on validation is the best one, each beta's NDCG@10 equal to
+evaluating that blend through the evaluation's own path; the file round-trips, is part of the
+model fingerprint and is refused when it does not fit the model."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from models.artifacts import ModelArtifactError, load_blend, model_fingerprint, save_model
+from models.blend import BETAS, NEIGHBOURS_FILE, Blend, ItemNeighbours
+from models.evaluate import choose_beta, evaluate_model
+from models.train import TrainConfig, train
+from models.vocab import Vocab
+from service.jobs.pipeline import choose_blend, train_to_dir
+from tests.helpers import ring_corpus
+
+
+def test_one_history_scores_equal_the_batch_scores() -> None:
+    corpus = ring_corpus()
+    vocab = Vocab(corpus.items.item_id, [])
+    table = ItemNeighbours.fit(corpus.train, vocab, window=3, last=4, decay=0.6)
+    histories = corpus.test.history
+    idx = np.arange(len(histories))
+    dense = table.batch_scores(histories, vocab, idx).numpy()  # (U, N)
+    for u in idx:
+        items = [str(x) for x in histories.sequence(int(u))[0]]
+        rows, c = table.sparse_scores(table.recent_rows(vocab, items))
+        assert np.all(np.diff(rows) > 0) and np.all(c > 0)
+        expected = np.flatnonzero(dense[u])
+        np.testing.assert_array_equal(rows, expected)
+        np.testing.assert_allclose(c, dense[u][expected], rtol=1e-6)
+    # unknown ids keep their age; an empty history has no neighbours
+    rows, c = table.sparse_scores(table.recent_rows(vocab, ["i3", "nope", "i5"]))
+    only_i5 = table.sparse_scores(table.recent_rows(vocab, ["i5"]))
+    i3 = table.sparse_scores(table.recent_rows(vocab, ["i3"]))
+    expected = {int(r): float(v) for r, v in zip(*only_i5, strict=True)}
+    for r, v in zip(*i3, strict=True):
+        expected[int(r)] = expected.get(int(r), 0.0) + 0.6**2 * float(v)
+    assert dict(zip(rows.tolist(), c.tolist(), strict=True)) == pytest.approx(expected)
+    assert table.sparse_scores(table.recent_rows(vocab, []))[0].size == 0
+
+
+@pytest.fixture(scope="module")
+def ring_model():
+    corpus = ring_corpus()
+    cfg = TrainConfig(dim=16, epochs=2, batch_size=32, progress=False, blend=False)
+    return corpus, train(corpus, cfg)
+
+
+def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
+    corpus, result = ring_model
+    table = ItemNeighbours.fit(corpus.train, result.vocab, window=2, last=2, decay=0.5)
+    betas = (0.0, 0.05, 0.5, 5.0)
+    beta, tried = choose_beta(result.model, result.vocab, corpus.valid, table, betas, batch_size=7)
+    assert set(tried) == {"0", "0.05", "0.5", "5"}
+    assert tried[f"{beta:g}"] == max(tried.values())
+    for b in betas:  # the one-pass ranking equals evaluating that blend the usual way
+        blend = Blend(table, b) if b else None
+        report = evaluate_model(result.model, result.vocab, corpus.valid, blend=blend)
+        assert tried[f"{b:g}"] == round(report["all"]["full_seen_removed"]["ndcg@10"], 5)
+    # the ring's next item is its co-occurrence neighbour: a weak model gains from the blend
+    assert beta > 0 and tried[f"{beta:g}"] > tried["0"]
+
+
+def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: Path) -> None:
+    corpus, result = ring_model
+    blend, _, info = choose_blend(result.model, result.vocab, corpus)
+    assert blend is not None and info["beta"] == blend.beta > 0
+    save = (result.model, result.spec, result.vocab, corpus.items)
+    plain = save_model(*save, tmp_path / "plain", name="ring")
+    blended = save_model(*save, tmp_path / "blended", name="ring", blend=blend)
+    assert not (tmp_path / "plain" / NEIGHBOURS_FILE).exists()
+    assert blended != plain  # the table and beta are part of what is served
+    loaded = load_blend(tmp_path / "blended", len(result.vocab))
+    assert loaded is not None and loaded.beta == blend.beta
+    for name in ("indptr", "indices", "weights"):
+        np.testing.assert_array_equal(
+            getattr(loaded.neighbours, name), getattr(blend.neighbours, name)
+        )
+    assert (loaded.neighbours.window, loaded.neighbours.last, loaded.neighbours.decay) == (
+        blend.neighbours.window,
+        blend.neighbours.last,
+        blend.neighbours.decay,
+    )
+    # saving again without a blend removes the file (and so changes the fingerprint back)
+    assert save_model(*save, tmp_path / "blended", name="ring") == plain
+    assert load_blend(tmp_path / "blended", len(result.vocab)) is None
+
+    other = tmp_path / "other"
+    shutil.copytree(tmp_path / "plain", other)
+    blend.save(other)
+    with pytest.raises(ModelArtifactError, match="the model has 39"):
+        load_blend(other, len(result.vocab) - 1)  # a table for another catalogue
+    (other / NEIGHBOURS_FILE).write_bytes(b"\x80\x04not a table")  # a pickle's first bytes
+    with pytest.raises(ModelArtifactError, match="not a valid neighbours file"):
+        load_blend(other, len(result.vocab))
+    with pytest.raises(ValueError, match="beta"):
+        Blend(blend.neighbours, 0.0)
+    assert model_fingerprint(other) != model_fingerprint(tmp_path / "plain")
+
+
+def test_blended_scores_are_the_model_scores_plus_the_term(ring_model) -> None:
+    corpus, result = ring_model
+    table = ItemNeighbours.fit(corpus.train, result.vocab, window=2, last=2, decay=0.5)
+    alone = evaluate_model(result.model, result.vocab, corpus.test)
+    huge = evaluate_model(result.model, result.vocab, corpus.test, blend=Blend(table, 1e6))
+    # with a huge beta the co-occurrence term decides: the ring's next item is first
+    assert huge["all"]["full_seen_removed"]["recall@10"] > 0.9
+    assert (
+        huge["all"]["full_seen_removed"]["ndcg@10"] > alone["all"]["full_seen_removed"]["ndcg@10"]
+    )
+    term = Blend(table, 2.0).bonus(torch.tensor([0.0, np.e - 1]))
+    np.testing.assert_allclose(term.numpy(), [0.0, 2.0], rtol=1e-6)
+
+
+def test_train_to_dir_saves_the_chosen_blend_unless_told_not_to(tmp_path: Path) -> None:
+    corpus = ring_corpus()
+    cfg = TrainConfig(dim=16, epochs=2, batch_size=32, progress=False)
+    report = train_to_dir(corpus, cfg, tmp_path / "blended", evaluate=False)
+    chosen = report["blend"]
+    assert set(chosen["valid_ndcg@10_by_beta"]) == {f"{b:g}" for b in BETAS}
+    assert chosen["beta"] > 0 and (tmp_path / "blended" / NEIGHBOURS_FILE).is_file()
+    cfg.blend = False
+    report = train_to_dir(corpus, cfg, tmp_path / "alone", evaluate=False)
+    assert "blend" not in report and not (tmp_path / "alone" / NEIGHBOURS_FILE).exists()
