@@ -148,21 +148,19 @@ class RedisClusterServers:
     it back into the cluster with its slots (empty: nothing was persisted)."""
 
     def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
-        self.nodes = []
+        self.nodes: list[RedisServer] = []
         for i in range(masters):
             folder = directory / f"node{i}"
             folder.mkdir()
-            self.nodes.append(
-                RedisServer(
-                    folder,
-                    "--cluster-enabled", "yes",
-                    "--cluster-port", str(free_port()),
-                    "--cluster-config-file", "nodes.conf",
-                    "--cluster-node-timeout", str(node_timeout_ms),
-                    # a dead master's slots fail alone, the others keep answering
-                    "--cluster-require-full-coverage", "no",
-                )  # fmt: skip
-            )
+            args = {
+                "--cluster-enabled": "yes",
+                "--cluster-port": str(free_port()),  # the bus: not port + 10000, maybe > 65535
+                "--cluster-config-file": "nodes.conf",
+                "--cluster-node-timeout": str(node_timeout_ms),
+                # a dead master's slots fail alone, the others keep answering
+                "--cluster-require-full-coverage": "no",
+            }
+            self.nodes.append(RedisServer(folder, *(x for pair in args.items() for x in pair)))
 
     @property
     def url(self) -> str:
@@ -178,30 +176,27 @@ class RedisClusterServers:
         for node in self.nodes:
             node.start()
         addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
-        subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-yes"],
-            check=True,
-            capture_output=True,
-            timeout=30,
-        )
+        create = [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
         self.wait_ok()
         return self
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
 
     def wait_ok(self, seconds: float = 20) -> None:
         """Until every running node reports cluster_state:ok."""
         deadline = time.monotonic() + seconds
-        running = [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
-        while not all(n.client().cluster("info")["cluster_state"] == "ok" for n in running):
+        while not all(n.client().cluster("info")["cluster_state"] == "ok" for n in self.running()):
             if time.monotonic() > deadline:
-                raise RuntimeError(f"the Redis cluster did not reach cluster_state:ok in {seconds} s")
+                raise RuntimeError(f"the cluster did not reach cluster_state:ok in {seconds} s")
             time.sleep(0.05)
-
-    def client(self) -> redis.RedisCluster:
-        return redis.RedisCluster(host="127.0.0.1", port=self.nodes[0].port, socket_timeout=5)
 
     def node_of(self, key: str | bytes) -> RedisServer:
         """The node serving `key`'s hash slot (asked of a running node)."""
-        asked = next(n for n in self.nodes if n.proc is not None and n.proc.poll() is None)
+        asked = self.running()[0]
         slot = int(asked.client().cluster("keyslot", key))
         for start, end, (_host, port, *_), *_replicas in asked.client().cluster("slots"):
             if start <= slot <= end:

@@ -13,12 +13,14 @@ key read from that node alone), not through the cluster client.
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
+import httpx
 import pytest
 
 from service.settings import Settings
@@ -28,7 +30,8 @@ from service.store.redis_events import RedisEventStore
 from service.store.redis_feed import CHANNEL, RedisChangeFeed
 from service.store.redis_link import RedisLink
 from service.store.redis_served import RedisServedStore
-from tests.helpers import RedisClusterServers
+from tests.api import test_catalogue as catalogue
+from tests.helpers import RedisClusterServers, copy_data
 from tests.store.test_redis import (
     EngineCalls,
     K,
@@ -191,8 +194,9 @@ async def test_change_feed_reaches_listeners_on_any_node_and_moves_off_a_killed_
 
     def subscribed() -> dict[int, int]:
         """Listeners subscribed on each running node, by port (classic pub/sub: per node)."""
-        running = [n for n in redis_cluster.nodes if n.proc is not None and n.proc.poll() is None]
-        counts = {n.port: int(n.client().pubsub_numsub(CHANNEL)[0][1]) for n in running}
+        counts = {
+            n.port: int(n.client().pubsub_numsub(CHANNEL)[0][1]) for n in redis_cluster.running()
+        }
         return {port: count for port, count in counts.items() if count}
 
     try:
@@ -338,6 +342,85 @@ async def test_master_killed_mid_stream_no_5xx_others_keep_serving_restart_recov
         assert breaker_state(served) == 0  # closed
 
 
+# ---------------------------------------------------------------------------- real replicas
+def connection_failures(replica: catalogue.Replica) -> float:
+    """Redis calls of `replica` that failed to reach a node, from its /metrics."""
+    text = httpx.get(f"{replica.url}/metrics", timeout=30).text
+    return sum(
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("uniserve_redis_calls_total{") and 'result="connection"' in line
+    )
+
+
+def test_real_replicas_on_a_cluster_hear_changes_and_a_master_killed_mid_stream_costs_no_5xx(
+    uniserve_data_dir: Path, tmp_path: Path, redis_cluster: RedisClusterServers
+) -> None:
+    """Two `uniserve serve` processes configured through the environment share the cluster;
+    they never poll the index root's log (an hour apart), so only the nudge can bring a
+    change to the other one. A real HTTP client streams retrieves at both while the master
+    their listeners subscribed on is SIGKILLed: no 5xx, and changes still spread."""
+    data = copy_data(uniserve_data_dir, tmp_path / "data")
+    env = {
+        "UNISERVE_REDIS_URL": redis_cluster.url,
+        "UNISERVE_REDIS_CLUSTER": "true",
+        "UNISERVE_INDEX_POLL_SECONDS": "3600",
+    }
+    a, b = catalogue.Replica(data, "a", **env), catalogue.Replica(data, "b", **env)
+    admin = catalogue.ADMIN
+    try:
+        a.start()
+        b.start()
+        upsert = {"items": [{"item_id": "cluster-new", "surface": "0"}]}
+        assert a.post("/admin/items/upsert", upsert, headers=admin).status_code == 200
+        catalogue.eventually(lambda: b.unknown(["cluster-new"]) == [])
+        for i, replica in enumerate((a, b)):
+            body = {"user_id": f"stream-{i}", "events": catalogue.events(["2", "3"])}
+            assert replica.post("/v1/events", body).status_code == 200
+
+        statuses: list[int] = []
+        stop = threading.Event()
+
+        def stream() -> None:
+            with httpx.Client(timeout=30) as client:
+                i = 0
+                while not stop.is_set():
+                    replica = (a, b)[i % 2]
+                    body: dict[str, Any] = {"events": catalogue.events([str(i % 50)]), "k": 5}
+                    if i % 3 == 0:  # stored events too
+                        body["user_id"] = f"stream-{i % 2}"
+                    statuses.append(
+                        client.post(f"{replica.url}/v1/retrieve", json=body).status_code
+                    )
+                    i += 1
+
+        streamer = threading.Thread(target=stream)
+        streamer.start()
+        try:
+            while len(statuses) < 20:
+                time.sleep(0.05)
+            (listening, *_) = [
+                n for n in redis_cluster.running() if n.client().pubsub_numsub(CHANNEL)[0][1]
+            ]
+            listening.kill()
+            done = len(statuses)
+            while len(statuses) < done + 40:
+                time.sleep(0.05)
+        finally:
+            stop.set()
+            streamer.join(60)
+        assert statuses and set(statuses) == {200}, sorted(set(statuses))
+        assert connection_failures(a) + connection_failures(b) >= 1  # the dead master was hit
+
+        # the listeners moved to a live node: a change on b reaches a, with no poll
+        retired = b.post("/admin/items/retire", {"item_ids": ["cluster-new"]}, headers=admin)
+        assert retired.status_code == 200, retired.text
+        catalogue.eventually(lambda: a.unknown(["cluster-new"]) == ["cluster-new"])
+    finally:
+        a.kill()
+        b.kill()
+
+
 # ---------------------------------------------------------------------------- settings
 def test_cluster_settings_are_validated() -> None:
     from pydantic import ValidationError
@@ -348,7 +431,10 @@ def test_cluster_settings_are_validated() -> None:
         ({"redis_cluster": True}, "redis_url"),
         ({"redis_cluster": True, "redis_url": "unix:///run/redis.sock"}, "unix"),
         ({"redis_cluster": True, "redis_url": "redis://10.0.0.1:7000/2"}, "db 0"),
-        ({"redis_cluster": True, "redis_url": "redis://h:1", "redis_key_prefix": "{a}:"}, "{"),
+        (
+            {"redis_cluster": True, "redis_url": "redis://h:1", "redis_key_prefix": "{a}:"},
+            "hash tags",
+        ),
     ]:
         with pytest.raises(ValidationError, match=says):
             Settings(**bad)
