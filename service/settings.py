@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -126,6 +127,12 @@ class Settings(BaseSettings):
     # surviving restarts; unset (or empty) = the in-process versions above. With Redis,
     # cache_max_entries and events_max_users do not apply: Redis's maxmemory bounds memory.
     redis_url: str | None = None
+    # redis_cluster: redis_url names one node of a Redis Cluster (redis:// or rediss://, db 0;
+    # the client learns the other nodes from it), and the keys spread over its masters by hash
+    # slot, each user's keys in one slot. More memory and throughput than one server; a master
+    # down costs only the users and cache entries in its slots (with
+    # cluster-require-full-coverage no on the nodes; yes stops the whole cluster meanwhile).
+    redis_cluster: bool = False
     # redis_timeout_ms: the most one request spends waiting on Redis, all its calls together
     # (each call gets what is left; after a failed call the request skips Redis). Shorter: a
     # stalled Redis costs each request less; too short: a healthy but busy Redis turns hits into
@@ -277,6 +284,24 @@ class Settings(BaseSettings):
             raise ValueError("api_key and admin_key must be different secrets")
         if self.admin_port is not None and self.admin_port == self.port:
             raise ValueError(f"admin_port must differ from port, both are {self.port}")
+        return self
+
+    @model_validator(mode="after")
+    def _cluster(self) -> Settings:
+        if not self.redis_cluster:
+            return self
+        if self.redis_url is None:
+            raise ValueError("redis_cluster is set but redis_url is not: name one cluster node")
+        url = urlsplit(self.redis_url)
+        if url.scheme == "unix":
+            raise ValueError("redis_cluster needs a redis:// or rediss:// URL, got unix://")
+        if url.path.strip("/") not in ("", "0"):
+            raise ValueError(f"a Redis Cluster has only db 0, got {url.path.strip('/')!r}")
+        if "{" in self.redis_key_prefix or "}" in self.redis_key_prefix:
+            raise ValueError(
+                f"redis_key_prefix must not hold {{ or }} with redis_cluster (it would override "
+                f"the keys' hash tags), got {self.redis_key_prefix!r}"
+            )
         return self
 
     @field_validator("redis_url")

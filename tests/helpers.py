@@ -31,6 +31,7 @@ if TYPE_CHECKING:
 
 REPO = Path(__file__).resolve().parents[1]
 REDIS_SERVER = shutil.which("redis-server")
+REDIS_CLI = shutil.which("redis-cli")  # ships with redis-server
 
 
 def copy_data(source: Path, target: Path) -> Path:
@@ -139,6 +140,74 @@ class RedisServer:
             self.signal(signal.SIGCONT)  # a stopped server cannot act on SIGTERM
             self.proc.terminate()
             self.proc.wait(10)
+
+
+class RedisClusterServers:
+    """A real Redis Cluster on loopback: `masters` `redis-server --cluster-enabled yes` nodes
+    (free client and bus ports, each node's files in its own folder of `directory`, no
+    persistence), joined with `redis-cli --cluster create` and waited on until every node says
+    `cluster_state:ok`. A node killed can be started again on its port: its nodes.conf brings
+    it back into the cluster with its slots (empty: nothing was persisted)."""
+
+    def __init__(self, directory: Path, masters: int = 3, node_timeout_ms: int = 1000) -> None:
+        self.nodes: list[RedisServer] = []
+        for i in range(masters):
+            folder = directory / f"node{i}"
+            folder.mkdir()
+            args = {
+                "--cluster-enabled": "yes",
+                "--cluster-port": str(free_port()),  # the bus: not port + 10000, maybe > 65535
+                "--cluster-config-file": "nodes.conf",
+                "--cluster-node-timeout": str(node_timeout_ms),
+                # a dead master's slots fail alone, the others keep answering
+                "--cluster-require-full-coverage": "no",
+            }
+            self.nodes.append(RedisServer(folder, *(x for pair in args.items() for x in pair)))
+
+    @property
+    def url(self) -> str:
+        """The service's URL: one node; the client finds the others."""
+        return self.nodes[0].url
+
+    def start(self) -> RedisClusterServers:
+        if REDIS_SERVER is None or REDIS_CLI is None:
+            raise RuntimeError(
+                "redis-server and redis-cli are needed for the Redis Cluster tests "
+                "(.ci/run installs them: apt-get install redis-server)"
+            )
+        for node in self.nodes:
+            node.start()
+        addresses = [f"127.0.0.1:{node.port}" for node in self.nodes]
+        create = [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-yes"]
+        done = subprocess.run(create, capture_output=True, text=True, timeout=30)
+        if done.returncode != 0:
+            raise RuntimeError(f"redis-cli --cluster create failed: {done.stdout}{done.stderr}")
+        self.wait_ok()
+        return self
+
+    def running(self) -> list[RedisServer]:
+        return [n for n in self.nodes if n.proc is not None and n.proc.poll() is None]
+
+    def wait_ok(self, seconds: float = 20) -> None:
+        """Until every running node reports cluster_state:ok."""
+        deadline = time.monotonic() + seconds
+        while not all(n.client().cluster("info")["cluster_state"] == "ok" for n in self.running()):
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the cluster did not reach cluster_state:ok in {seconds} s")
+            time.sleep(0.05)
+
+    def node_of(self, key: str | bytes) -> RedisServer:
+        """The node serving `key`'s hash slot (asked of a running node)."""
+        asked = self.running()[0]
+        slot = int(asked.client().cluster("keyslot", key))
+        for start, end, (_host, port, *_), *_replicas in asked.client().cluster("slots"):
+            if start <= slot <= end:
+                return next(n for n in self.nodes if n.port == port)
+        raise AssertionError(f"no node serves slot {slot} of {key!r}")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 class BlockedEmbedder:

@@ -95,6 +95,7 @@ class AppState:
             connect_timeout=settings.redis_connect_timeout_ms / 1000,
             max_connections=settings.redis_max_connections,
             breaker=breaker,
+            cluster=settings.redis_cluster,
             key_prefix=settings.redis_key_prefix,
             on_call=metrics.observe_redis,
         )

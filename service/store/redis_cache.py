@@ -15,9 +15,7 @@ from __future__ import annotations
 
 from typing import cast
 
-from redis.asyncio import Redis
-
-from service.store.redis_link import CorruptValue, RedisLink
+from service.store.redis_link import CorruptValue, RedisClient, RedisLink
 
 MAGIC = b"US1"
 _LEN = 2  # bytes of the key length
@@ -52,7 +50,7 @@ class RedisCache:
     async def get(self, key: str) -> bytes | None:
         redis_key = self.link.key_prefix + key
 
-        async def read(client: Redis) -> bytes | None:
+        async def read(client: RedisClient) -> bytes | None:
             value = await client.get(redis_key)  # bytes: the client never decodes responses
             return None if value is None else unseal(redis_key, cast(bytes, value))
 

@@ -7,18 +7,23 @@ every replica listens on that channel on a connection of its own (`listen`) and,
 message, reads the log (`on_change`, the live catalogue's `poll_once`). While Redis is down
 nothing is lost: the listener reconnects every second, catches up once it is back, and the
 periodic poll of the log (`UNISERVE_INDEX_POLL_SECONDS`) goes on meanwhile.
+
+On a Redis Cluster the channel is a classic (not sharded) one: a message published on any node
+reaches the subscribers of every node, so the listener subscribes on one node and, when that
+one fails, moves on to the next node the link knows of.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
+from urllib.parse import urlsplit, urlunsplit
 
 import anyio
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.exceptions import RedisError
 
-from service.store.redis_link import RedisLink, RedisUnavailable
+from service.store.redis_link import RedisClient, RedisLink, RedisUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +43,30 @@ class RedisChangeFeed:
 
     async def notify(self, seq: int) -> None:
         """Tell the other replicas that change `seq` is in the log; never raises."""
+
+        async def publish(client: RedisClient) -> object:
+            if isinstance(client, RedisCluster):
+                # any node reaches every subscriber; the default node (not the channel's slot
+                # owner) moves off a failed node once the client refreshes its map
+                return await client.publish(
+                    self.channel, seq, target_nodes=RedisCluster.DEFAULT_NODE
+                )
+            return await client.publish(self.channel, seq)
+
         try:
             with self.link.budget():
-                await self.link.call("catalogue_notify", lambda r: r.publish(self.channel, seq))
+                await self.link.call("catalogue_notify", publish)
         except RedisUnavailable as exc:
             log.debug("catalogue change %d not announced (%s); replicas poll the log", seq, exc)
 
     async def listen(self, on_change: Callable[[], Awaitable[object]]) -> None:
         """Call `on_change()` on every announced change, and once on each (re)subscription
         (what was announced while disconnected); until cancelled."""
+        attempt = 0
         while True:
+            url, where = self._listen_at(attempt)
             client = Redis.from_url(
-                self.url,
+                url,
                 socket_connect_timeout=self.connect_timeout,
                 socket_timeout=READ_SECONDS + self.connect_timeout,
                 health_check_interval=READ_SECONDS,
@@ -57,14 +74,32 @@ class RedisChangeFeed:
             try:
                 async with client.pubsub(ignore_subscribe_messages=True) as pubsub:
                     await pubsub.subscribe(self.channel)
-                    log.info("catalogue: listening for changes on redis %s", self.link.address)
+                    log.info("catalogue: listening for changes on redis %s", where)
                     await on_change()
                     while True:
                         message = await pubsub.get_message(timeout=READ_SECONDS)
                         if message is not None and message.get("type") == "message":
                             await on_change()
             except (RedisError, OSError, TimeoutError) as exc:
-                log.debug("catalogue feed: redis unreachable (%r); retrying", exc)
+                log.debug("catalogue feed: redis %s unreachable (%r); retrying", where, exc)
             finally:
                 await client.aclose()
+            attempt += 1
             await anyio.sleep(RECONNECT_SECONDS)
+
+    def _listen_at(self, attempt: int) -> tuple[str, str]:
+        """(URL, address for the log) of the server to subscribe on: the configured one, or on
+        a cluster the `attempt`-th node, round robin over the nodes the link knows of."""
+        nodes = self.link.nodes()
+        if not nodes:
+            return self.url, self.link.address
+        host, port = nodes[attempt % len(nodes)]
+        return _with_address(self.url, host, port), f"{host}:{port}"
+
+
+def _with_address(url: str, host: str, port: int) -> str:
+    """`url` with its host and port replaced (credentials, scheme and options kept)."""
+    parts = urlsplit(url)
+    credentials, at, _ = parts.netloc.rpartition("@")
+    address = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return urlunsplit(parts._replace(netloc=f"{credentials}{at}{address}"))

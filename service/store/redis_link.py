@@ -14,6 +14,15 @@ through `call`, which:
 Every failure surfaces as `RedisUnavailable` (a `ConnectionError`); callers decide what it means:
 a miss for the cache, a 503 for an event write. Nothing is connected until the first call, so
 the service starts (and becomes ready) while Redis is down.
+
+On a Redis Cluster (`from_url(..., cluster=True)`) the client is `redis.asyncio.RedisCluster`:
+the URL names one node and the client learns the others and which hash slots each serves. It
+follows MOVED/ASK redirections but makes no retries, and refreshes its map of the cluster (at
+most once a second) after a node failed; at most `max_connections` calls are in flight at once
+(the cluster client fails a call beyond its per-node limit instead of waiting, so the link
+makes it wait, within the budget). One breaker covers the whole cluster. The stores keep
+what one call touches in one hash slot (`RedisEventStore` tags a user's keys; the cache and the
+served lists use one key per call), which a cluster requires.
 """
 
 from __future__ import annotations
@@ -27,11 +36,17 @@ from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from redis.asyncio import BlockingConnectionPool, Redis
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
+from redis.exceptions import (
+    ClusterDownError,
+    RedisClusterException,
+    RedisClusterUnreachableError,
+    RedisError,
+    SlotNotCoveredError,
+)
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.maint_notifications import MaintNotificationsConfig
 
@@ -40,6 +55,10 @@ from service.store.breaker import BreakerState, CircuitBreaker
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+RedisClient = Redis | RedisCluster  # what `call` hands to its command function
+# a cluster that cannot reach the data: down, no node serving the slot, or no node answering
+_CLUSTER_UNREACHABLE = ClusterDownError | SlotNotCoveredError | RedisClusterUnreachableError
 
 # call results, the `result` label of uniserve_redis_calls_total
 OK, TIMEOUT, CONNECTION, CORRUPT, ERROR = "ok", "timeout", "connection", "corrupt", "error"
@@ -66,13 +85,16 @@ _budget: ContextVar[_Budget | None] = ContextVar("uniserve_redis_budget", defaul
 class RedisLink:
     def __init__(
         self,
-        client: Redis,
+        client: RedisClient,
         breaker: CircuitBreaker,
         *,
         timeout: float,
         key_prefix: str = "",
         on_call: Callable[[str, str, float | None], None] | None = None,
+        max_in_flight: int | None = None,
     ) -> None:
+        """`max_in_flight`: calls beyond this many wait (within their budget) for one to end;
+        None leaves the bound to the client's pool (a blocking pool waits by itself)."""
         if timeout <= 0:
             raise ValueError(f"timeout must be > 0 seconds, got {timeout}")
         self.client = client
@@ -80,6 +102,7 @@ class RedisLink:
         self.timeout = timeout
         self.key_prefix = key_prefix
         self._on_call = on_call or (lambda op, result, seconds: None)
+        self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
 
     @classmethod
     def from_url(
@@ -90,9 +113,24 @@ class RedisLink:
         connect_timeout: float,
         max_connections: int,
         breaker: CircuitBreaker,
+        cluster: bool = False,
         **kwargs: Any,
     ) -> RedisLink:
-        """A link over a new client for `url` (nothing is connected yet)."""
+        """A link over a new client for `url` (nothing is connected yet); `cluster`: `url` is
+        one node of a Redis Cluster."""
+        if cluster:
+            client = RedisCluster.from_url(
+                url,
+                max_connections=max_connections,  # per node
+                socket_timeout=timeout,
+                socket_connect_timeout=connect_timeout,
+                retry=Retry(NoBackoff(), 0),  # no retries on the request path
+                require_full_coverage=False,  # a slot without a node fails alone
+                health_check_interval=0,
+                driver_info=None,
+                maint_notifications_config=MaintNotificationsConfig(enabled=False),
+            )
+            return cls(client, breaker, timeout=timeout, max_in_flight=max_connections, **kwargs)
         pool = BlockingConnectionPool.from_url(
             url,
             max_connections=max_connections,
@@ -107,8 +145,23 @@ class RedisLink:
         return cls(Redis.from_pool(pool), breaker, timeout=timeout, **kwargs)  # owns the pool
 
     @property
+    def cluster(self) -> bool:
+        """Whether the client talks to a Redis Cluster."""
+        return isinstance(self.client, RedisCluster)
+
+    def nodes(self) -> list[tuple[str, int]]:
+        """(host, port) of every cluster node the client knows of (the URL's before the first
+        call); empty for a single server."""
+        if not isinstance(self.client, RedisCluster):
+            return []
+        known = self.client.get_nodes() or self.client.startup_nodes
+        return [(node.host, int(node.port)) for node in known]
+
+    @property
     def address(self) -> str:
-        """host:port (or socket path) and db, never the password."""
+        """host:port (or socket path) and db, never the password; for a cluster, its nodes."""
+        if isinstance(self.client, RedisCluster):
+            return "cluster " + ",".join(f"{host}:{port}" for host, port in self.nodes())
         kw = self.client.connection_pool.connection_kwargs
         where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
         return f"{where}/{kw.get('db', 0)}"
@@ -131,7 +184,7 @@ class RedisLink:
             _budget.reset(token)
 
     # ------------------------------------------------------------------ calls
-    async def call(self, op: str, fn: Callable[[Redis], Awaitable[T]]) -> T:
+    async def call(self, op: str, fn: Callable[[RedisClient], Awaitable[T]]) -> T:
         """`await fn(client)` within the budget and the breaker; RedisUnavailable on failure."""
         budget = _budget.get()
         timeout = self.timeout
@@ -146,8 +199,12 @@ class RedisLink:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
-                result = await fn(self.client)
-        except (RedisError, OSError, TimeoutError) as exc:
+                if self._in_flight is None:
+                    result = await fn(self.client)
+                else:
+                    async with self._in_flight:
+                        result = await fn(self.client)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
             seconds = time.perf_counter() - started
             if budget is not None:
                 budget.failed = True
@@ -155,7 +212,7 @@ class RedisLink:
             reason = _reason(exc)
             self._on_call(op, reason, seconds)
             self._record_failure(op, reason, exc)
-            if reason in (CONNECTION, CORRUPT):
+            if reason == CORRUPT or (reason == CONNECTION and not self.cluster):
                 await self._drop_idle_connections()
             raise RedisUnavailable(
                 f"redis {op} failed ({reason}): {type(exc).__name__}: {exc}"
@@ -174,9 +231,15 @@ class RedisLink:
 
     async def _drop_idle_connections(self) -> None:
         """After a broken or desynchronised connection: the idle ones are suspect too (a
-        restarted Redis closed them all), so later calls open fresh ones."""
+        restarted Redis closed them all), so later calls open fresh ones. (A cluster client
+        does this itself for the node whose connection broke; after a desynchronised one,
+        whose node is unknown, every node's idle connections are dropped.)"""
         try:
-            await self.client.connection_pool.disconnect(inuse_connections=False)
+            if isinstance(self.client, RedisCluster):
+                for node in self.client.get_nodes():
+                    await node.disconnect_free_connections()
+            else:
+                await self.client.connection_pool.disconnect(inuse_connections=False)
         except Exception:
             log.debug("dropping idle redis connections failed", exc_info=True)
 
@@ -215,6 +278,6 @@ def _reason(exc: BaseException) -> str:
         return CORRUPT
     if isinstance(exc, TimeoutError | RedisTimeoutError):
         return TIMEOUT
-    if isinstance(exc, OSError | RedisConnectionError):
+    if isinstance(exc, OSError | RedisConnectionError | _CLUSTER_UNREACHABLE):
         return CONNECTION
     return ERROR

@@ -5,7 +5,8 @@ kept in clear), holding encoded `ServedList`s oldest first, at most `max_lists`,
 `window_seconds` after the user's last remembered list. A remember is one MULTI round trip
 (push, trim, expire); a read one LRANGE, filtered to the window by each list's `served_at`.
 Every call goes through the `RedisLink` (its timeouts, breaker and budget); failures raise
-`ServedStoreUnavailable`.
+`ServedStoreUnavailable`. Each call touches one key, so it runs as it is on a Redis Cluster
+(users spread over the masters by their key's hash slot).
 """
 
 from __future__ import annotations
@@ -13,10 +14,8 @@ from __future__ import annotations
 import hashlib
 from typing import cast
 
-from redis.asyncio import Redis
-
 from service.store.cache import KEY_PREFIX
-from service.store.redis_link import RedisLink, RedisUnavailable
+from service.store.redis_link import RedisClient, RedisLink, RedisUnavailable
 from service.store.served import ServedList, ServedStoreUnavailable, in_window
 
 
@@ -40,7 +39,7 @@ class RedisServedStore:
     async def remember(self, user_id: str, served: ServedList) -> None:
         key, raw = self.key(user_id), served.encode()
 
-        async def write(client: Redis) -> None:
+        async def write(client: RedisClient) -> None:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.rpush(key, raw)
                 pipe.ltrim(key, -self.max_lists, -1)
