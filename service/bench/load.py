@@ -1,5 +1,7 @@
 """The open-loop load: a raw HTTP/1.1 keep-alive client, one rate step (latency from each
-request's scheduled send time), the ladder of steps, and the overload and cache-hit phases."""
+request's scheduled send time, outcomes counted per status), the ladder of steps with a drain
+after each, and the overload and cache-hit phases. Each phase takes a started `Server` and sends
+its bodies on that server's wire to its retrieve path (`Server.bodies`, `Server.path`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""`uniserve bench service`: uniserve against the in-process limit and a naive service, one run.
+"""`uniserve bench service`: uniserve against the in-process limit, a naive service and real
+serving frameworks (`--peers`) over the same model, index and encode + search, one run.
 
 What it does, in order:
 1. **Artifacts** (cached under `--work-dir`, keyed by the options): a model of the default
@@ -9,29 +10,42 @@ What it does, in order:
    trained model's do (untrained, they point anywhere and make ANN search unrealistically hard).
    Then an index published by the real rebuild job (`build_and_publish`: build, tune search
    parameters to recall@10 >= 0.95 on user vectors of held-out histories, gate, publish).
-2. **In-process limit**: the same encode + search pipeline called directly in batches of
-   `--batch` histories, no HTTP, on the same thread settings, the item-vector table held as the
-   service holds it: histories/s, the fastest of three passes.
-3. **Load ladder** against the real uniserve (`uniserve serve`, one uvicorn worker) and then
-   against a **naive service** (`service.bench.servers.naive_app`: a sync FastAPI endpoint
-   doing its own encoder forward and FAISS search per request, stdlib JSON, the way most teams
-   first write it), same model, index, thread settings and kind of requests. Each service is
-   pushed to its own knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a
-   step is not sustained (p99 over 50 ms, over 0.1% of requests refused, or any error), then
-   bisected between the last good and first bad rate; `--rates` runs a fixed ladder instead.
-   The load is open-loop: request i is due at start + i / rate and its latency counts from
-   then, so queueing in the client or the server is never hidden. Every request carries a
-   fresh 50-event history (a cache miss).
-4. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); the
-   latency of the 429s and the server's RSS before and after.
+2. **In-process limit**: the peers' encode + search (`peers.pipeline.Pipeline`) called directly
+   in batches of `--batch` histories, no HTTP, on the same thread settings, the item-vector
+   table held as the service holds it: histories/s, the fastest of three passes.
+3. **Load ladder** against the real uniserve (`uniserve serve`, one uvicorn worker), pushed to
+   its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a step is not
+   sustained (p99 over 50 ms, over 0.1% of requests refused, or any error), then bisected
+   between the last good and first bad rate; `--rates` runs a fixed ladder instead. The load is
+   open-loop: request i is due at start + i / rate and its latency counts from then, so
+   queueing in the client or the server is never hidden. Every request carries a fresh 50-event
+   history (a cache miss); after each step the client waits until a lone request is answered
+   within the bound again (`load.drain`), so a backlog is not carried into the next step.
+4. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); what the
+   answers were (429s and their latency, timeouts), p99, and the server's RSS before and after.
 5. **Cache hits**: the same requests repeated (after one warming pass) at the best rate.
+6. **Peers**, one after the other, each through steps 3 and 4 with the same client, the same
+   histories in the same order (`BodyStream.again`) and the same thread settings: the **naive
+   service** (`peers/naive.py`: a sync FastAPI endpoint, one encode + search per request,
+   stdlib JSON, the way most teams first write it; `--skip-naive` leaves it out) and, with
+   `--peers all` (or a list), **PyTriton** (Triton's dynamic batcher), **Ray Serve**
+   (`@serve.batch`) and **LitServe** (its `max_batch_size` / `batch_timeout`), each written as
+   its documentation recommends for dynamic batching (`peers/*.py` cite the pages) and
+   given the same largest batch (`--batch`), batch wait (`--peer-wait-ms`) and number of model
+   processes / replicas / instances (`--peer-workers`, default one per core). They all call
+   `Pipeline.encode_and_search`, so only the serving layer differs. A peer that cannot be
+   imported or started is reported with its exact error and the run goes on. Latencies are
+   compared at one common offered rate (`common_rate`: the highest every service ran and
+   sustained); `--json` writes them under `peers`, and a PNG of p50 / p99 against offered load
+   for every service goes beside it (`--png`).
 
 The client runs in this process (asyncio on uvloop when it is installed, as `uvicorn[standard]`
 installs it; raw HTTP/1.1 keep-alive connections: an HTTP library's per-request overhead would
 cap the load below what the server can take); the servers run in subprocesses. On a small
 machine they share the cores, so absolute numbers are lower bounds of what a dedicated server
 does, and the cheaper the client the more of the cores the server under test gets; the
-comparison is on equal terms (the same client for both services).
+comparison is on equal terms (the same client for every service). Triton's requests are KServe
+v2 JSON (its own protocol), made from the same bodies before each step, not while it is timed.
 """
 
 from __future__ import annotations
