@@ -183,6 +183,10 @@ class BodyStream:
         self.k = k
         self.made = 0
 
+    def probes(self) -> BodyStream:
+        """Another stream over the same catalogue, of other histories (another seed)."""
+        return BodyStream(len(self.cat.item_ids), self.seed + 1_000_003, self.k, self.cat)
+
     def again(self) -> BodyStream:
         """A stream that sends the bodies this one sent, in the same order, from the first
         (the catalogue is shared, not remade): each service under test gets the same histories."""

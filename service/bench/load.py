@@ -215,14 +215,16 @@ async def _warm_up(client: Client, srv: Server, source: BodyStream) -> None:
     await run_step(client, srv.bodies(source.take(20)), 20.0, 1.0, srv.path)
 
 
-async def drain(client: Client, srv: Server, source: BodyStream) -> None:
+async def drain(client: Client, srv: Server, probes: BodyStream) -> None:
     """Wait until the server answers a lone request within the bound again (or DRAIN_S pass):
     a service with no bound on its queue is still working off the requests of a step it could
-    not keep up with, and the next step would be measured on top of that backlog."""
+    not keep up with, and the next step would be measured on top of that backlog. `probes` is
+    a stream of its own (fresh histories: no cache hit answers early), so the steps' bodies are
+    the same for every service whatever the drains took."""
     await asyncio.sleep(0.5)
     deadline = time.perf_counter() + DRAIN_S
     while time.perf_counter() < deadline:
-        (body,) = srv.bodies(source.take(1))
+        (body,) = srv.bodies(probes.take(1))
         sent = time.perf_counter()
         status = await client.post(srv.path, body)
         if status == 200 and time.perf_counter() - sent <= P99_BOUND_MS / 1000:
@@ -249,6 +251,7 @@ async def run_rates(
     Returns every step run, in order."""
     client = Client(srv.port)
     results: list[StepResult] = []
+    probes = source.probes()
     try:
         await _warm_up(client, srv, source)
         rate = next(rates, None)
@@ -257,7 +260,7 @@ async def run_rates(
             step = await run_step(client, bodies, rate, seconds, srv.path)
             results.append(step)
             print(format_step(label, step), flush=True)
-            await drain(client, srv, source)
+            await drain(client, srv, probes)
             try:
                 rate = rates.send(verdict(step))
             except StopIteration:

@@ -173,25 +173,27 @@ def plot_latency(result: dict[str, Any], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    series = {"uniserve": result["service_steps"] + [result["overload"]["step"]]}
+    series = {"uniserve": (result["service_steps"], result["overload"]["step"])}
     for name, peer in result["peers"].items():
         if "steps" in peer:
-            series[name] = peer["steps"] + [peer["overload"]["step"]]
+            series[name] = (peer["steps"], peer["overload"]["step"])
     fig, ax = plt.subplots(figsize=(8, 5))
-    for name, steps in series.items():
+    for name, (steps, hot) in series.items():
         steps = sorted(steps, key=lambda s: s["target_rps"])
         rates = [s["target_rps"] for s in steps]
         (line,) = ax.plot(rates, [s["p99_ms"] for s in steps], marker="o", label=f"{name} p99")
-        ax.plot(rates, [s["p50_ms"] for s in steps], ls="--", color=line.get_color(), alpha=0.6)
+        color = line.get_color()
+        ax.plot(rates, [s["p50_ms"] for s in steps], ls="--", color=color, alpha=0.6)
+        ax.plot([hot["target_rps"]], [hot["p99_ms"]], marker="x", ms=9, color=color)
     ax.axhline(P99_BOUND_MS, color="grey", lw=0.8, ls=":")
-    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set(
         xlabel="offered load (req/s)",
-        ylabel="latency from scheduled send (ms), log",
+        ylabel="latency from scheduled send (ms)",
         yscale="log",
-        title=f"{result['items']:,} items, {result['index_type']}, "
-        f"{result['threads']} thread(s) per process; dashed: p50",
+        title=f"{result['items']:,} items, {result['index_type']}, {result['threads']} "
+        "thread(s) per process\ndashed: p50; x: p99 at 2x the service's best rate",
     )
+    ax.yaxis.set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.legend()
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

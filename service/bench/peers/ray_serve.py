@@ -11,7 +11,11 @@ replica per `--workers` (the issue's one per core), `OMP_NUM_THREADS` set, and
 `max_ongoing_requests` raised from its default of 5 to twice the batch size (one batch
 running, the next filling: with 5 no batch could hold more than 5 requests). Everything else is
 Serve's default: `max_queued_requests` -1 (no bound: an overload queues at the proxy, it is not
-refused), no request timeout, user code in its own event loop.
+refused), no request timeout, user code in its own event loop (the throughput-optimized flags
+of the tuning page, `RAY_SERVE_THROUGHPUT_OPTIMIZED=1`, want a request path that never blocks,
+and the batch handler computes in it as the batching guide's does; set it in the environment
+to try them: the peer passes its environment on). Logging as every other service under test's:
+warnings only, no access log, nothing streamed to the driver.
 
     python -m service.bench.peers.ray_serve DATA_DIR PORT [--threads N] [--batch B]
         [--wait-ms MS] [--workers W]
@@ -19,6 +23,7 @@ refused), no request timeout, user code in its own event loop.
 
 from __future__ import annotations
 
+import logging
 import signal
 import sys
 import threading
@@ -30,6 +35,10 @@ from starlette.requests import Request
 
 from service.bench.peers import parse_argv
 from service.bench.peers.pipeline import Pipeline, answer, history_of
+
+# warnings only and no access log line per request, as every other service under test logs
+# (https://docs.ray.io/en/latest/serve/monitoring.html, "Configure Serve logging")
+QUIET = {"log_level": "WARNING", "enable_access_log": False}
 
 
 @serve.deployment
@@ -63,13 +72,16 @@ def main(argv: list[str]) -> int:
         num_cpus=options.workers * options.threads,
         include_dashboard=False,
         object_store_memory=256 * 2**20,  # nothing large goes through it
+        log_to_driver=False,
+        logging_level=logging.WARNING,
     )
     try:
-        serve.start(http_options={"host": "127.0.0.1", "port": port})
+        serve.start(http_options={"host": "127.0.0.1", "port": port}, logging_config=QUIET)
         threads = str(options.threads)
         app = Retriever.options(  # type: ignore[attr-defined]
             num_replicas=options.workers,
             max_ongoing_requests=2 * options.batch,
+            logging_config=QUIET,
             ray_actor_options={
                 "num_cpus": options.threads,
                 "runtime_env": {
