@@ -127,6 +127,7 @@ def server(
             b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
             % (peer.path.encode(), len(body), body)
         )
+    own_log = log is None
     if log is None:
         log = Path(tempfile.mkstemp(prefix=f"uniserve-bench-{kind}-", suffix=".log")[1])
     with open(log, "wb") as out:
@@ -135,15 +136,20 @@ def server(
         )
     try:
         deadline = time.monotonic() + READY_TIMEOUT_S
-        while not _answers(port, probe):
+        while not (answer := _probe(port, probe)).startswith(b"HTTP/1.1 200"):
             if proc.poll() is not None:
                 raise RuntimeError(f"{kind} exited with {proc.returncode}: {_tail(log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} not ready after {READY_TIMEOUT_S:.0f} s: {_tail(log)}")
+                raise RuntimeError(
+                    f"{kind} not ready after {READY_TIMEOUT_S:.0f} s (last answer "
+                    f"{answer[:300]!r}): {_tail(log)}"
+                )
             time.sleep(0.5)
         yield Server(kind, port, proc.pid, path, wire)
     finally:
         stop(proc)
+        if own_log:
+            log.unlink(missing_ok=True)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:
@@ -158,14 +164,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
     proc.wait()
 
 
-def _answers(port: int, request: bytes) -> bool:
+def _probe(port: int, request: bytes) -> bytes:
+    """The start of the server's answer to `request`; b"" when it does not answer."""
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
             s.settimeout(30)  # a first request may load lazily
             s.sendall(request)
-            return s.recv(64).startswith(b"HTTP/1.1 200")
+            return s.recv(1024)
     except OSError:
-        return False
+        return b""
 
 
 def _tail(log: Path, chars: int = 3000) -> str:
