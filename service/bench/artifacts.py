@@ -176,11 +176,21 @@ class BodyStream:
     """Retrieve bodies made on demand: each a distinct 50-event history of a synthetic user, so
     every request sent from a stream is a cache miss. Made between load steps, never during."""
 
-    def __init__(self, n_items: int, seed: int, k: int = 10) -> None:
-        self.cat = Catalogue.make(n_items, seed)
+    def __init__(self, n_items: int, seed: int, k: int = 10, cat: Catalogue | None = None) -> None:
+        self.cat = Catalogue.make(n_items, seed) if cat is None else cat
+        self.seed = seed
         self.rng = np.random.default_rng(seed + 7)
         self.k = k
         self.made = 0
+
+    def probes(self) -> BodyStream:
+        """Another stream over the same catalogue, of other histories (another seed)."""
+        return BodyStream(len(self.cat.item_ids), self.seed + 1_000_003, self.k, self.cat)
+
+    def again(self) -> BodyStream:
+        """A stream that sends the bodies this one sent, in the same order, from the first
+        (the catalogue is shared, not remade): each service under test gets the same histories."""
+        return BodyStream(len(self.cat.item_ids), self.seed, self.k, self.cat)
 
     def take(self, n: int) -> list[bytes]:
         rows, _ = self.cat.histories(n, self.rng)

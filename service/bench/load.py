@@ -1,5 +1,7 @@
 """The open-loop load: a raw HTTP/1.1 keep-alive client, one rate step (latency from each
-request's scheduled send time), the ladder of steps, and the overload and cache-hit phases."""
+request's scheduled send time, outcomes counted per status), the ladder of steps with a drain
+after each, and the overload and cache-hit phases. Each phase takes a started `Server` and sends
+its bodies on that server's wire to its retrieve path (`Server.bodies`, `Server.path`)."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any, TypeVar
 
 import numpy as np
@@ -19,6 +21,9 @@ T = TypeVar("T")
 
 P99_BOUND_MS = 50.0
 IDLE_REUSE_S = 3.0  # keep-alive connections idle longer are not reused (uvicorn closes at 5 s)
+TIMEOUT_S = 10.0  # a request unanswered this long counts as an error (status TIMED_OUT)
+DRAIN_S = 30.0  # after a step, wait up to this long for the server to answer fast again
+FAILED, TIMED_OUT = -1, -2  # `Client.post` statuses with no HTTP status: a reset, a timeout
 
 
 # ------------------------------------------------------------------------------ load
@@ -34,6 +39,9 @@ class StepResult:
     p95_ms: float
     p99_ms: float
     reject_p99_ms: float  # 429 latency from the actual send, not the schedule
+    # requests per outcome: HTTP status ("200", "429", "503"...), "timeout" (no answer in
+    # TIMEOUT_S), "failed" (connection refused or reset)
+    statuses: dict[str, int] = field(default_factory=dict)
 
     def sustained(self) -> bool:
         return (
@@ -50,7 +58,8 @@ class Client:
         self.idle: list[tuple[asyncio.StreamReader, asyncio.StreamWriter, float]] = []
         self.open = 0
 
-    async def post(self, path: str, body: bytes, timeout: float = 10.0) -> int:
+    async def post(self, path: str, body: bytes, timeout: float = TIMEOUT_S) -> int:
+        """The answer's HTTP status, TIMED_OUT, or FAILED (refused, reset, malformed)."""
         now = time.monotonic()
         while self.idle and now - self.idle[-1][2] > IDLE_REUSE_S:  # the server may close it
             self.idle.pop()[1].close()
@@ -64,7 +73,7 @@ class Client:
                 conn = await asyncio.open_connection("127.0.0.1", self.port)
             except OSError:
                 self.open -= 1
-                return -1
+                return FAILED
         reader, writer = conn
         try:
             writer.write(
@@ -72,10 +81,14 @@ class Client:
                 b"Content-Length: %d\r\n\r\n%s" % (path.encode(), len(body), body)
             )
             status, close = await asyncio.wait_for(self._read(reader), timeout)
-        except (OSError, TimeoutError, asyncio.IncompleteReadError, ValueError, IndexError):
+        except TimeoutError:
             writer.close()
             self.open -= 1
-            return -1
+            return TIMED_OUT
+        except (OSError, asyncio.IncompleteReadError, ValueError, IndexError):
+            writer.close()
+            self.open -= 1
+            return FAILED
         if close:
             writer.close()
             self.open -= 1
@@ -85,9 +98,10 @@ class Client:
 
     @staticmethod
     async def _read(reader: asyncio.StreamReader) -> tuple[int, bool]:
-        """(status, whether the server closes the connection); the body is read and dropped."""
+        """(status, whether the server closes the connection); the body is read and dropped,
+        whether sized by Content-Length or sent in chunks (Ray Serve's proxy streams)."""
         status = int((await reader.readline()).split()[1])
-        length, close = 0, False
+        length, close, chunked = 0, False, False
         while (line := await reader.readline()) not in (b"\r\n", b""):
             name, _, value = line.partition(b":")
             name = name.strip().lower()
@@ -95,7 +109,15 @@ class Client:
                 length = int(value)
             elif name == b"connection" and value.strip().lower() == b"close":
                 close = True
-        await reader.readexactly(length)
+            elif name == b"transfer-encoding" and b"chunked" in value.lower():
+                chunked = True
+        if not chunked:
+            await reader.readexactly(length)
+            return status, close
+        while size := int((await reader.readline()).split(b";")[0], 16):
+            await reader.readexactly(size + 2)  # the chunk and its CRLF
+        while await reader.readline() not in (b"\r\n", b""):  # trailers, then the blank line
+            pass
         return status, close
 
     def close(self) -> None:
@@ -105,10 +127,14 @@ class Client:
 
 
 async def run_step(
-    client: Client, bodies: Sequence[bytes], rate: float, seconds: float
+    client: Client,
+    bodies: Sequence[bytes],
+    rate: float,
+    seconds: float,
+    path: str = "/v1/retrieve",
 ) -> StepResult:
     """Open loop: request i is due at start + i / rate; latency counts from when it was due.
-    Request i sends `bodies[i]` (cycling when there are fewer bodies than requests)."""
+    Request i POSTs `bodies[i]` to `path` (cycling when there are fewer bodies than requests)."""
     n = max(1, int(rate * seconds))
     latencies = np.full(n, np.nan)
     statuses = np.zeros(n, dtype=np.int64)
@@ -119,7 +145,7 @@ async def run_step(
     async def one(i: int) -> None:
         due = start + i / rate
         sent = clock()
-        status = await client.post("/v1/retrieve", bodies[i % len(bodies)])
+        status = await client.post(path, bodies[i % len(bodies)])
         done = clock()
         statuses[i] = status
         latencies[i] = done - due
@@ -142,6 +168,8 @@ async def run_step(
         gc.enable()
     ok = int((statuses == 200).sum())
     rejected = int((statuses == 429).sum())
+    names = {FAILED: "failed", TIMED_OUT: "timeout"}
+    codes, counts = np.unique(statuses, return_counts=True)
     ms = 1000 * latencies
     return StepResult(
         target_rps=rate,
@@ -154,6 +182,7 @@ async def run_step(
         p95_ms=float(np.percentile(ms, 95)),
         p99_ms=float(np.percentile(ms, 99)),
         reject_p99_ms=float(np.percentile(reject_latency, 99) * 1000) if reject_latency else 0.0,
+        statuses={names.get(int(c), str(c)): int(n) for c, n in zip(codes, counts, strict=True)},
     )
 
 
@@ -181,9 +210,26 @@ def step_count(rate: float, seconds: float) -> int:
     return max(1, int(rate * seconds))
 
 
-async def _warm_up(client: Client, source: BodyStream) -> None:
+async def _warm_up(client: Client, srv: Server, source: BodyStream) -> None:
     """Open connections and warm the server's caches of code paths (not of results)."""
-    await run_step(client, source.take(20), 20.0, 1.0)
+    await run_step(client, srv.bodies(source.take(20)), 20.0, 1.0, srv.path)
+
+
+async def drain(client: Client, srv: Server, probes: BodyStream) -> None:
+    """Wait until the server answers a lone request within the bound again (or DRAIN_S pass):
+    a service with no bound on its queue is still working off the requests of a step it could
+    not keep up with, and the next step would be measured on top of that backlog. `probes` is
+    a stream of its own (fresh histories: no cache hit answers early), so the steps' bodies are
+    the same for every service whatever the drains took."""
+    await asyncio.sleep(0.5)
+    deadline = time.perf_counter() + DRAIN_S
+    while time.perf_counter() < deadline:
+        (body,) = srv.bodies(probes.take(1))
+        sent = time.perf_counter()
+        status = await client.post(srv.path, body)
+        if status == 200 and time.perf_counter() - sent <= P99_BOUND_MS / 1000:
+            return
+        await asyncio.sleep(0.2)
 
 
 def fixed_rates(rates: Sequence[float]) -> Generator[float, bool, None]:
@@ -194,7 +240,7 @@ def fixed_rates(rates: Sequence[float]) -> Generator[float, bool, None]:
 
 
 async def run_rates(
-    port: int,
+    srv: Server,
     source: BodyStream,
     seconds: float,
     label: str,
@@ -203,16 +249,18 @@ async def run_rates(
 ) -> list[StepResult]:
     """One step per rate `rates` yields (fresh bodies each), sending it each step's verdict.
     Returns every step run, in order."""
-    client = Client(port)
+    client = Client(srv.port)
     results: list[StepResult] = []
+    probes = source.probes()
     try:
-        await _warm_up(client, source)
+        await _warm_up(client, srv, source)
         rate = next(rates, None)
         while rate is not None:
-            step = await run_step(client, source.take(step_count(rate, seconds)), rate, seconds)
+            bodies = srv.bodies(source.take(step_count(rate, seconds)))
+            step = await run_step(client, bodies, rate, seconds, srv.path)
             results.append(step)
             print(format_step(label, step), flush=True)
-            await asyncio.sleep(0.5)  # let queues drain between steps
+            await drain(client, srv, probes)
             try:
                 rate = rates.send(verdict(step))
             except StopIteration:
@@ -223,14 +271,14 @@ async def run_rates(
 
 
 async def ladder(
-    port: int, source: BodyStream, rates: Sequence[float], seconds: float, label: str
+    srv: Server, source: BodyStream, rates: Sequence[float], seconds: float, label: str
 ) -> list[StepResult]:
     """Each rate in turn; stops after the first rate whose p99 passes 4x the bound."""
 
     def bounded(step: StepResult) -> bool:
         return step.p99_ms <= 4 * P99_BOUND_MS
 
-    return await run_rates(port, source, seconds, label, fixed_rates(rates), bounded)
+    return await run_rates(srv, source, seconds, label, fixed_rates(rates), bounded)
 
 
 @dataclass(frozen=True)
@@ -270,19 +318,26 @@ def knee_rates(search: KneeSearch) -> Generator[float, bool, None]:
 
 
 async def find_knee(
-    port: int, source: BodyStream, seconds: float, label: str, search: KneeSearch
+    srv: Server, source: BodyStream, seconds: float, label: str, search: KneeSearch
 ) -> list[StepResult]:
     """The service's own maximum sustainable rate: the steps of `knee_rates`. Returns every step
     run, in order (the best sustained one is `best_rate` of them)."""
-    return await run_rates(port, source, seconds, label, knee_rates(search), StepResult.sustained)
+    return await run_rates(srv, source, seconds, label, knee_rates(search), StepResult.sustained)
 
 
 def format_step(label: str, s: StepResult) -> str:
     return (
         f"{label:9s} target {s.target_rps:7.0f}/s achieved {s.achieved_rps:7.1f}/s  "
         f"p50 {s.p50_ms:7.1f}  p95 {s.p95_ms:7.1f}  p99 {s.p99_ms:8.1f} ms  "
-        f"429 {s.rejected:5d}  errors {s.errors:4d}" + ("  ok" if s.sustained() else "")
+        f"429 {s.rejected:5d}  errors {s.errors:4d}"
+        + ("  ok" if s.sustained() else "")
+        + (f"  {other}" if (other := _other_statuses(s)) else "")
     )
+
+
+def _other_statuses(s: StepResult) -> str:
+    """What the errors were: every outcome but 200 and 429, e.g. "503 12, timeout 40"."""
+    return ", ".join(f"{k} {n}" for k, n in s.statuses.items() if k not in ("200", "429"))
 
 
 def best_rate(steps: Sequence[StepResult]) -> StepResult | None:
@@ -293,22 +348,25 @@ def best_rate(steps: Sequence[StepResult]) -> StepResult | None:
 async def overload(
     srv: Server, source: BodyStream, sustainable: float, seconds: float
 ) -> dict[str, Any]:
-    """2x the sustainable rate, then half of it: 429 latency, RSS, and recovery; fresh bodies
-    (no cache hits)."""
+    """2x the sustainable rate, then half of it: how it refuses (429s and their latency) or
+    queues (latency, timeouts), its RSS, and whether it recovers; fresh bodies (no cache
+    hits)."""
     client = Client(srv.port)
     rss_before = srv.rss_mb()
-    hot_bodies = source.take(step_count(2 * sustainable, seconds))
-    calm_bodies = source.take(step_count(sustainable / 2, seconds))
-    hot = await run_step(client, hot_bodies, 2 * sustainable, seconds)
+    hot_bodies = srv.bodies(source.take(step_count(2 * sustainable, seconds)))
+    calm_bodies = srv.bodies(source.take(step_count(sustainable / 2, seconds)))
+    hot = await run_step(client, hot_bodies, 2 * sustainable, seconds, srv.path)
     rss_after = srv.rss_mb()
     await asyncio.sleep(0.5)
-    calm = await run_step(client, calm_bodies, sustainable / 2, seconds)
+    calm = await run_step(client, calm_bodies, sustainable / 2, seconds, srv.path)
     client.close()
     print(format_step("2x load", hot), flush=True)
     print(format_step("recovery", calm), flush=True)
     return {
         "rate": 2 * sustainable,
         "step": asdict(hot),
+        "statuses": hot.statuses,
+        "p99_ms": round(hot.p99_ms, 2),
         "reject_p99_ms": round(hot.reject_p99_ms, 2),
         "rss_mb_before": round(rss_before, 1),
         "rss_mb_after": round(rss_after, 1),
@@ -317,15 +375,17 @@ async def overload(
     }
 
 
-async def cache_hits(port: int, source: BodyStream, rate: float, seconds: float) -> dict[str, Any]:
+async def cache_hits(
+    srv: Server, source: BodyStream, rate: float, seconds: float
+) -> dict[str, Any]:
     """The same 200 requests over and over (warmed once first): the cache-hit path."""
-    client = Client(port)
-    repeated = source.take(200)
+    client = Client(srv.port)
+    repeated = srv.bodies(source.take(200))
     for body in repeated:
-        await client.post("/v1/retrieve", body)
+        await client.post(srv.path, body)
     steps = []
     for r in (rate, 2 * rate, 4 * rate):
-        step = await run_step(client, repeated, r, seconds)
+        step = await run_step(client, repeated, r, seconds, srv.path)
         print(format_step("cache hit", step), flush=True)
         steps.append(asdict(step))
     client.close()

@@ -1,22 +1,28 @@
-"""The services under test, each in a subprocess on a free loopback port: uniserve (`uniserve
-serve`) and the naive service (`naive_app`, run by `python -m service.bench.servers
-naive-serve`)."""
+"""The services under test, each in a subprocess on a free loopback port until it answers:
+uniserve (`uniserve serve`) and the peers of `service.bench.peers` (the naive service, PyTriton,
+Ray Serve, LitServe), each by its own interpreter. A started service is a `Server`: its port,
+retrieve path and wire (how a retrieve body is put in its request), and the memory of its
+whole process tree."""
 
 from __future__ import annotations
 
-import argparse
 import contextlib
-import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from service.bench.peers import PEERS, PeerOptions, peer_env
+
+READY_TIMEOUT_S = 600.0  # a 1M-item index and model load on a busy 2-core machine
+# a readiness probe: one event of an item no model knows (the encoder maps it to UNK)
+PROBE_BODY = b'{"events": [{"item_id": "probe", "surface": "feed"}], "k": 1}'
 
 
 # ------------------------------------------------------------------------------ servers
@@ -30,12 +36,74 @@ def thread_env(threads: int) -> dict[str, str]:
     return {"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
 
 
+@dataclass(frozen=True)
+class Server:
+    kind: str
+    port: int
+    pid: int
+    path: str = "/v1/retrieve"  # where a retrieve is POSTed
+    wire: Callable[[bytes], bytes] | None = None  # a retrieve body as its request; None: as is
+
+    def bodies(self, bodies: Sequence[bytes]) -> list[bytes]:
+        """Retrieve bodies as this service's requests (made between load steps, not timed)."""
+        return list(bodies) if self.wire is None else [self.wire(b) for b in bodies]
+
+    def rss_mb(self) -> float:
+        """Resident memory of the service's process and all its descendants (a peer's workers,
+        replicas, Triton server and stubs, Ray's daemons), MB."""
+        pids = [self.pid, *descendants(self.pid)]
+        total = [rss_kb(pid) for pid in pids]
+        known = [kb for kb in total if kb is not None]
+        return sum(known) / 1024 if known else float("nan")
+
+
+def rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def descendants(pid: int) -> list[int]:
+    """Every live process below `pid`, from /proc's parent links."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:
+            continue
+        ppid = int(text[text.rindex(")") + 2 :].split()[1])  # after "(comm) state "
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    out, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
 @contextlib.contextmanager
-def server(kind: str, data_dir: Path, threads: int, extra_env: dict[str, str]) -> Iterator[Server]:
-    """Run uniserve (`kind` "uniserve") or the naive service in a subprocess until ready."""
+def server(
+    kind: str,
+    data_dir: Path,
+    threads: int,
+    extra_env: dict[str, str],
+    *,
+    options: PeerOptions | None = None,
+    python: str | None = None,
+    log: Path | None = None,
+) -> Iterator[Server]:
+    """Run uniserve (`kind` "uniserve") or the peer `kind` of `PEERS` in a subprocess (its own
+    process group) until it answers, with `threads` torch / FAISS threads; a peer also takes
+    `options` (batch size and wait, workers) and runs under `python` (default its own).
+    Output goes to `log` (default a temporary file); if it exits before answering, or does not
+    answer in READY_TIMEOUT_S, RuntimeError carries the log's tail."""
     port = free_port()
-    env = {**os.environ, **thread_env(threads), **extra_env}
     if kind == "uniserve":
+        env = {**os.environ, **thread_env(threads), **extra_env}
         env.update(
             UNISERVE_DATA_DIR=str(data_dir),
             UNISERVE_BOOTSTRAP="false",
@@ -45,112 +113,70 @@ def server(kind: str, data_dir: Path, threads: int, extra_env: dict[str, str]) -
         )
         cmd = [sys.executable, "-m", "service.cli", "serve", "--port", str(port)]
         cmd += ["--log-level", "warning"]
+        path, wire = "/v1/retrieve", None
+        probe = b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n"
     else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "service.bench.servers",
-            "naive-serve",
-            str(data_dir),
-            str(port),
-        ]
-        cmd += ["--threads", str(threads)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        peer = PEERS[kind]
+        env = {**peer_env(), **thread_env(threads), **extra_env}
+        opts = PeerOptions(threads=threads) if options is None else options
+        cmd = [python or peer.python(), "-m", peer.module, str(data_dir), str(port), *opts.argv()]
+        path, wire = peer.path, peer.to_wire
+        body = peer.to_wire(PROBE_BODY)
+        probe = (
+            b"POST %s HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s"
+            % (peer.path.encode(), len(body), body)
+        )
+    own_log = log is None
+    if log is None:
+        log = Path(tempfile.mkstemp(prefix=f"uniserve-bench-{kind}-", suffix=".log")[1])
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
-        deadline = time.monotonic() + 600
-        while not _ready(port):
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        while not (answer := _probe(port, probe)).startswith(b"HTTP/1.1 200"):
             if proc.poll() is not None:
-                err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-                raise RuntimeError(f"{kind} exited with {proc.returncode}: {err[-2000:]}")
+                raise RuntimeError(f"{kind} exited with {proc.returncode}: {_tail(log)}")
             if time.monotonic() > deadline:
-                raise RuntimeError(f"{kind} not ready after 600 s")
-            time.sleep(0.2)
-        yield Server(kind, port, proc.pid)
+                raise RuntimeError(
+                    f"{kind} not ready after {READY_TIMEOUT_S:.0f} s (last answer "
+                    f"{answer[:300]!r}): {_tail(log)}"
+                )
+            time.sleep(0.5)
+        yield Server(kind, port, proc.pid, path, wire)
     finally:
+        stop(proc)
+        if own_log:
+            log.unlink(missing_ok=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM (each framework shuts down its own workers), then SIGKILL to whatever is left
+    of the process group it was started in."""
+    if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
-def _ready(port: int) -> bool:
+def _probe(port: int, request: bytes) -> bytes:
+    """The start of the server's answer to `request`; b"" when it does not answer."""
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
-            s.sendall(b"GET /readyz HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n")
-            return s.recv(64).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.settimeout(30)  # a first request may load lazily
+            s.sendall(request)
+            return s.recv(1024)
     except OSError:
-        return False
+        return b""
 
 
-@dataclass(frozen=True)
-class Server:
-    kind: str
-    port: int
-    pid: int
-
-    def rss_mb(self) -> float:
-        try:
-            for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) / 1024
-        except OSError:
-            pass
-        return float("nan")
-
-
-def naive_app(data_dir: Path) -> Any:
-    """The retrieve endpoint as most teams first write it: per request, one encoder forward and
-    one FAISS search in FastAPI's thread pool, stdlib JSON; no batching, no backpressure."""
-    from fastapi import FastAPI
-    from fastapi.responses import Response
-
-    from index import current_version, open_version, verify_version
-    from models.embedder import Embedder
-
-    root = data_dir / "indexes"
-    index = open_version(root, verify_version(root, current_version(root) or ""))
-    embedder = Embedder.from_dir(data_dir / "model")
-    app = FastAPI()
-
-    @app.get("/readyz")
-    def ready() -> dict[str, str]:
-        return {"status": "ready"}
-
-    @app.post("/v1/retrieve")
-    def retrieve(body: dict[str, Any]) -> Response:
-        events = body["events"]
-        history = ([e["item_id"] for e in events], [e.get("surface") or "" for e in events])
-        vector = embedder.user_vectors([history])  # (1, D)
-        scores, rows = index.search(vector, int(body.get("k", 10)))
-        items = [
-            {"item_id": str(index.item_ids[r]), "score": float(s)}
-            for r, s in zip(rows[0], scores[0], strict=True)
-            if r >= 0
-        ]
-        return Response(json.dumps({"items": items}), media_type="application/json")
-
-    return app
-
-
-def naive_serve(argv: Sequence[str]) -> int:
-    p = argparse.ArgumentParser(prog="python -m service.bench.servers naive-serve")
-    p.add_argument("data_dir", type=Path)
-    p.add_argument("port", type=int)
-    p.add_argument("--threads", type=int, default=1)
-    args = p.parse_args(argv)
-    import faiss
-    import torch
-    import uvicorn
-
-    torch.set_num_threads(args.threads)
-    faiss.omp_set_num_threads(args.threads)
-    uvicorn.run(naive_app(args.data_dir), host="127.0.0.1", port=args.port, log_level="warning")
-    return 0
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] != ["naive-serve"]:
-        sys.exit("usage: python -m service.bench.servers naive-serve DATA_DIR PORT [--threads N]")
-    sys.exit(naive_serve(sys.argv[2:]))
+def _tail(log: Path, chars: int = 3000) -> str:
+    try:
+        return log.read_text(errors="replace")[-chars:]
+    except OSError:
+        return ""

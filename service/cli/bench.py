@@ -9,7 +9,8 @@ from typing import Any
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "bench",
-        help="benchmarks: 'service' (throughput vs the in-process limit and a naive service), "
+        help="benchmarks: 'service' (throughput vs the in-process limit, a naive service and, "
+        "with --peers, PyTriton, Ray Serve and LitServe), "
         "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer), "
         "'replay' (held-out events against a running service: online vs offline HR@10, "
         "promotion), 'shadow' (live latency without a shadow model, and with one at 10%% and "
