@@ -191,7 +191,7 @@ def evaluate_model(
             )
     if blend is not None:
         scorer = blended_scorer(users, items, blend, vocab, eval_set)
-        named = all_ranks(scorer, vocab, eval_set, num_negatives, seed)
+        named = all_ranks(scorer, vocab, eval_set, num_negatives, seed, _sparse_batch(vocab))
         if not full_ranking:
             named = {"sampled": named["sampled"]}
         return _report(eval_set, named, ks)
@@ -206,6 +206,12 @@ def evaluate_model(
     users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
     scorer = lambda idx: users_t[idx] @ items_t.T  # noqa: E731  (b, N)
     return _report(eval_set, all_ranks(scorer, vocab, eval_set, num_negatives, seed), ks)
+
+
+def _sparse_batch(vocab: Vocab) -> int:
+    """Histories per batch when co-occurrence scores are made: each batch holds a few dense
+    (N, b) float arrays (the recent-item profile, the scores), so b shrinks as N grows."""
+    return max(16, min(512, 20_000_000 // max(len(vocab), 1)))
 
 
 def blended_scorer(
@@ -229,7 +235,7 @@ def choose_beta(
     eval_set: EvalSet,
     neighbours: ItemNeighbours,
     betas: Sequence[float] = BETAS,
-    batch_size: int = 256,
+    batch_size: int | None = None,
 ) -> tuple[float, dict[str, float]]:
     """The blend weight whose served score gives the best NDCG@10 (full ranking, seen items
     removed) on ``eval_set`` (the validation split), and each tried beta's NDCG@10. One pass
@@ -243,8 +249,9 @@ def choose_beta(
     no_negatives = np.zeros((len(rows), 1), np.int64)  # the sampled protocol is not used
     ordered = sorted(set(betas))
     ranks = {beta: np.full(len(rows), np.inf) for beta in ordered}
-    for lo in range(0, len(rows), batch_size):
-        idx = np.arange(lo, min(len(rows), lo + batch_size))
+    batch = batch_size or _sparse_batch(vocab)
+    for lo in range(0, len(rows), batch):
+        idx = np.arange(lo, min(len(rows), lo + batch))
         model_scores = users_t[idx] @ items_t.T  # (b, N)
         term = torch.log1p(neighbours.batch_scores(eval_set.history, vocab, idx, counts_t))
         for beta in ordered:
@@ -486,7 +493,7 @@ def evaluate_cooccurrence(
     sampled: bool = True,
 ) -> dict:
     """The co-occurrence baseline's metrics, like `evaluate_popularity`'s."""
-    batch = max(16, min(512, 20_000_000 // max(len(vocab), 1)))  # (N, b) profile in memory
+    batch = _sparse_batch(vocab)
     scorer = lambda idx: cooc.scores(eval_set.history, vocab, idx)  # noqa: E731  (b, N)
     named = all_ranks(scorer, vocab, eval_set, num_negatives, seed, batch_size=batch)
     if not sampled:
