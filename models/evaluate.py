@@ -240,7 +240,10 @@ def choose_beta(
     """The blend weight whose served score gives the best NDCG@10 (full ranking, seen items
     removed) on ``eval_set`` (the validation split), and each tried beta's NDCG@10. One pass
     over the users: each batch's model scores and co-occurrence term are computed once and
-    ranked for every beta. Ties keep the smaller beta (0 first: the model alone)."""
+    ranked for every beta. Ties keep the smaller beta; and the best beta is kept only when its
+    gain over the model alone (beta 0, which must be among ``betas``) is more than twice its
+    standard error over the users (a paired comparison): a gain within noise, as where
+    validation scores a few hits in a thousand, serves the model alone."""
     users, items = _vectors(model, vocab, eval_set, None)
     users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
     counts_t = neighbours.transposed()
@@ -267,7 +270,18 @@ def choose_beta(
         f"{beta:g}": round(metrics_from_ranks(r, (10,))["ndcg@10"], 5) for beta, r in ranks.items()
     }
     best = max(ordered, key=lambda beta: (tried[f"{beta:g}"], -beta))
+    if best == 0.0 or 0.0 not in ranks:
+        return best, tried
+    gain = _ndcg_at_10(ranks[best]) - _ndcg_at_10(ranks[0.0])  # (U,) paired, per user
+    if len(gain) < 2 or gain.mean() <= 2.0 * gain.std(ddof=1) / np.sqrt(len(gain)):
+        return 0.0, tried
     return best, tried
+
+
+def _ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
+    """Each user's NDCG@10 (U,) from 0-based ranks (inf: a miss)."""
+    hit = ranks < 10
+    return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
 
 
 @torch.inference_mode()

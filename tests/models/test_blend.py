@@ -14,6 +14,7 @@ import torch
 
 from models.artifacts import ModelArtifactError, load_blend, model_fingerprint, save_model
 from models.blend import BETAS, NEIGHBOURS_FILE, Blend, ItemNeighbours
+from models.corpus import Sequences
 from models.evaluate import choose_beta, evaluate_model
 from models.train import TrainConfig, train
 from models.vocab import Vocab
@@ -66,6 +67,19 @@ def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
         assert tried[f"{b:g}"] == round(report["all"]["full_seen_removed"]["ndcg@10"], 5)
     # the ring's next item is its co-occurrence neighbour: a weak model gains from the blend
     assert beta > 0 and tried[f"{beta:g}"] > tried["0"]
+
+    # counts of random walks say nothing about the ring: no gain beyond noise, the model alone
+    rng = np.random.default_rng(3)
+    walks = [[f"i{j}" for j in rng.integers(0, 40, 8)] for _ in range(200)]
+    noise = ItemNeighbours.fit(
+        Sequences.from_lists([f"r{u}" for u in range(200)], walks, [[""] * 8] * 200),
+        result.vocab,
+        window=2,
+        last=2,
+        decay=0.5,
+    )
+    beta, tried = choose_beta(result.model, result.vocab, corpus.valid, noise, betas)
+    assert beta == 0.0, tried
 
 
 def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: Path) -> None:
