@@ -236,14 +236,15 @@ def choose_beta(
     neighbours: ItemNeighbours,
     betas: Sequence[float] = BETAS,
     batch_size: int | None = None,
-) -> tuple[float, dict[str, float]]:
+) -> tuple[float, dict[str, float], float]:
     """The blend weight whose served score gives the best NDCG@10 (full ranking, seen items
     removed) on ``eval_set`` (the validation split), and each tried beta's NDCG@10. One pass
     over the users: each batch's model scores and co-occurrence term are computed once and
     ranked for every beta. Ties keep the smaller beta; and the best beta is kept only when its
     gain over the model alone (beta 0, which must be among ``betas``) is more than twice its
     standard error over the users (a paired comparison): a gain within noise, as where
-    validation scores a few hits in a thousand, serves the model alone."""
+    validation scores a few hits in a thousand, serves the model alone. Returns (beta, each
+    beta's NDCG@10, the best beta's gain in standard errors; 0 when the best is beta 0)."""
     users, items = _vectors(model, vocab, eval_set, None)
     users_t, items_t = torch.from_numpy(users), torch.from_numpy(items)
     counts_t = neighbours.transposed()
@@ -271,11 +272,11 @@ def choose_beta(
     }
     best = max(ordered, key=lambda beta: (tried[f"{beta:g}"], -beta))
     if best == 0.0 or 0.0 not in ranks:
-        return best, tried
+        return best, tried, 0.0
     gain = _ndcg_at_10(ranks[best]) - _ndcg_at_10(ranks[0.0])  # (U,) paired, per user
-    if len(gain) < 2 or gain.mean() <= 2.0 * gain.std(ddof=1) / np.sqrt(len(gain)):
-        return 0.0, tried
-    return best, tried
+    se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
+    z = float(gain.mean() / se) if se > 0 else (np.inf if gain.mean() > 0 else 0.0)
+    return (best if z > 2.0 else 0.0), tried, round(z, 2)
 
 
 def _ndcg_at_10(ranks: np.ndarray) -> np.ndarray:

@@ -103,14 +103,16 @@ def choose_blend(
     grid (the report's baseline reuses them), and what the report says about the choice."""
     started = time.perf_counter()
     cooc, grid = choose_cooccurrence(corpus, vocab)
-    beta, tried = choose_beta(model, vocab, corpus.valid, cooc.neighbours)
+    beta, tried, z = choose_beta(model, vocab, corpus.valid, cooc.neighbours)
     blend = Blend(cooc.neighbours, beta) if beta > 0 else None
     window, last, decay = cooc.params
     log.info(
-        "blend: beta %g on validation (NDCG@10 by beta: %s), co-occurrence window %d last %d "
+        "blend: beta %g on validation (NDCG@10 by beta: %s; the best gains %.1f standard "
+        "errors over the model alone, kept when > 2), co-occurrence window %d last %d "
         "decay %g, %d pairs, %.1fs",
         beta,
         tried,
+        z,
         window,
         last,
         decay,
@@ -120,6 +122,7 @@ def choose_blend(
     info: dict[str, Any] = {
         **(blend.to_json() if blend else {"beta": 0.0}),
         "valid_ndcg@10_by_beta": tried,
+        "valid_gain_standard_errors": z,  # the best beta's gain over beta 0; kept when > 2
         "seconds": round(time.perf_counter() - started, 2),
     }
     return blend, (cooc, grid), info

@@ -58,7 +58,9 @@ def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
     corpus, result = ring_model
     table = ItemNeighbours.fit(corpus.train, result.vocab, window=2, last=2, decay=0.5)
     betas = (0.0, 0.05, 0.5, 5.0)
-    beta, tried = choose_beta(result.model, result.vocab, corpus.valid, table, betas, batch_size=7)
+    beta, tried, z = choose_beta(
+        result.model, result.vocab, corpus.valid, table, betas, batch_size=7
+    )
     assert set(tried) == {"0", "0.05", "0.5", "5"}
     assert tried[f"{beta:g}"] == max(tried.values())
     for b in betas:  # the one-pass ranking equals evaluating that blend the usual way
@@ -66,7 +68,7 @@ def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
         report = evaluate_model(result.model, result.vocab, corpus.valid, blend=blend)
         assert tried[f"{b:g}"] == round(report["all"]["full_seen_removed"]["ndcg@10"], 5)
     # the ring's next item is its co-occurrence neighbour: a weak model gains from the blend
-    assert beta > 0 and tried[f"{beta:g}"] > tried["0"]
+    assert beta > 0 and tried[f"{beta:g}"] > tried["0"] and z > 2
 
     # counts of random walks say nothing about the ring: no gain beyond noise, the model alone
     rng = np.random.default_rng(3)
@@ -78,8 +80,8 @@ def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
         last=2,
         decay=0.5,
     )
-    beta, tried = choose_beta(result.model, result.vocab, corpus.valid, noise, betas)
-    assert beta == 0.0, tried
+    beta, tried, z = choose_beta(result.model, result.vocab, corpus.valid, noise, betas)
+    assert beta == 0.0 and z <= 2, (tried, z)
 
 
 def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: Path) -> None:
