@@ -170,11 +170,17 @@ class Delta:
     def search(
         self, queries: np.ndarray, k: int, filters: Filters
     ) -> list[tuple[list[str], np.ndarray]]:
-        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows."""
-        rows = np.flatnonzero(self.eligible(filters))  # (m,)
+        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows.
+
+        Every row is scored in place (no copy of the eligible rows' vectors: dead rows are at
+        most twice the live ones) and the eligible ones are picked from the scores."""
+        mask = self.eligible(filters)  # (n,)
+        rows = np.flatnonzero(mask)  # (m,)
         if not rows.size:
             return [([], np.empty(0, np.float32))] * len(queries)
-        scores = queries @ self.search_vectors[rows].T  # (B, m)
+        scores = queries @ self.search_vectors.T  # (B, n)
+        if rows.size < len(mask):
+            scores = scores[:, rows]  # (B, m)
         top = min(k, rows.size)
         out = []
         for q in range(len(queries)):
