@@ -8,7 +8,7 @@ request) fail validation at startup with a message quoting the value.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
@@ -89,13 +89,25 @@ class Settings(BaseSettings):
     # Model/index calls admitted at once (queued for a worker thread or running); beyond this a
     # request gets 429 at once: bounded latency under overload, at the price of rejections.
     max_inflight: Annotated[int, Field(ge=1, le=10_000)] = 64
-    # Compute requests (retrieve, users/embed, rank, items/embed) in progress at once, from
-    # receipt to answer; beyond this a request gets 429 from its headers alone, before its body
-    # is read or parsed. That bounds the wait of admitted requests to about this many divided by
-    # the throughput, and keeps an overloaded service's answers (429s included) fast. The
-    # default is what one process on 2 cores serves in 50 ms (about 800 req/s at capacity,
-    # BENCHMARKS.md); scale it with the throughput of bigger machines.
+    # Compute requests (retrieve, users/embed, rank, items/embed, shard/search) in progress at
+    # once, from receipt to answer; beyond the limit a request gets 429 from its headers alone,
+    # before its body is read or parsed. That bounds the wait of admitted requests to about the
+    # limit divided by the throughput (Little's law), and keeps an overloaded service's answers
+    # (429s included) fast. admission: `adaptive` (the default) sizes the limit from what this
+    # process is measured to complete (`service.core.limit.AdaptiveLimit`): about the requests
+    # it answers within admission_target_ms, so one default sheds at the knee of a slow and of
+    # a fast machine; `fixed`: always max_pending_requests, which fits one machine (40 is what
+    # one 2-core process completed in 50 ms, BENCHMARKS.md). max_pending_requests: the fixed
+    # limit, and where the adaptive one starts before anything is measured.
+    # admission_target_ms: the mean latency of admitted requests the adaptive limit is sized
+    # for (lower: less queueing under overload, more 429s near capacity; higher: the reverse).
+    # admission_min_limit / admission_max_limit: its bounds (a lower ceiling caps the requests
+    # in progress and their memory whatever is measured).
+    admission: Literal["adaptive", "fixed"] = "adaptive"
     max_pending_requests: Annotated[int, Field(ge=1, le=100_000)] = 40
+    admission_target_ms: Annotated[float, Field(gt=0.0, le=10_000.0)] = 50.0
+    admission_min_limit: Annotated[int, Field(ge=1, le=100_000)] = 4
+    admission_max_limit: Annotated[int, Field(ge=1, le=100_000)] = 1024
 
     # Dynamic batching of user-encoder calls and ANN searches. Concurrent requests are
     # coalesced into one forward pass / one FAISS search of up to batch_max_size; a free worker
@@ -287,6 +299,18 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _admission(self) -> Settings:
+        if self.admission == "adaptive" and not (
+            self.admission_min_limit <= self.max_pending_requests <= self.admission_max_limit
+        ):
+            raise ValueError(
+                "the adaptive limit starts at max_pending_requests, which must lie within "
+                f"[admission_min_limit, admission_max_limit], got {self.max_pending_requests} "
+                f"and [{self.admission_min_limit}, {self.admission_max_limit}]"
+            )
+        return self
+
+    @model_validator(mode="after")
     def _cluster(self) -> Settings:
         if not self.redis_cluster:
             return self
@@ -321,6 +345,13 @@ class Settings(BaseSettings):
         if not value.strip():
             raise ValueError(f"must not be blank, got {value!r}")
         return value
+
+    @property
+    def pending_ceiling(self) -> int:
+        """The most compute requests ever in progress at once (the load-shedding limit's)."""
+        if self.admission == "fixed":
+            return self.max_pending_requests
+        return self.admission_max_limit
 
     @property
     def model_path(self) -> Path:

@@ -156,6 +156,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings, metrics = state.settings, state.metrics
     admission = state.admission = Admission.from_settings(settings, metrics.observe_batch)
     metrics.inflight.set_function(lambda: admission.inflight)
+    metrics.admission_limit.set_function(lambda: state.pending.limit)
+    metrics.admission_pending.set_function(lambda: state.pending.pending)
     metrics.queue_depth.labels("encode").set_function(lambda: admission.encoder.depth)
     metrics.queue_depth.labels("search").set_function(lambda: admission.searcher.depth)
     metrics.track_index(lambda: index_snapshot(state.engine))

@@ -128,6 +128,19 @@ class Metrics:
             "Model/index calls admitted and not yet finished (queued or running).",
             registry=self.registry,
         )
+        self.admission_limit = Gauge(
+            "uniserve_admission_limit",
+            "Compute requests allowed in progress at once; beyond it 429 from the headers alone "
+            "(UNISERVE_ADMISSION=adaptive: sized from the measured completion rate and latency; "
+            "fixed: UNISERVE_MAX_PENDING_REQUESTS).",
+            registry=self.registry,
+        )
+        self.admission_pending = Gauge(
+            "uniserve_admission_pending",
+            "Compute requests in progress (received, not yet answered), against "
+            "uniserve_admission_limit.",
+            registry=self.registry,
+        )
         self.index_reloads = Counter(
             "uniserve_index_reloads_total",
             "Index versions swapped in after startup (reload, watcher or rollback).",

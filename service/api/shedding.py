@@ -5,22 +5,30 @@ after the request has been read, parsed and validated on the event loop, which i
 expensive part on a small machine: under overload those requests queue *in front of* the
 batchers, on the loop, and a rejection arrives as late as a success would. `ShedMiddleware`
 counts the compute requests in progress (received and not yet answered) and rejects a new one
-at once, from its headers alone, while `max_pending` are in progress. By Little's law that
-bounds the time an admitted request waits to about `max_pending` / throughput, and a rejection
+at once, from its headers alone, while the limit's worth are in progress. By Little's law that
+bounds the time an admitted request waits to about the limit / throughput, and a rejection
 costs the loop a fraction of a served request, so the service keeps its throughput under
 twice its sustainable load instead of slowing every request down.
 
 Only the routes that run the model or the index are counted and shed; probes, metrics, admin
 and event ingestion never are.
+
+How many may be in progress is `state.pending`, a `service.core.limit` object: by default
+(`UNISERVE_ADMISSION=adaptive`) sized from the completion rate and latency this process
+measures, so it sheds at the knee of whatever machine it runs on; `fixed`:
+`UNISERVE_MAX_PENDING_REQUESTS`. The middleware reports each admitted request's entry and answer
+times to it; either way a rejection is decided from a counter, before the body is read.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from time import perf_counter
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from service.api.handlers import ERROR_TYPE_SCOPE_KEY, error_response
+from service.core.limit import Limit
 from service.errors import ErrorType
 
 # POST routes that compute (user encoder, item encoder, index); all have literal paths.
@@ -38,28 +46,8 @@ class ShedRoute:
     path: str
 
 
-class PendingLimit:
-    """How many compute requests are in progress, and whether one more may start; one per app
-    state, shared by the public and admin listeners."""
-
-    def __init__(self, limit: int) -> None:
-        if limit < 1:
-            raise ValueError(f"the pending-request limit must be >= 1, got {limit}")
-        self.limit = limit
-        self.pending = 0
-
-    def try_enter(self) -> bool:
-        if self.pending >= self.limit:
-            return False
-        self.pending += 1
-        return True
-
-    def leave(self) -> None:
-        self.pending -= 1
-
-
 class ShedMiddleware:
-    def __init__(self, app: ASGIApp, limit: PendingLimit) -> None:
+    def __init__(self, app: ASGIApp, limit: Limit) -> None:
         self.app = app
         self.limit = limit
 
@@ -72,12 +60,13 @@ class ShedMiddleware:
             scope["route"] = ShedRoute(path)
             scope[ERROR_TYPE_SCOPE_KEY] = ErrorType.OVERLOADED.value
             message = (
-                f"{self.limit.pending} requests are in progress (UNISERVE_MAX_PENDING_REQUESTS="
-                f"{self.limit.limit}); retry shortly"
+                f"{self.limit.pending} requests are in progress ({self.limit.describe()}); "
+                "retry shortly"
             )
             await error_response(ErrorType.OVERLOADED, message, _RETRY_AFTER)(scope, receive, send)
             return
+        started = perf_counter()
         try:
             await self.app(scope, receive, send)
         finally:
-            self.limit.leave()
+            self.limit.leave(started, perf_counter())

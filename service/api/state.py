@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from service.api.metrics import Metrics
-from service.api.shedding import PendingLimit
 from service.core.engine import Admission, Engine
+from service.core.limit import AdaptiveLimit, Limit, PendingLimit
 from service.core.reloader import STARTING, Reloader
 from service.settings import Settings
 from service.store.cache import Cache, InProcessCache
@@ -37,12 +37,22 @@ class AppState:
     router_not_ready_reason: str = STARTING  # router mode: why `router` is None
     redis: RedisLink | None = None  # set when redis_url is: the cache and events live there
     flights: SingleFlight[bytes] = field(default_factory=SingleFlight)  # shared by requests
-    pending: PendingLimit = field(init=False)  # compute requests in progress (load shedding)
+    pending: Limit = field(init=False)  # compute requests in progress (load shedding)
     online: OnlineTracker | None = None  # set by the lifespan unless online_window_seconds is 0
     shadow: ShadowSlot | None = None  # set by the lifespan (not in router mode): the shadow
 
     def __post_init__(self) -> None:
-        self.pending = PendingLimit(self.settings.max_pending_requests)
+        settings = self.settings
+        self.pending = (
+            PendingLimit(settings.max_pending_requests)
+            if settings.admission == "fixed"
+            else AdaptiveLimit(
+                settings.admission_target_ms / 1000,
+                initial=settings.max_pending_requests,
+                lowest=settings.admission_min_limit,
+                highest=settings.admission_max_limit,
+            )
+        )
 
     @property
     def engine(self) -> Engine | None:

@@ -113,6 +113,6 @@ def make_router(
         model_fingerprints=router_fingerprints(embedder),
         on_call=on_call,
         # one connection per shard for every request this replica computes at once
-        max_connections=settings.max_pending_requests * len(settings.shards),
+        max_connections=settings.pending_ceiling * len(settings.shards),
     )
     return RouterEngine(embedder, fanout, admission=admission)

@@ -1,6 +1,7 @@
-"""Early load shedding: the pending-request limit alone, then through the real app (real model,
-real FAISS index) with a compute request held in progress. No timing assertions: requests are
-held by a blocked encoder and released by the test, never by sleeping a duration."""
+"""Early load shedding through the real app (real model, real FAISS index) with compute requests
+held in progress: the fixed limit, and the adaptive one applied and moved by what it measures
+(its control law alone: tests/core/test_limit.py). No timing assertions: requests are held by a
+blocked encoder and released by the test, never by sleeping a duration."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from service.api.shedding import COMPUTE_ROUTES, PendingLimit
+from service.api.shedding import COMPUTE_ROUTES
 from service.core.engine import EncodeJob
+from service.core.limit import AdaptiveLimit, PendingLimit
 from service.settings import Settings
 from tests.helpers import BlockedEmbedder
 
@@ -21,21 +23,18 @@ if TYPE_CHECKING:
 pytestmark = pytest.mark.anyio
 
 
-def test_pending_limit_admits_up_to_its_limit() -> None:
-    limit = PendingLimit(2)
-    assert limit.try_enter() and limit.try_enter()
-    assert not limit.try_enter()  # a refused request is not counted
-    assert limit.pending == 2
-    limit.leave()
-    assert limit.try_enter()
-    with pytest.raises(ValueError, match="got 0"):
-        PendingLimit(0)
-
-
-def test_max_pending_requests_setting_is_validated() -> None:
-    assert Settings().max_pending_requests == 40
+def test_admission_settings_are_validated() -> None:
+    settings = Settings()
+    assert settings.admission == "adaptive" and settings.max_pending_requests == 40
+    assert settings.pending_ceiling == settings.admission_max_limit == 1024
+    assert Settings(admission="fixed").pending_ceiling == 40
     with pytest.raises(ValueError):
         Settings(max_pending_requests=0)
+    with pytest.raises(ValueError):
+        Settings(admission="lifo")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="got 2 and \\[4, 1024\\]"):
+        Settings(max_pending_requests=2)  # the adaptive limit would start below its floor
+    Settings(admission="fixed", max_pending_requests=2)  # a fixed limit has no such bounds
 
 
 async def wait_until(condition: Any) -> None:
@@ -49,8 +48,11 @@ async def wait_until(condition: Any) -> None:
 async def test_requests_beyond_the_limit_are_shed_before_their_body_is_read(
     serve: ServeFn, uniserve_data_dir: Path
 ) -> None:
-    settings = Settings(data_dir=uniserve_data_dir, bootstrap=False, max_pending_requests=1)
+    settings = Settings(
+        data_dir=uniserve_data_dir, bootstrap=False, admission="fixed", max_pending_requests=1
+    )
     async with serve(settings) as served:
+        assert isinstance(served.state.pending, PendingLimit)
         engine = served.state.engine
         assert engine is not None
         item_ids = engine.embedder.item_ids
@@ -104,3 +106,68 @@ def test_compute_routes_exist_in_the_app() -> None:
 
     paths = create_app(Settings(bootstrap=False)).openapi()["paths"]
     assert all("post" in paths[route] for route in COMPUTE_ROUTES)
+
+
+async def test_the_adaptive_limit_is_applied_and_moves_with_what_it_measures(
+    serve: ServeFn, uniserve_data_dir: Path
+) -> None:
+    """The default limit starts at max_pending_requests (here 1): a second compute request in
+    progress gets the usual 429. An answer ends a measurement window (shortened to one answer
+    here) in which the limit was reached at a latency under the target, so the limit grows (to
+    its ceiling, 2): now two are admitted and the third is shed. /metrics shows the limit."""
+    settings = Settings(
+        data_dir=uniserve_data_dir,
+        bootstrap=False,
+        max_pending_requests=1,
+        admission_min_limit=1,
+        admission_max_limit=2,
+        admission_target_ms=10_000,  # every latency here is well under it
+        cache_max_entries=0,  # held requests, not answers from the cache
+    )
+    async with serve(settings) as served:
+        limit = served.state.pending
+        assert isinstance(limit, AdaptiveLimit) and limit.limit == 1
+        limit.window, limit.min_answers = 0.0, 1  # a window per answer
+        engine = served.state.engine
+        assert engine is not None
+        events = [{"item_id": str(i)} for i in engine.embedder.item_ids[:5]]
+        encoder = served.state.reloader.admission.encoder  # type: ignore[union-attr]
+
+        async def held_then_shed(admitted: int) -> tuple[list[int], Any, str]:
+            """`admitted` requests held in progress, one more shed: (the held ones' statuses
+            once released, the shed answer, /metrics read while they were held)."""
+            blocked = BlockedEmbedder()
+            holder = asyncio.ensure_future(
+                encoder.submit(EncodeJob(blocked, ([], [])))  # type: ignore[arg-type]
+            )
+            await wait_until(lambda: encoder.running == 1)
+            held = [
+                asyncio.ensure_future(
+                    served.client.post("/v1/users/embed", json={"events": events})
+                )
+                for _ in range(admitted)
+            ]
+            await wait_until(lambda: limit.pending == admitted)
+            try:
+                shed = await served.client.post("/v1/retrieve", json={"events": events, "k": 3})
+                metrics = (await served.client.get("/metrics")).text
+            finally:
+                blocked.release.set()
+                await holder
+            return [(await r).status_code for r in held], shed, metrics
+
+        statuses, shed, metrics = await held_then_shed(1)
+        assert statuses == [200]
+        assert "uniserve_admission_limit 1.0" in metrics
+        assert "uniserve_admission_pending 1.0" in metrics
+        assert shed.status_code == 429 and shed.headers["Retry-After"] == "1"
+        assert shed.json()["error_type"] == "overloaded"
+        assert "UNISERVE_ADMISSION=adaptive, the limit now 1 " in shed.json()["error"]
+        assert limit.limit == 2  # reached, answered well under the target: raised
+
+        statuses, shed, metrics = await held_then_shed(2)
+        assert statuses == [200, 200]
+        assert "uniserve_admission_limit 2.0" in metrics
+        assert shed.status_code == 429
+        assert "the limit now 2 " in shed.json()["error"]
+        assert limit.pending == 0
