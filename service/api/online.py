@@ -21,7 +21,11 @@ def make_online(state: AppState) -> OnlineTracker | None:
     settings, metrics = state.settings, state.metrics.online
     if not settings.shards:
         state.shadow = ShadowSlot(
-            settings, on_outcome=metrics.observe_shadow, on_change=metrics.shadow_changed
+            settings,
+            on_outcome=metrics.observe_shadow,
+            on_change=metrics.shadow_changed,
+            # the shadow yields while live requests fill half their admission limit or more
+            live_busy=lambda: 2 * state.pending.pending >= state.pending.limit,
         )
     if settings.online_window_seconds <= 0:
         return None

@@ -4,8 +4,10 @@ the background, so its online hit rate can be measured on the same users as the 
 `open_shadow` loads a published version exactly as a reload would (`open_engine`: files
 verified, the model the manifest names, the gate, a warm-up), from the live index root or
 another one, with its own `Admission`: its own batchers and threads, so its queue can never
-fill the live one's (no 429 is ever caused by the shadow). `Shadow.takes` decides per retrieve:
-a `sample` fraction of them, at most `max_pending` at once (beyond that, dropped and counted);
+fill the live one's. Its work still takes the same cores, so `Shadow.takes` yields to live
+load: while live requests in progress are at half their admission limit or more (`live_busy`),
+the retrieve is not shadowed (dropped and counted). Otherwise it takes a `sample` fraction of
+them, at most `max_pending` at once (beyond that, dropped and counted);
 `Shadow.answer` computes its top-k for the same history, k and filters after the live answer was
 made (the tracker calls it from the background, `service.core.online`). Mode "multi" retrieves
 are not shadowed. `ShadowSlot` holds the one shadow of an app, swapped by `load` / `unload`.
@@ -43,7 +45,10 @@ class Shadow:
         max_pending: int,
         on_outcome: Callable[[str], None] | None = None,
         rng: Callable[[], float] = random.random,
+        live_busy: Callable[[], bool] | None = None,
     ) -> None:
+        """`live_busy`: whether live traffic is near its admission limit now (then the
+        shadow takes nothing); None: never."""
         if not 0.0 <= sample <= 1.0 or max_pending < 1:
             raise ValueError(
                 f"sample ({sample}) must be in [0, 1], max_pending ({max_pending}) >= 1"
@@ -56,6 +61,7 @@ class Shadow:
         self.pending = 0
         self._on_outcome = on_outcome or (lambda outcome: None)
         self._rng = rng
+        self._live_busy = live_busy or (lambda: False)
 
     @property
     def index_version(self) -> str:
@@ -71,7 +77,7 @@ class Shadow:
             return False
         if self.sample < 1.0 and self._rng() >= self.sample:
             return False
-        if self.pending >= self.max_pending:
+        if self.pending >= self.max_pending or self._live_busy():
             self._on_outcome("dropped")
             return False
         self.pending += 1
@@ -121,10 +127,12 @@ class ShadowSlot:
         *,
         on_outcome: Callable[[str], None] | None = None,
         on_change: Callable[[Shadow | None], None] | None = None,
+        live_busy: Callable[[], bool] | None = None,
     ) -> None:
         self.settings = settings
         self.shadow: Shadow | None = None
         self._on_outcome = on_outcome
+        self._live_busy = live_busy
         self._on_change = on_change or (lambda shadow: None)
         self._lock = anyio.Lock()
 
@@ -148,6 +156,7 @@ class ShadowSlot:
                 sample=self.settings.shadow_sample if sample is None else sample,
                 max_pending=self.settings.shadow_queue_size,
                 on_outcome=self._on_outcome,
+                live_busy=self._live_busy,
             )
             old, self.shadow = self.shadow, shadow
             self._on_change(shadow)

@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 import math
 import random
+from pathlib import Path
+from typing import Any, cast
 
 import orjson
 import pytest
 
 from service.core.filters import Filters
+from service.core.limit import PendingLimit
 from service.core.online import (
     Match,
     OnlineTracker,
@@ -21,6 +24,7 @@ from service.core.online import (
     match_events,
 )
 from service.core.promotion import Arm, decide, one_sided_p_value
+from service.core.shadow import Shadow
 from service.store.events import Event
 from service.store.served import InProcessServedStore, ServedList
 
@@ -211,3 +215,24 @@ def test_decide_refuses_below_the_minimum_and_when_not_significant() -> None:
     assert wins.as_dict()["shadow"]["hit_rate"] == 0.13
     with pytest.raises(ValueError, match="confidence"):
         decide(live, live, min_events=1, confidence=1.0)
+
+
+def test_the_shadow_yields_while_live_requests_fill_half_their_limit() -> None:
+    live = PendingLimit(4)
+    outcomes: list[str] = []
+    shadow = Shadow(
+        cast(Any, None),  # engine and admission: `takes` never touches them
+        cast(Any, None),
+        root=Path("."),
+        sample=1.0,
+        max_pending=8,
+        on_outcome=outcomes.append,
+        live_busy=lambda: 2 * live.pending >= live.limit,
+    )
+    call = RetrieveCall("u", (), 10, Filters(), False, "single", 0.0)
+    assert live.try_enter() and shadow.takes(call)  # 1 of 4 in progress: shadowed
+    shadow.release("answered")
+    assert live.try_enter() and not shadow.takes(call)  # 2 of 4: live comes first
+    assert outcomes == ["answered", "dropped"] and shadow.pending == 0
+    live.leave(0.0, 0.0)
+    assert shadow.takes(call)  # back under half: shadowed again
