@@ -193,6 +193,10 @@ class Blend:
         rows, c = self.neighbours.sparse_scores(self.neighbours.recent_rows(vocab, item_ids))
         return rows, (np.float32(self.beta) * np.log1p(c)).astype(np.float32)
 
+    def row_bonus(self, vocab: Vocab, item_ids: Sequence[str], rows: np.ndarray) -> np.ndarray:
+        """(M,) float32 `bonus` of the catalogue `rows` (M,) (-1: none, 0) for a history."""
+        return lookup(*self.sparse_bonus(vocab, item_ids), rows)
+
     def to_json(self) -> dict[str, float | int]:
         nb = self.neighbours
         return {
@@ -241,3 +245,14 @@ class Blend:
                 f"{path} has a table over {nb.items} items; the model has {items}"
             )
         return blend
+
+
+def lookup(near: np.ndarray, bonus: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(M,) float32: `bonus` of each of `rows` (M,) among the sorted rows `near` (P,), 0 for
+    rows not among them (and for -1)."""
+    out = np.zeros(len(rows), np.float32)
+    if near.size:
+        at = np.minimum(np.searchsorted(near, rows), near.size - 1)  # (M,)
+        hit = (rows >= 0) & (near[at] == rows)
+        out[hit] = bonus[at[hit]]
+    return out

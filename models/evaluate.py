@@ -98,10 +98,8 @@ def _scores(scorer: Scorer, idx: np.ndarray) -> torch.Tensor:
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str, float]:
     out: dict[str, float] = {}
     for k in ks:
-        hit = ranks < k
-        out[f"recall@{k}"] = float(hit.mean()) if len(ranks) else 0.0
-        gain = np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
-        out[f"ndcg@{k}"] = float(gain.mean()) if len(ranks) else 0.0
+        out[f"recall@{k}"] = float((ranks < k).mean()) if len(ranks) else 0.0
+        out[f"ndcg@{k}"] = float(ndcg_gains(ranks, k).mean()) if len(ranks) else 0.0
     return out
 
 
@@ -273,15 +271,15 @@ def choose_beta(
     best = max(ordered, key=lambda beta: (tried[f"{beta:g}"], -beta))
     if best == 0.0 or 0.0 not in ranks:
         return best, tried, 0.0
-    gain = _ndcg_at_10(ranks[best]) - _ndcg_at_10(ranks[0.0])  # (U,) paired, per user
+    gain = ndcg_gains(ranks[best], 10) - ndcg_gains(ranks[0.0], 10)  # (U,) paired, per user
     se = gain.std(ddof=1) / np.sqrt(len(gain)) if len(gain) > 1 else np.inf
     z = float(gain.mean() / se) if se > 0 else (np.inf if gain.mean() > 0 else 0.0)
     return (best if z > 2.0 else 0.0), tried, round(z, 2)
 
 
-def _ndcg_at_10(ranks: np.ndarray) -> np.ndarray:
-    """Each user's NDCG@10 (U,) from 0-based ranks (inf: a miss)."""
-    hit = ranks < 10
+def ndcg_gains(ranks: np.ndarray, k: int) -> np.ndarray:
+    """Each user's NDCG@k (U,) from 0-based ranks (inf: a miss), one target per user."""
+    hit = ranks < k
     return np.where(hit, 1.0 / np.log2(np.where(hit, ranks, 0) + 2.0), 0.0)
 
 

@@ -37,9 +37,8 @@ def main() -> None:
     started = time.perf_counter()
     blend, _, info = choose_blend(model, vocab, corpus)
     print(f"chosen on validation in {time.perf_counter() - started:.1f}s: {json.dumps(info)}")
-    for name, chosen in (("model alone", None), ("served blend", blend)):
-        if name == "served blend" and chosen is None:
-            continue
+    arms = [("model alone", None), *([("served blend", blend)] if blend else [])]
+    for name, chosen in arms:
         report = evaluate_model(model, vocab, corpus.test, blend=chosen)["all"]
         for protocol in ("full_seen_removed", "full", "sampled"):
             values = " ".join(f"{k} {v:.4f}" for k, v in report[protocol].items())

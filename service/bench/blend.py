@@ -66,18 +66,15 @@ def run(
 
     timed(alone[:batch]), timed(blended[:batch])  # warm-up
     per_request: dict[str, list[float]] = {"alone": [], "blend": []}
+    lists: dict[str, list[list[str]]] = {}
     for _ in range(rounds):
         for name, jobs in (("alone", alone), ("blend", blended)):
-            micros, lists = timed(jobs)
+            micros, lists[name] = timed(jobs)
             per_request[name].append(micros)
-            if name == "alone":
-                alone_lists = lists
-            else:
-                blend_lists = lists
     neighbours = [
         len(embedder.blend.sparse_bonus(embedder.vocab, ids)[0]) for ids in items[: min(n, 500)]
     ]
-    changed = np.mean([a != b for a, b in zip(alone_lists, blend_lists, strict=True)])
+    changed = np.mean([a != b for a, b in zip(lists["alone"], lists["blend"], strict=True)])
     a, b = (statistics.median(per_request[name]) for name in ("alone", "blend"))
     return {
         "model": str(model_dir),

@@ -31,6 +31,7 @@ import anyio.to_thread
 import numpy as np
 
 from index import IndexRejectedError, ItemIndex, Manifest, MultiIndex, RejectReason
+from models.blend import lookup
 from models.compat import serves_index_of
 from models.embedder import Embedder, ItemSpec
 from models.features import SURFACE_FIELD
@@ -362,13 +363,7 @@ class ModelEngine:
         (M,) float32, or 0.0 when the model has no blend or the history is empty."""
         if self.blend is None or not history:
             return 0.0
-        near, bonus = self.blend.sparse_bonus(self.embedder.vocab, history)  # (P,) sorted
-        out = np.zeros(len(rows), np.float32)
-        if near.size:
-            at = np.minimum(np.searchsorted(near, rows), near.size - 1)  # (M,)
-            hit = (rows >= 0) & (near[at] == rows)
-            out[hit] = bonus[at[hit]]
-        return out
+        return self.blend.row_bonus(self.embedder.vocab, history, rows)
 
     async def embed_items(self, items: Sequence[ItemSpec]) -> np.ndarray:
         """(B, D) float32 item vectors; unknown ids get metadata-only (cold-start) vectors."""
@@ -519,11 +514,8 @@ class Engine(ModelEngine):
             return found
         ids, scores = found
         found_rows = self.embedder.item_rows(ids)  # (k,) model rows, -1: none
-        at = np.minimum(np.searchsorted(near, found_rows), near.size - 1)  # (k,)
-        hit = (found_rows >= 0) & (near[at] == found_rows)
-        rescored = scores.astype(np.float32, copy=True)
-        rescored[hit] += bonus[at[hit]]
-        fresh = ~np.isin(near, found_rows[hit])  # (P,) neighbours not already found
+        rescored = scores.astype(np.float32) + lookup(near, bonus, found_rows)  # (k,)
+        fresh = ~np.isin(near, found_rows)  # (P,) neighbours not already found
         index_rows = self._index_row_of_model[near]  # (P,)
         in_index = fresh & (index_rows >= 0)
         if allowed is not None:

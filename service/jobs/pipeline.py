@@ -105,6 +105,7 @@ def choose_blend(
     cooc, grid = choose_cooccurrence(corpus, vocab)
     beta, tried, z = choose_beta(model, vocab, corpus.valid, cooc.neighbours)
     blend = Blend(cooc.neighbours, beta) if beta > 0 else None
+    seconds = time.perf_counter() - started
     window, last, decay = cooc.params
     log.info(
         "blend: beta %g on validation (NDCG@10 by beta: %s; the best gains %.1f standard "
@@ -117,13 +118,13 @@ def choose_blend(
         last,
         decay,
         len(cooc.neighbours.indices),
-        time.perf_counter() - started,
+        seconds,
     )
     info: dict[str, Any] = {
         **(blend.to_json() if blend else {"beta": 0.0}),
         "valid_ndcg@10_by_beta": tried,
         "valid_gain_standard_errors": z,  # the best beta's gain over beta 0; kept when > 2
-        "seconds": round(time.perf_counter() - started, 2),
+        "seconds": round(seconds, 2),
     }
     return blend, (cooc, grid), info
 
