@@ -226,25 +226,36 @@ def publish_halves(root: Path, embedder: Embedder) -> tuple[str, str, dict[str, 
     """Publish two HNSW versions under `root`, the even and the odd catalogue rows of
     `embedder`'s items (neither made CURRENT): (first version, second version, {version: its
     item ids}), so every answer shows which version served it."""
-    from index import build_index, publish
-
-    vectors = embedder.item_vectors()  # (N, D)
     ids = np.asarray(embedder.item_ids, dtype=object)
-    surfaces = np.asarray(embedder.item_surfaces, dtype=object)
     items: dict[str, set[str]] = {}
     names = []
     for rows in (np.arange(0, len(ids), 2), np.arange(1, len(ids), 2)):
-        index = build_index(vectors[rows], ids[rows], surfaces[rows], index_type="HNSW32")
-        manifest = publish(
-            index,
-            root,
-            model_fingerprint=embedder.fingerprint,
-            model_version=embedder.version,
-            keep=100,
-        )
-        items[manifest.version] = set(ids[rows].tolist())
-        names.append(manifest.version)
+        version = publish_rows(root, embedder, rows, "HNSW32")
+        items[version] = set(ids[rows].tolist())
+        names.append(version)
     return names[0], names[1], items
+
+
+def publish_rows(root: Path, embedder: Embedder, rows: np.ndarray | None, index_type: str) -> str:
+    """Publish an index of `embedder`'s catalogue `rows` (None: all) under `root` (not made
+    CURRENT); returns its version."""
+    from index import build_index, publish
+
+    rows = np.arange(len(embedder.item_ids)) if rows is None else rows
+    index = build_index(
+        embedder.item_vectors()[rows],
+        np.asarray(embedder.item_ids, dtype=object)[rows],
+        np.asarray(embedder.item_surfaces, dtype=object)[rows],
+        index_type=index_type,
+    )
+    manifest = publish(
+        index,
+        root,
+        model_fingerprint=embedder.fingerprint,
+        model_version=embedder.version,
+        keep=100,
+    )
+    return manifest.version
 
 
 def ring_corpus(n_items: int = 40, n_users: int = 120, seed: int = 0) -> Corpus:
@@ -279,11 +290,7 @@ def blend_term(embedder: Embedder, item_ids: Sequence[str], history: Sequence[st
     """(M,) the served blend's term (`models.blend`) of each item id for a history (oldest
     first), by the id's row in the model: 0 for ids the model lacks, and everywhere when the
     model is served without a blend. Add it to a model score to get the served score."""
-    out = np.zeros(len(item_ids), np.float32)
     if embedder.blend is None or not history:
-        return out
-    near, bonus = embedder.blend.sparse_bonus(embedder.vocab, list(history))
-    term = dict(zip(near.tolist(), bonus.tolist(), strict=True))
-    for i, row in enumerate(embedder.item_rows(list(item_ids)).tolist()):
-        out[i] = term.get(row, 0.0)
-    return out
+        return np.zeros(len(item_ids), np.float32)
+    rows = embedder.item_rows(list(item_ids))
+    return embedder.blend.row_bonus(embedder.vocab, list(history), rows)

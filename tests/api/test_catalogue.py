@@ -23,7 +23,7 @@ import httpx
 import numpy as np
 import pytest
 
-from index import build_index, current_version, list_versions, load_version, publish, set_current
+from index import current_version, list_versions, load_version, set_current
 from models.embedder import Embedder
 from service.api.schemas import (
     CatalogueChangeResponse,
@@ -41,6 +41,7 @@ from tests.helpers import (
     blend_term,
     copy_data,
     free_port,
+    publish_rows,
     start_serve,
     wait_until_ok,
 )
@@ -65,21 +66,9 @@ def catalogue_settings(data: Path, **overrides: Any) -> Settings:
 
 def publish_flat(root: Path, embedder: Embedder) -> str:
     """An exact index of the model's vocabulary, made CURRENT; returns its version."""
-    index = build_index(
-        embedder.item_vectors(),
-        np.asarray(embedder.item_ids, dtype=object),
-        np.asarray(embedder.item_surfaces, dtype=object),
-        index_type="Flat",
-    )
-    manifest = publish(
-        index,
-        root,
-        model_fingerprint=embedder.fingerprint,
-        model_version=embedder.version,
-        keep=100,
-    )
-    set_current(root, manifest.version)
-    return manifest.version
+    version = publish_rows(root, embedder, None, "Flat")
+    set_current(root, version)
+    return version
 
 
 @dataclass
