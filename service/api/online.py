@@ -67,9 +67,7 @@ async def load_configured_shadow(state: AppState) -> None:
     if state.shadow is None or settings.shadow_version is None:
         return
     try:
-        await state.shadow.load(
-            settings.shadow_version, root=settings.shadow_index_root, live=state.engine
-        )
+        await state.shadow.load(settings.shadow_version, root=settings.shadow_index_root)
     except Exception as exc:
         log.error("shadow %r not loaded: %s; serving without it", settings.shadow_version, exc)
 

@@ -1,16 +1,23 @@
 """Shadow model: a candidate index version (and its model) answering a sample of retrieves in
 the background, so its online hit rate can be measured on the same users as the live one's.
 
-`open_shadow` loads a published version exactly as a reload would (`open_engine`: files
-verified, the model the manifest names, the gate, a warm-up), from the live index root or
-another one, with its own `Admission`: its own batchers and threads, so its queue can never
-fill the live one's. Its work still takes the same cores, so `Shadow.takes` yields to live
-load: while live requests in progress are at half their admission limit or more (`live_busy`),
-the retrieve is not shadowed (dropped and counted). Otherwise it takes a `sample` fraction of
-them, at most `max_pending` at once (beyond that, dropped and counted);
-`Shadow.answer` computes its top-k for the same history, k and filters after the live answer was
-made (the tracker calls it from the background, `service.core.online`). Mode "multi" retrieves
-are not shadowed. `ShadowSlot` holds the one shadow of an app, swapped by `load` / `unload`.
+The shadow computes in a process of its own (`service.core.shadow_worker`): loaded there
+exactly as a reload loads a version (`open_engine`: files verified, the model the manifest
+names, the gate, a warm-up), from the live index root or another one, with its own batchers,
+outside the live process's GIL and at the lowest CPU priority (SCHED_IDLE), so it takes only
+CPU time live serving leaves. What it costs the live process is a sampled call's bookkeeping
+here and a message each way.
+
+`Shadow.takes` decides which retrieves are shadowed: a `sample` fraction of them, at most
+`max_pending` at once (beyond that, dropped and counted), none while live requests in progress
+are at half their admission limit or more (`live_busy`: dropped and counted; the worker only
+gets idle CPU, but its answers still cost the live process a little) or while the worker's
+socket is full (dropped and counted). Once the worker has exited (killed, crashed), every
+sampled retrieve counts as failed until a shadow is loaded again. `Shadow.answer` asks the
+worker for its top-k for the same history, k and filters after the live answer was made (the
+tracker calls it from the background, `service.core.online`). Mode "multi" retrieves are not
+shadowed. `ShadowSlot` holds the one shadow of an app, swapped by `load` / `unload`, each
+stopping the worker it replaces.
 """
 
 from __future__ import annotations
@@ -21,11 +28,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
-import anyio.to_thread
 
-from service.core.engine import Admission, Engine
 from service.core.online import RetrieveCall
-from service.core.reloader import open_engine
+from service.core.shadow_worker import Query, ShadowWorker
 from service.settings import Settings
 from service.store.served import ServedList
 
@@ -37,8 +42,7 @@ OUTCOMES = ("answered", "dropped", "failed")  # `uniserve_shadow_requests_total{
 class Shadow:
     def __init__(
         self,
-        engine: Engine,
-        admission: Admission,
+        worker: ShadowWorker,
         *,
         root: Path,
         sample: float,
@@ -53,8 +57,7 @@ class Shadow:
             raise ValueError(
                 f"sample ({sample}) must be in [0, 1], max_pending ({max_pending}) >= 1"
             )
-        self.engine = engine
-        self.admission = admission
+        self.worker = worker
         self.root = root
         self.sample = sample
         self.max_pending = max_pending
@@ -65,19 +68,23 @@ class Shadow:
 
     @property
     def index_version(self) -> str:
-        return self.engine.index_version
+        return self.worker.index_version
 
     @property
     def model_version(self) -> str:
-        return self.engine.model_version
+        return self.worker.model_version
 
     def takes(self, call: RetrieveCall) -> bool:
-        """Whether this retrieve is shadowed (then `release` must follow); counts overflow."""
+        """Whether this retrieve is shadowed (then `release` must follow); counts those in the
+        sample that are not (dropped, or failed once the worker has exited)."""
         if call.mode != "single" or self.sample <= 0.0:
             return False
         if self.sample < 1.0 and self._rng() >= self.sample:
             return False
-        if self.pending >= self.max_pending or self._live_busy():
+        if not self.worker.alive:
+            self._on_outcome("failed")
+            return False
+        if self.pending >= self.max_pending or self._live_busy() or self.worker.backlogged:
             self._on_outcome("dropped")
             return False
         self.pending += 1
@@ -90,32 +97,16 @@ class Shadow:
 
     async def answer(self, call: RetrieveCall) -> ServedList:
         """The shadow's top-k for the live answer's history, k and filters."""
-        items = [e.item_id for e in call.history]
-        history = (items, [e.surface for e in call.history])
-        filters = call.filters.excluding(items) if call.exclude_seen else call.filters
-        vector = (await self.engine.user_vectors([history]))[0]  # (D,)
-        ids, _ = await self.engine.retrieve(vector, call.k, filters, items)
+        items, surfaces = [e.item_id for e in call.history], [e.surface for e in call.history]
+        ids = await self.worker.top_k(
+            Query(items, surfaces, call.k, call.filters, call.exclude_seen)
+        )
         return ServedList(
             tuple(ids), "shadow", self.model_version, self.index_version, call.served_at
         )
 
     async def aclose(self) -> None:
-        await self.admission.aclose()
-
-
-def open_shadow(
-    settings: Settings,
-    version: str,
-    *,
-    root: Path | None = None,
-    live: Engine | None = None,
-) -> tuple[Engine, Admission]:
-    """Load, check and warm index `version` under `root` (default: the live index root) with
-    its own admission. Blocking. Raises as `open_engine` does."""
-    if root is not None:
-        settings = settings.model_copy(update={"index_root": root})
-    admission = Admission.from_settings(settings)
-    return open_engine(settings, admission, version=version, current=live), admission
+        await self.worker.aclose()
 
 
 class ShadowSlot:
@@ -141,17 +132,14 @@ class ShadowSlot:
         version: str,
         *,
         root: Path | None = None,
-        live: Engine | None = None,
         sample: float | None = None,
     ) -> Shadow:
-        """Load `version` as the shadow (replacing any other); raises when it does not load."""
+        """Load `version` as the shadow in a new worker process (replacing any other); raises
+        what refused it when it does not load, the shadow in place unaffected."""
         async with self._lock:
-            engine, admission = await anyio.to_thread.run_sync(
-                lambda: open_shadow(self.settings, version, root=root, live=live)
-            )
+            worker = await ShadowWorker.start(self.settings, version, root=root)
             shadow = Shadow(
-                engine,
-                admission,
+                worker,
                 root=root if root is not None else self.settings.index_path,
                 sample=self.settings.shadow_sample if sample is None else sample,
                 max_pending=self.settings.shadow_queue_size,
@@ -161,9 +149,10 @@ class ShadowSlot:
             old, self.shadow = self.shadow, shadow
             self._on_change(shadow)
             log.info(
-                "shadow: index %s with model %s, sampling %.3g of retrieves",
+                "shadow: index %s with model %s in process %s, sampling %.3g of retrieves",
                 shadow.index_version,
                 shadow.model_version,
+                worker.pid,
                 shadow.sample,
             )
         if old is not None:

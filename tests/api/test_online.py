@@ -12,16 +12,23 @@ one version served and the other did not.
 from __future__ import annotations
 
 import asyncio
+import multiprocessing
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import anyio.to_thread
 import httpx
 import pytest
 
 from index import current_version, set_current
 from models.embedder import Embedder
 from service.cli.common import EXIT_ERROR, EXIT_REFUSED
+from service.core.engine import Admission
+from service.core.reloader import open_engine
+from service.core.shadow_worker import ShadowWorkerError
 from service.settings import Settings
 from tests.helpers import (
     copy_data,
@@ -67,6 +74,11 @@ def halves(uniserve_data_dir: Path, tmp_path_factory: pytest.TempPathFactory) ->
     set_current(data / "indexes", live)
     surfaces = dict(zip(map(str, embedder.item_ids), map(str, embedder.item_surfaces), strict=True))
     return Halves(data, live, shadow, items, surfaces)
+
+
+def exited(pid: int | None) -> bool:
+    """The process is gone (exited and reaped)."""
+    return pid is not None and not Path(f"/proc/{pid}").exists()
 
 
 async def post(served: Served, path: str, body: Any = None, status: int = 200) -> Any:
@@ -195,10 +207,16 @@ async def test_a_shadow_answers_the_same_request_and_is_scored_on_the_same_event
         assert {i["item_id"] for i in answer["items"]} <= halves.items[halves.live]
         lists = await lists_by_role(served, user)
         assert list(lists["live"].items) == [i["item_id"] for i in answer["items"]]
-        # the shadow's list: what its version answers for the same history, k and filters
+        # the shadow's list: what its version answers for the same history, k and filters,
+        # computed in its worker process
+        assert shadow.worker.pid != os.getpid()
+        reference = await anyio.to_thread.run_sync(
+            lambda: open_engine(settings, Admission(), version=halves.shadow)
+        )
         history_in = ([e["item_id"] for e in events], [e["surface"] for e in events])
-        vector = (await shadow.engine.user_vectors([history_in]))[0]
-        ids, _ = await shadow.engine.retrieve(vector, K, history=history_in[0])
+        vector = (await reference.user_vectors([history_in]))[0]
+        ids, _ = await reference.retrieve(vector, K, history=history_in[0])
+        await reference.admission.aclose()
         assert lists["shadow"].items == tuple(ids) and set(ids) <= halves.items[halves.shadow]
         assert lists["shadow"].index_version == halves.shadow
         assert lists["shadow"].served_at == lists["live"].served_at
@@ -216,7 +234,10 @@ async def test_a_shadow_answers_the_same_request_and_is_scored_on_the_same_event
 
 @pytest.mark.anyio
 async def test_a_failing_shadow_never_reaches_a_live_answer_and_its_overflow_is_counted(
-    serve: ServeFn, halves: Halves, monkeypatch: pytest.MonkeyPatch
+    serve: ServeFn,
+    halves: Halves,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     settings = halves.settings(
         shadow_version=halves.shadow, shadow_sample=1.0, shadow_queue_size=1, cache_ttl_seconds=0
@@ -226,37 +247,61 @@ async def test_a_failing_shadow_never_reaches_a_live_answer_and_its_overflow_is_
         assert slot is not None and slot.shadow is not None and online is not None
         shadow = slot.shadow
 
-        async def boom(*args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("the shadow exploded")
+        def outcomes() -> list[float]:
+            return [
+                value(served, "uniserve_shadow_requests_total", outcome=outcome)
+                for outcome in ("answered", "dropped", "failed")
+            ]
 
-        monkeypatch.setattr(shadow.engine, "retrieve", boom)
-        for n in range(4):
-            user, events = f"online-failing-{n}", history(halves, 4, 10 + n)
+        async def retrieve_as(user: str, n: int) -> None:
+            """The live answer for a user's history, as an anonymous retrieve of it gets."""
+            events = history(halves, 4, n)
             expected = await post(served, "/v1/retrieve", {"events": events, "k": K})
             await post(served, "/v1/events", {"user_id": user, "events": events})
             assert await post(served, "/v1/retrieve", {"user_id": user, "k": K}) == expected
-            await online.drain()  # one at a time: none of these is dropped
-        assert value(served, "uniserve_shadow_requests_total", outcome="failed") == 4
-        assert value(served, "uniserve_shadow_requests_total", outcome="answered") == 0
+
+        await retrieve_as("online-failing-0", 0)
+        await online.drain()
+        assert outcomes() == [1, 0, 0]
 
         gate = asyncio.Event()
 
         async def held(*args: Any, **kwargs: Any) -> Any:
             await gate.wait()
-            raise RuntimeError("the shadow exploded late")
+            raise ShadowWorkerError("the shadow failed late")
 
-        monkeypatch.setattr(shadow.engine, "retrieve", held)
+        monkeypatch.setattr(shadow.worker, "top_k", held)
         for n in range(3):  # the first holds the shadow's one place; the next two overflow
-            user = f"online-held-{n}"
-            await post(served, "/v1/events", {"user_id": user, "events": history(halves, 3, n)})
-            body = await post(served, "/v1/retrieve", {"user_id": user, "k": K})
-            assert body["index_version"] == halves.live and len(body["items"]) == K
-        assert shadow.pending == 1
-        assert value(served, "uniserve_shadow_requests_total", outcome="dropped") == 2
+            await retrieve_as(f"online-held-{n}", 1 + n)
+        assert shadow.pending == 1 and outcomes() == [1, 2, 0]
         gate.set()
         await online.drain()
-        assert shadow.pending == 0
-        assert value(served, "uniserve_shadow_requests_total", outcome="failed") == 5
+        assert shadow.pending == 0 and outcomes() == [1, 2, 1]
+        monkeypatch.undo()
+
+        # the worker killed mid-stream: one call in flight (the worker stopped, so it stays
+        # there), then SIGKILL while live retrieves go on
+        worker = shadow.worker
+        os.kill(worker.pid, signal.SIGSTOP)
+        await retrieve_as("online-killed-0", 5)
+        assert shadow.pending == 1
+        os.kill(worker.pid, signal.SIGKILL)
+        for n in range(1, 4):  # dropped while the call is in flight, failed once it has failed
+            await retrieve_as(f"online-killed-{n}", 5 + n)
+        await online.drain()
+        answered, dropped, failed = outcomes()
+        assert answered == 1 and failed >= 1 + 1 and dropped + failed == 2 + 1 + 1 + 3
+        assert not worker.alive
+        for _ in range(300):  # logged once the reply reader has reaped it
+            if "exited with code -9" in caplog.text:
+                break
+            await asyncio.sleep(0.1)
+        assert "exited with code -9" in caplog.text
+        for n in range(4):  # every later one: failed at once, never sent
+            await retrieve_as(f"online-dead-{n}", 9 + n)
+            assert shadow.pending == 0
+        assert outcomes() == [1, dropped, failed + 4]
+        assert served.state.shadow is not None and served.state.shadow.shadow is shadow
 
 
 @pytest.mark.anyio
@@ -270,6 +315,12 @@ async def test_the_admin_route_loads_and_unloads_a_shadow_and_refuses_a_bad_vers
         assert resp.status_code in (401, 403)  # the admin key is needed
         loaded = await post(served, "/admin/shadow", body)
         assert loaded["index_version"] == halves.shadow and loaded["sample"] == 0.5
+        first = served.state.shadow.shadow
+        assert first is not None
+        again = await post(served, "/admin/shadow", {"version": halves.live})  # replaced
+        assert again["index_version"] == halves.live
+        assert exited(first.worker.pid)  # the replaced worker is stopped
+        loaded = await post(served, "/admin/shadow", body)
         online = (await served.client.get("/admin/online", headers=AUTH)).json()
         assert online["shadow"] == loaded
         refused = await post(
@@ -278,8 +329,12 @@ async def test_the_admin_route_loads_and_unloads_a_shadow_and_refuses_a_bad_vers
         assert refused["error_type"] == "index_rejected" and "deadbe" in refused["error"]
         assert served.state.shadow.shadow is not None  # the loaded one stays
         await post(served, "/admin/shadow", {"version": "../etc"}, 422)
+        last = served.state.shadow.shadow
+        assert last is not None
         gone = await post(served, "/admin/shadow", {"version": None})
         assert gone == {"index_version": None, "model_version": None, "sample": None}
+        assert exited(last.worker.pid)  # unloading leaves no process
+        assert not [p for p in multiprocessing.active_children() if "shadow" in p.name]
         assert "uniserve_shadow_info{" not in (await served.client.get("/metrics")).text
 
 

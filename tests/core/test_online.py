@@ -8,6 +8,7 @@ import asyncio
 import math
 import random
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import orjson
@@ -220,9 +221,9 @@ def test_decide_refuses_below_the_minimum_and_when_not_significant() -> None:
 def test_the_shadow_yields_while_live_requests_fill_half_their_limit() -> None:
     live = PendingLimit(4)
     outcomes: list[str] = []
+    worker = SimpleNamespace(alive=True, backlogged=False)  # `takes` reads only these
     shadow = Shadow(
-        cast(Any, None),  # engine and admission: `takes` never touches them
-        cast(Any, None),
+        cast(Any, worker),
         root=Path("."),
         sample=1.0,
         max_pending=8,
@@ -236,3 +237,8 @@ def test_the_shadow_yields_while_live_requests_fill_half_their_limit() -> None:
     assert outcomes == ["answered", "dropped"] and shadow.pending == 0
     live.leave(0.0, 0.0)
     assert shadow.takes(call)  # back under half: shadowed again
+    shadow.release("answered")
+    worker.backlogged = True  # the worker's socket is full: dropped
+    assert not shadow.takes(call) and outcomes[-1] == "dropped"
+    worker.alive = False  # the worker exited: failed, nothing taken
+    assert not shadow.takes(call) and outcomes[-1] == "failed" and shadow.pending == 0

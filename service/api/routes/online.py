@@ -68,7 +68,7 @@ async def load_shadow(state: StateDep, req: ShadowRequest) -> ShadowResponse:
         await slot.unload()
         return _shadow_body(slot)
     try:
-        await slot.load(req.version, live=state.engine, sample=req.sample)
+        await slot.load(req.version, sample=req.sample)
     except Exception as exc:
         message = f"shadow {req.version!r} refused ({reason_of(exc).value}): {exc}"
         log.warning("%s", message)
