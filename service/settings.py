@@ -216,9 +216,10 @@ class Settings(BaseSettings):
     # answers shadow_sample of the retrieves with a user_id after the live answer was made, in
     # the background, computed in a worker process of its own at the lowest CPU priority (it
     # gets only CPU time live serving leaves; it holds its own copy of model and index); its
-    # lists are scored like the live ones. More sampling: evidence sooner, for more shadow
-    # answers dropped when the machine is busy. At most shadow_queue_size shadow answers
-    # pending; beyond that they are dropped and counted.
+    # lists are scored like the live ones. More sampling: evidence sooner, for more work in
+    # the live process (a message each way per answer) and more answers dropped when the
+    # machine is busy. At most shadow_queue_size shadow answers pending; beyond that they are
+    # dropped and counted.
     shadow_version: str | None = None
     shadow_index_root: Path | None = None
     shadow_sample: Annotated[float, Field(ge=0.0, le=1.0)] = 0.1

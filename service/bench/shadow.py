@@ -7,8 +7,9 @@ answering 10% of the retrieves and with one answering all of them (`UNISERVE_SHA
 then without again.
 The shadow is the live index published again as another version (same model and index, so the
 shadow does exactly the live work a second time: the most a shadow of this size can cost).
-Prints achieved rate, p50 / p99 from each request's scheduled time, and the shadow's answered
-and dropped counts from `/metrics`. Use the sustainable rate of the machine (`uniserve bench
+Prints achieved rate, p50 / p99 from each request's scheduled time, the shadow's answered
+and dropped counts from `/metrics`, and the resident memory of the server's process tree (its
+shadow worker process included) after the step. Use the sustainable rate of the machine (`uniserve bench
 service` finds it). A benchmark, not a test: numbers go to BENCHMARKS.md.
 """
 
@@ -91,7 +92,8 @@ def run(data_dir: Path, rate: float, seconds: float, threads: int = 1) -> list[d
             env.update(UNISERVE_SHADOW_VERSION=version, UNISERVE_SHADOW_SAMPLE=str(sample))
         with server("uniserve", data_dir, threads, env) as srv:
             step = run_load(_measure(srv.port, requests, rate, seconds))
-            rows.append({"shadow_sample": sample, **asdict(step), **shadow_counts(srv.port)})
+            counts = shadow_counts(srv.port)
+            rows.append({"shadow_sample": sample, **asdict(step), **counts, "rss_mb": srv.rss_mb()})
     return rows
 
 
@@ -116,13 +118,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         ensure_artifacts(Settings(data_dir=data_dir))
     rows = run(data_dir, args.rate, args.seconds, args.threads)
     print(f"{'shadow':>8}{'rps':>8}{'ok':>7}{'429':>6}{'err':>5}{'p50 ms':>9}{'p99 ms':>9}"
-          f"{'answered':>10}{'dropped':>9}")  # fmt: skip
+          f"{'answered':>10}{'dropped':>9}{'RSS MB':>8}")  # fmt: skip
     for r in rows:
         sample = "none" if r["shadow_sample"] is None else f"{r['shadow_sample']:.0%}"
         print(
             f"{sample:>8}{r['achieved_rps']:>8.1f}{r['ok']:>7}{r['rejected']:>6}{r['errors']:>5}"
             f"{r['p50_ms']:>9.2f}{r['p99_ms']:>9.2f}{r.get('answered', 0):>10.0f}"
-            f"{r.get('dropped', 0):>9.0f}"
+            f"{r.get('dropped', 0):>9.0f}{r['rss_mb']:>8.0f}"
         )
     if args.json is not None:
         args.json.write_text(json.dumps(rows, indent=2))

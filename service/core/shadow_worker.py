@@ -36,6 +36,7 @@ from multiprocessing.process import BaseProcess
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import anyio
 import anyio.to_thread
 
 from service.core.filters import Filters
@@ -318,7 +319,8 @@ class ShadowWorker:
 
 
 async def _stop(process: BaseProcess) -> None:
-    """Wait for `process` to exit (its socket closed), killing it after STOP_SECONDS."""
+    """Wait for `process` to exit (its socket closed), killing it after STOP_SECONDS; also
+    when the caller is being cancelled."""
 
     def reap() -> None:
         if process.pid is None:  # never started
@@ -331,4 +333,5 @@ async def _stop(process: BaseProcess) -> None:
             process.kill()
             process.join()
 
-    await anyio.to_thread.run_sync(reap)
+    with anyio.CancelScope(shield=True):
+        await anyio.to_thread.run_sync(reap)

@@ -1,8 +1,10 @@
-"""Online quality through the real app: served lists remembered, later events counted as hits
-per version and surface (Prometheus counters against a hand-worked reference, no ids in any
-label), the shadow model (loaded by setting and admin route, never changing or failing a live
-answer, its overflow dropped and counted) and the gated promotion (refused below N events,
-refused when not significant, promoted otherwise: CURRENT and the live engine move).
+"""Online quality through the real app: served lists remembered, later events counted as hits per
+version and surface (Prometheus counters against a hand-worked reference, no ids in any label),
+the shadow model (loaded by setting and admin route into a worker process, never changing or
+failing a live answer, also when its worker is killed mid-stream, its overflow dropped and
+counted, no worker process left after a replace or an unload) and the gated promotion (refused
+below N events, refused when not significant, promoted otherwise: CURRENT and the live engine
+move).
 
 Live and shadow are two published versions of the session model over disjoint halves of its
 catalogue (`publish_halves`), so each list shows who served it and a test can post events that
