@@ -163,7 +163,17 @@ def redis_server(log: Path) -> Iterator[str]:
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
