@@ -11,6 +11,15 @@ keep-alive connections are closed, requests in flight finish and are answered wi
 then the lifespan closes Redis and the process exits 0. A second signal skips the wait.
 uvicorn's own signal capture is disabled: it would re-raise the signal after shutting down, so
 the process would die of SIGTERM instead of exiting 0.
+
+With `workers` > 1 (`supervise`) this process is a supervisor: it binds the listening sockets
+once and spawns that many worker processes, each running the above on the inherited sockets
+(the kernel hands each connection to one of them). A worker enters its lifespan, says it has
+loaded, and starts listening only once every worker has (so the port never answers from a
+half-started service); a worker that dies is started again at once. SIGTERM or SIGINT to the
+supervisor is passed on to every worker as SIGTERM (a second one skips their wait); workers
+ignore a terminal's SIGINT, and die with their supervisor even when it is SIGKILLed
+(`PR_SET_PDEATHSIG`). Each worker's `/metrics` answers for all (`service.api.workers`).
 """
 
 from __future__ import annotations
