@@ -32,6 +32,11 @@ DEFAULT_EF_SEARCH = 128
 MAX_DEFAULT_NPROBE = 32
 WIDEN_FACTOR = 4  # each retry multiplies efSearch / nprobe by this
 MAX_WIDEN_STEPS = 2  # retries before falling back to exact search over the eligible rows
+# Index files are memory-mapped where FAISS can (the codes of flat storage: Flat, HNSW, SQ, PQ),
+# read-only: pages come from the page cache, so every worker process and every version loaded
+# twice share one copy, and a load reads nothing until searched. A published version's files
+# never change (a rebuild writes a new version directory), so the mapping stays valid.
+READ_FLAGS = faiss.IO_FLAG_MMAP_IFC
 EXACT_CHUNK_ROWS = 65_536  # rows reconstructed at a time by the exact fallback
 
 _PARAM_NAMES = {"hnsw": ("efSearch",), "ivf": ("nprobe",), "flat": (), "other": ()}
@@ -370,7 +375,7 @@ class ItemIndex:
         except (json.JSONDecodeError, KeyError, TypeError) as e:
             raise IndexIntegrityError(f"bad {META_FILE} in {str(directory)!r}: {e!r}") from e
         try:
-            faiss_index = faiss.read_index(str(directory / INDEX_FILE))
+            faiss_index = faiss.read_index(str(directory / INDEX_FILE), READ_FLAGS)
             table = pq.read_table(directory / ITEMS_FILE)
         except (RuntimeError, OSError, pa.ArrowException) as e:
             raise IndexIntegrityError(f"cannot read index in {str(directory)!r}: {e}") from e

@@ -27,7 +27,7 @@ import numpy as np
 from index.build import build_index
 from index.chamfer import chamfer_pairs
 from index.fde import FDEConfig, encode_documents, encode_queries
-from index.item_index import ItemIndex
+from index.item_index import READ_FLAGS, ItemIndex
 from index.manifest import IndexIntegrityError
 
 FDE_INDEX_FILE = "fde.faiss"
@@ -152,7 +152,7 @@ class MultiIndex:
             meta: dict[str, Any] = json.loads((directory / FDE_META_FILE).read_text())
             config = FDEConfig.from_dict(meta["fde_config"])
             index_type, params = meta["fde_index_type"], meta["fde_search_params"]
-            faiss_index = faiss.read_index(str(directory / FDE_INDEX_FILE))
+            faiss_index = faiss.read_index(str(directory / FDE_INDEX_FILE), READ_FLAGS)
             vectors = np.load(directory / VECTORS_FILE, allow_pickle=False)
             mask = np.load(directory / MASK_FILE, allow_pickle=False)
         except (OSError, RuntimeError, ValueError, KeyError, TypeError) as e:

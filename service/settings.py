@@ -249,6 +249,13 @@ class Settings(BaseSettings):
     # to finish (then they are cancelled), Redis is closed and the process exits 0. Longer: fewer
     # cut requests on a slow stop; shorter: deploys and scale-in wait less.
     shutdown_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
+    # Worker processes serving the same port (`service.api.runner.supervise`). One process
+    # spends its event loop's single core on HTTP and JSON while the encoder and search run in
+    # threads; more workers use more cores for that part. Each loads its own model and batchers
+    # (memory grows by the model per worker; the index file is memory-mapped and shared), and
+    # the in-process cache, recent events and served lists would be per worker, so more than
+    # one needs redis_url. `/metrics` answers for all (a `worker` label on every series).
+    workers: Annotated[int, Field(ge=1, le=64)] = 1
 
     # Sharded retrieval. shard_urls: comma-separated base URLs of the replicas serving shards
     # 0, 1, ... of one sharded build (`uniserve build-index --shards S`); set = router mode: this
@@ -312,6 +319,16 @@ class Settings(BaseSettings):
                 "the adaptive limit starts at max_pending_requests, which must lie within "
                 f"[admission_min_limit, admission_max_limit], got {self.max_pending_requests} "
                 f"and [{self.admission_min_limit}, {self.admission_max_limit}]"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _workers(self) -> Settings:
+        if self.workers > 1 and self.redis_url is None:
+            raise ValueError(
+                f"workers={self.workers} needs redis_url: without Redis each worker would keep "
+                "its own recent events, cache and served lists, so a user's events posted to "
+                "one worker would be missing from another's answers"
             )
         return self
 

@@ -24,11 +24,14 @@ from service.api.routes import API_ROUTERS, PROBE_ROUTERS, ROUTERS
 from service.api.schemas import AUTH_ERRORS
 from service.api.shedding import ShedMiddleware
 from service.api.state import AppState
+from service.api.workers import Worker, WorkerMetrics
 from service.settings import Settings
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    """Build the app; settings default to the `UNISERVE_*` environment, read now."""
+def create_app(settings: Settings | None = None, worker: Worker | None = None) -> FastAPI:
+    """Build the app; settings default to the `UNISERVE_*` environment, read now. `worker`:
+    this process's place among several (`service.api.runner.supervise`); its `/metrics` then
+    answers for every worker (`service.api.workers`)."""
     settings = settings if settings is not None else Settings()
     app = FastAPI(
         title="uniserve",
@@ -38,6 +41,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         **_telemetry(settings),
     )
     state = app.state.uniserve = AppState.create(settings)
+    if worker is not None:
+        state.metrics.workers = WorkerMetrics(worker, state.metrics.registry)
     _mount(app, state, ROUTERS)
     # the OpenAPI document: the settings' limits and the live model's shape (service.api.document)
     install_document(app, settings, lambda: state.live)

@@ -188,6 +188,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 background.start_soon(state.catalogue.watch, settings.index_poll_seconds)
             if feed is not None and state.catalogue is not None:
                 background.start_soon(feed.listen, state.catalogue.poll_once)
+            if metrics.workers is not None:
+                background.start_soon(metrics.workers.publish_forever)
             yield
             background.cancel_scope.cancel()
     finally:
@@ -203,3 +205,5 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if router is not None:
             await router.fanout.aclose()
         await state.close_backends()
+        if metrics.workers is not None:
+            metrics.workers.remove()

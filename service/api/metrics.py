@@ -16,12 +16,13 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from index.manifest import RejectReason
 from service.api.online_metrics import OnlineMetrics
+from service.api.workers import WorkerMetrics
 from service.core.batcher import BatchStats
 
 UNMATCHED_ROUTE = "unmatched"
@@ -99,6 +100,7 @@ class _IndexCollector(Collector):
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
+        self.workers: WorkerMetrics | None = None  # set when this app is one of several workers
         self.requests = Counter(
             "uniserve_requests_total",
             "HTTP requests by route template and status class.",
@@ -246,6 +248,12 @@ class Metrics:
                 self.cache.labels(op, result)
         for rejected in REJECT_REASONS:
             self.rejected.labels(rejected)
+
+    def exposition(self) -> bytes:
+        """The text `/metrics` answers: this registry, or every worker's when there are several."""
+        if self.workers is not None:
+            return self.workers.exposition()
+        return generate_latest(self.registry)
 
     def observe_request(self, route: str, status: int, seconds: float) -> None:
         self.requests.labels(route, status_class(status)).inc()

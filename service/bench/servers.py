@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +151,43 @@ def server(
         stop(proc)
         if own_log:
             log.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def redis_server(log: Path) -> Iterator[str]:
+    """A throwaway redis-server on a free loopback port (no persistence): its URL, until the
+    context exits. RuntimeError when redis-server is not installed or does not answer."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise RuntimeError("redis-server is not installed (uniserve with --workers > 1 needs it)")
+    port = free_port()
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [
+                binary,
+                "--port",
+                str(port),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        ping = b"PING\r\n"
+        deadline = time.monotonic() + 10
+        while not _probe(port, ping).startswith(b"+PONG"):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"redis-server did not start: {_tail(log)}")
+            time.sleep(0.05)
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        stop(proc)
 
 
 def stop(proc: subprocess.Popen[bytes]) -> None:

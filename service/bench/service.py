@@ -51,6 +51,7 @@ v2 JSON (its own protocol), made from the same bodies before each step, not whil
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -74,7 +75,7 @@ from service.bench.load import (
 )
 from service.bench.peers import BATCHING_PEERS, PEERS, PeerOptions
 from service.bench.peers.pipeline import Pipeline, history_of
-from service.bench.servers import Server, server
+from service.bench.servers import Server, redis_server, server
 
 
 # ------------------------------------------------------------------------------ in-process
@@ -250,6 +251,14 @@ def build_parser() -> argparse.ArgumentParser:
         "with its error and the run goes on.",
     )
     p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="uniserve worker processes (UNISERVE_WORKERS; default: as many as each peer gets, "
+        "--peer-workers); more than one runs beside a redis-server this run starts, which "
+        "these requests (histories in the body) never call",
+    )
+    p.add_argument(
         "--peer-workers",
         type=int,
         default=None,
@@ -281,6 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     workers = args.peer_workers or max(1, (os.cpu_count() or 1) // args.threads)
     options = PeerOptions(args.threads, args.batch, args.peer_wait_ms, workers)
+    uniserve_workers = args.workers or workers
     started = time.perf_counter()
     data_dir = prepare_artifacts(
         args.work_dir, args.items, index_type=args.index_type, seed=args.seed
@@ -314,7 +324,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return run_load(ladder(srv, stream, rates, seconds, label))
         return run_load(find_knee(srv, stream, seconds, label, search))
 
-    env = {"UNISERVE_BATCH_MAX_SIZE": str(args.batch)}
+    env = {"UNISERVE_BATCH_MAX_SIZE": str(args.batch), "UNISERVE_WORKERS": str(uniserve_workers)}
     result: dict[str, Any] = {
         "items": args.items,
         "index_type": args.index_type,
@@ -325,10 +335,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "inprocess": limit,
         "ladder": "fixed" if rates is not None else asdict(search),
         "peer_options": asdict(options),
+        "uniserve_workers": uniserve_workers,
     }
     runs: dict[str, list[StepResult]] = {}
     stream = source.again()
-    with server("uniserve", data_dir, args.threads, env, log=logs / "uniserve.log") as srv:
+    with contextlib.ExitStack() as stack:
+        if uniserve_workers > 1:  # several workers need Redis (the Settings say why)
+            env["UNISERVE_REDIS_URL"] = stack.enter_context(redis_server(logs / "redis.log"))
+        srv = stack.enter_context(
+            server("uniserve", data_dir, args.threads, env, log=logs / "uniserve.log")
+        )
         steps = runs["uniserve"] = push(srv, "uniserve", stream)
         best = best_rate(steps)
         result["service_steps"] = [asdict(s) for s in steps]

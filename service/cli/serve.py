@@ -44,6 +44,14 @@ def add_parser(sub: Any) -> None:
         default=None,
         help="bind address of --admin-port (default 127.0.0.1, env UNISERVE_ADMIN_HOST)",
     )
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="worker processes on the same port (default 1, env UNISERVE_WORKERS); more than "
+        "one needs UNISERVE_REDIS_URL, and each loads its own model (the index file is "
+        "memory-mapped and shared)",
+    )
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.set_defaults(func=run)
 
@@ -59,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
         "data_dir": args.data_dir,
         "admin_host": args.admin_host,
         "admin_port": args.admin_port,
+        "workers": args.workers,
     }
     overrides = {k: v for k, v in flags.items() if v}
     if args.no_bootstrap:
