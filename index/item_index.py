@@ -228,7 +228,7 @@ class ItemIndex:
             return scores, rows
         if n_eligible == self.count:
             mask = None
-        selector = None if mask is None else _bitmap_selector(mask)
+        selector = None if mask is None else bitmap_selector(mask)
         need = min(k, n_eligible)
         if self._kind == "other" and mask is not None:  # cannot filter inside this index
             scores[:], rows[:] = self._exact_search(q, k, mask)
@@ -404,7 +404,7 @@ class ItemIndex:
             raise IndexIntegrityError(f"index in {str(directory)!r} is inconsistent: {e}") from e
 
 
-def _bitmap_selector(mask: np.ndarray) -> faiss.IDSelector:
+def bitmap_selector(mask: np.ndarray) -> faiss.IDSelector:
     """An IDSelectorBitmap admitting the True rows of an (N,) bool mask."""
     bits = np.packbits(mask, bitorder="little")  # (ceil(N / 8),) uint8, row r is bit r % 8
     # The Python wrapper takes the array itself and keeps it alive; faiss's stubs only know the

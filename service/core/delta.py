@@ -12,6 +12,12 @@ What it changes in a search: main-index rows of retired or upserted ids are mask
 ANN search (`hidden_rows`: an upserted id's vector is the delta's now), the delta's rows are
 scored exactly under the same filters, and the two top-k lists are merged by score
 (`merge_topk`), so k items come back whenever k are eligible.
+
+What a search needs is built once per delta, when it is made (`__post_init__`), never per
+search: a FAISS `IndexFlatIP` over the rows (one exact search per batch, which releases the
+GIL), an `IDSelectorBitmap` of the live rows, the surfaces as integer codes (a filter's mask is
+one gather) and the model rows the live rows' ids hold (the blend's upserted neighbours, by a
+binary search). A search under filters builds only the selector of its own mask.
 """
 
 from __future__ import annotations
@@ -19,27 +25,34 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
+import faiss
 import numpy as np
 
+from index.item_index import bitmap_selector
 from models.embedder import ItemSpec
 from service.core.fanout import merge_topk
 from service.core.filters import Filters
 from service.store.changelog import CatalogueItem, CatalogueState, Change
 
 Encode = Callable[[Sequence[ItemSpec]], np.ndarray]  # items -> (B, D) float32 served vectors
-Rows = Callable[[Sequence[str]], np.ndarray]  # item ids -> (M,) main-index rows, -1 if absent
+Rows = Callable[[Sequence[str]], np.ndarray]  # item ids -> (M,) rows, -1 if absent
 
 
 def _no_rows() -> np.ndarray:
     return np.empty(0, np.int64)
 
 
+def _no_codes() -> np.ndarray:
+    return np.empty(0, np.int32)
+
+
 @dataclass(frozen=True)
 class Delta:
     """Arrays are append-only between compactions: an upsert appends a row (the id's earlier
     row, if any, is marked dead), a retirement marks its row dead; `row` maps each live id to
-    its row. Applying a change costs the new rows plus array copies, not a pass in Python over
-    every item held; dead rows are dropped once they outnumber the live ones."""
+    its row. Applying a change costs the new rows plus array copies (and the search structures
+    built from them), not a pass in Python over every item held; dead rows are dropped once
+    they outnumber the live ones."""
 
     base_seq: int  # the change log position the index version was built through
     seq: int  # the last change applied (== base_seq: none)
@@ -53,8 +66,29 @@ class Delta:
     )
     alive: np.ndarray = field(default_factory=lambda: np.empty(0, bool))  # (n,) live rows
     row: dict[str, int] = field(default_factory=dict)  # live id -> row of the arrays above
+    surface_code: dict[str, int] = field(default_factory=dict)  # surface -> its code
+    surface_codes: np.ndarray = field(default_factory=_no_codes)  # (n,) int32: surfaces' codes
+    model_rows: np.ndarray = field(default_factory=_no_rows)  # (n,) the id's model row, -1: none
     hidden_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired, upserted
     retired_rows: np.ndarray = field(default_factory=_no_rows)  # main rows: retired
+    # built from the fields above once, when the delta is made (`__post_init__`)
+    flat: faiss.IndexFlatIP | None = field(init=False, repr=False, compare=False)  # every row
+    live: faiss.IDSelector | None = field(init=False, repr=False, compare=False)  # None: all
+    held_model_rows: np.ndarray = field(init=False, repr=False, compare=False)  # (h,) sorted
+    held_rows: np.ndarray = field(init=False, repr=False, compare=False)  # (h,) their rows
+
+    def __post_init__(self) -> None:
+        """The search structures (the delta is frozen: set once, here, never changed)."""
+        flat = None
+        if len(self.ids):
+            flat = faiss.IndexFlatIP(self.search_vectors.shape[1])
+            flat.add(np.ascontiguousarray(self.search_vectors, dtype=np.float32))
+        known = np.flatnonzero(self.alive & (self.model_rows >= 0))  # (h,) live, in the model
+        order = np.argsort(self.model_rows[known], kind="stable")
+        object.__setattr__(self, "flat", flat)
+        object.__setattr__(self, "live", None if self.alive.all() else bitmap_selector(self.alive))
+        object.__setattr__(self, "held_model_rows", self.model_rows[known][order])
+        object.__setattr__(self, "held_rows", known[order])
 
     @classmethod
     def empty(cls, base_seq: int) -> Delta:
@@ -84,9 +118,11 @@ class Delta:
         encode: Encode,
         cut: Callable[[np.ndarray], np.ndarray],
         main_rows: Rows,
+        model_rows: Rows,
     ) -> Delta:
         """This delta with `changes` applied (those at or before `seq` are skipped): upserted
-        items encoded by `encode`, cut to the index's space by `cut`, main rows by `main_rows`."""
+        items encoded by `encode`, cut to the index's space by `cut`, main-index rows by
+        `main_rows`, rows in the model (the blend's catalogue) by `model_rows`."""
         changes = [c for c in changes if c.seq > self.seq]
         if not changes:
             return self
@@ -112,9 +148,11 @@ class Delta:
         else:
             search_vectors = np.concatenate([self.search_vectors, added]) if n else added
         ids = np.concatenate([self.ids, np.asarray(fresh, dtype=object)])
-        surfaces = np.concatenate(
-            [self.surfaces, np.asarray([state.upserts[i].surface or "" for i in fresh], object)]
-        )
+        new_surfaces = [state.upserts[i].surface or "" for i in fresh]
+        surfaces = np.concatenate([self.surfaces, np.asarray(new_surfaces, object)])
+        surface_code = dict(self.surface_code)
+        new_codes = [surface_code.setdefault(s, len(surface_code)) for s in new_surfaces]
+        surface_codes = np.concatenate([self.surface_codes, np.asarray(new_codes, np.int32)])
         alive = np.concatenate([alive, np.ones(len(fresh), bool)])
         touched_rows = main_rows(list(touched))  # (t,)
         unretired = [i for i in touched if i not in state.retired]
@@ -133,6 +171,9 @@ class Delta:
             search_vectors=search_vectors,
             alive=alive,
             row=row,
+            surface_code=surface_code,
+            surface_codes=surface_codes,
+            model_rows=np.concatenate([self.model_rows, model_rows(fresh)]),
             hidden_rows=np.union1d(self.hidden_rows, touched_rows[touched_rows >= 0]),
             retired_rows=retired_rows[retired_rows >= 0],
         )
@@ -148,6 +189,8 @@ class Delta:
             self,
             ids=ids,
             surfaces=self.surfaces[keep],
+            surface_codes=self.surface_codes[keep],
+            model_rows=self.model_rows[keep],
             vectors=vectors,
             search_vectors=vectors if shared else self.search_vectors[keep],
             alive=np.ones(len(keep), bool),
@@ -156,10 +199,15 @@ class Delta:
 
     # ------------------------------------------------------------------ search
     def eligible(self, filters: Filters) -> np.ndarray:
-        """(n,) bool mask of the live delta rows passing the filters."""
+        """(n,) bool mask of the live delta rows passing the filters (`alive` itself when they
+        name no surface and exclude no id the delta holds)."""
         mask = self.alive
         if filters.surfaces is not None:
-            mask = mask & np.isin(self.surfaces, np.asarray(filters.surfaces, dtype=object))
+            wanted = np.zeros(len(self.surface_code), bool)  # by surface code
+            wanted[[self.surface_code[s] for s in filters.surfaces if s in self.surface_code]] = (
+                True
+            )
+            mask = mask & wanted[self.surface_codes]
         if filters.exclude:
             rows = [self.row[i] for i in filters.exclude if i in self.row]
             if rows:
@@ -170,26 +218,34 @@ class Delta:
     def search(
         self, queries: np.ndarray, k: int, filters: Filters
     ) -> list[tuple[list[str], np.ndarray]]:
-        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows.
-
-        Every row is scored in place (no copy of the eligible rows' vectors: dead rows are at
-        most twice the live ones) and the eligible ones are picked from the scores."""
+        """Exact top-k (ids, scores desc) of each query (B, d) among eligible delta rows: one
+        search of the flat index, the rows that may not be returned left out by a selector
+        (the live rows' one, made with the delta, unless the filters leave out more)."""
         mask = self.eligible(filters)  # (n,)
-        rows = np.flatnonzero(mask)  # (m,)
-        if not rows.size:
+        eligible = self.count if mask is self.alive else int(mask.sum())
+        if self.flat is None or not eligible:
             return [([], np.empty(0, np.float32))] * len(queries)
-        scores = queries @ self.search_vectors.T  # (B, n)
-        if rows.size < len(mask):
-            scores = scores[:, rows]  # (B, m)
-        top = min(k, rows.size)
+        selector = self.live if mask is self.alive else bitmap_selector(mask)
+        params = None
+        if selector is not None:
+            params = faiss.SearchParameters()
+            params.sel = selector
+        q = np.ascontiguousarray(queries, dtype=np.float32)  # (B, d)
+        scores, rows = self.flat.search(q, min(k, eligible), params=params)  # (B, top)
         out = []
-        for q in range(len(queries)):
-            if top < rows.size:
-                best = np.argpartition(-scores[q], top - 1)[:top]
-            else:
-                best = np.arange(rows.size)
-            order = best[np.argsort(-scores[q][best], kind="stable")]
-            out.append((self.ids[rows[order]].tolist(), scores[q][order].astype(np.float32)))
+        for s, r in zip(scores, rows, strict=True):
+            found = r >= 0  # all of them: min(k, eligible) rows pass the selector
+            out.append((self.ids[r[found]].tolist(), s[found]))
+        return out
+
+    def rows_of_model(self, model_rows: np.ndarray) -> np.ndarray:
+        """(P,) the live delta row holding the id of each model row (P,), -1: none."""
+        out = np.full(len(model_rows), -1, np.int64)
+        keys = self.held_model_rows  # (h,) sorted
+        if keys.size and len(model_rows):
+            at = np.searchsorted(keys, model_rows).clip(max=keys.size - 1)  # (P,)
+            hit = keys[at] == model_rows
+            out[hit] = self.held_rows[at[hit]]
         return out
 
 

@@ -447,6 +447,7 @@ class Engine(ModelEngine):
             functools.partial(encode_items, self.embedder),
             self.index_queries,
             self.index.row_of,
+            self.embedder.item_rows,
         )
 
     @property
@@ -523,8 +524,7 @@ class Engine(ModelEngine):
         extra_ids = self.index.item_ids[index_rows[in_index]].tolist()
         extra_scores = [self._index_space_items[near[in_index]] @ query + bonus[in_index]]
         if delta.count:  # upserted neighbours: hidden in the index, held by the delta
-            names = self.embedder.item_ids[near].tolist()
-            held = np.fromiter((delta.row.get(i, -1) for i in names), np.int64, len(names))
+            held = delta.rows_of_model(near)  # (P,) delta rows, -1: none
             in_delta = fresh & (held >= 0)
             if in_delta.any():
                 in_delta[in_delta] = delta.eligible(filters)[held[in_delta]]

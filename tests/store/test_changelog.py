@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -102,6 +103,11 @@ def _encode(items: list[tuple[str, str | None, dict[str, str]]]) -> np.ndarray:
     return np.stack([_vector(i) for i, _, _ in items]) if items else np.zeros((0, 8), "f4")
 
 
+def _unknown(item_ids: Sequence[str]) -> np.ndarray:
+    """Rows of ids in a model that knows none of them."""
+    return np.full(len(item_ids), -1, np.int64)
+
+
 def test_delta_search_equals_brute_force_under_filters_and_merges_by_score() -> None:
     main = {f"m{i}": i for i in range(50)}  # main-index rows
     rows = lambda ids: np.asarray([main.get(i, -1) for i in ids], np.int64)  # noqa: E731
@@ -111,11 +117,11 @@ def test_delta_search_equals_brute_force_under_filters_and_merges_by_score() -> 
         Change(2, "retire", item_ids=("d3", "m7", "zz")),
         Change(3, "upsert", (*upserts[20:], CatalogueItem("m9", "2", {}))),
     ]
-    delta = Delta.empty(0).applied(changes, _encode, lambda v: v, rows)
+    delta = Delta.empty(0).applied(changes, _encode, lambda v: v, rows, _unknown)
     assert delta.seq == 3 and delta.retired == {"d3", "m7", "zz"}
     assert delta.count == 30 and "d3" not in delta.row  # 29 upserts + m9
     assert sorted(delta.hidden_rows.tolist()) == [7, 9] and delta.retired_rows.tolist() == [7]
-    assert delta.applied(changes, _encode, lambda v: v, rows) is delta  # already applied
+    assert delta.applied(changes, _encode, lambda v: v, rows, _unknown) is delta  # already applied
 
     queries = np.random.default_rng(1).standard_normal((4, 8)).astype("f4")
     filters = Filters.of(surfaces=["0", "2"], exclude=["d6", "m1"])
@@ -142,7 +148,7 @@ def test_upserting_the_same_ids_again_and_again_keeps_the_delta_compact() -> Non
     delta = Delta.empty(0)
     for seq in range(1, 301):
         item = CatalogueItem(f"d{seq % 7}", "0", {})
-        delta = delta.applied([Change(seq, "upsert", (item,))], _encode, lambda v: v, rows)
+        delta = delta.applied([Change(seq, "upsert", (item,))], _encode, lambda v: v, rows, rows)
     assert delta.count == 7 and len(delta.ids) <= 2 * 64 + 1
     assert sorted(delta.ids[delta.alive].tolist()) == sorted(delta.row)
     query = np.ones((1, 8), "f4")
