@@ -252,10 +252,13 @@ class Settings(BaseSettings):
     shutdown_timeout_seconds: Annotated[float, Field(gt=0.0, le=600.0)] = 30.0
     # Worker processes serving the same port (`service.api.runner.supervise`). One process
     # spends its event loop's single core on HTTP and JSON while the encoder and search run in
-    # threads; more workers use more cores for that part. Each loads its own model and batchers
-    # (memory grows by the model per worker; the index file is memory-mapped and shared), and
-    # the in-process cache, recent events and served lists would be per worker, so more than
-    # one needs redis_url. `/metrics` answers for all (a `worker` label on every series).
+    # threads; more workers use more cores for that part, at the price of smaller batches
+    # (each worker batches its own requests): on a 2-core machine two workers sustained less
+    # than one (BENCHMARKS.md, "Worker processes"), so add them where one process leaves cores
+    # idle. Each loads its own model and batchers (memory grows by the model per worker; the
+    # index file is memory-mapped and shared), and the in-process cache, recent events and
+    # served lists would be per worker, so more than one needs redis_url. `/metrics` answers
+    # for all (a `worker` label on every series).
     workers: Annotated[int, Field(ge=1, le=64)] = 1
 
     # Sharded retrieval. shard_urls: comma-separated base URLs of the replicas serving shards

@@ -11,8 +11,13 @@ Two real `uniserve serve` replicas share one data dir (the index root and its ch
    `--churn-upserts` upserts and `--churn-retirements` retirements of catalogue items (in calls
    of `--batch`); every retrieve answer is checked against the retirements acknowledged on that
    replica before the request was sent: none may come back; failed requests are counted;
-3. retrieve latency: `--latency-requests` closed-loop retrieves on A with the empty delta (before
-   phase 1) and with the full one (after phase 2), p50 / p99, same run, same bodies.
+3. retrieve latency with the full delta against an empty one: a third replica C starts on a
+   private copy of the original data dir (the same index version and model, no change log);
+   then blocks of `LATENCY_BLOCK` closed-loop retrieves alternate between A (the delta of
+   phases 1-2) and C, the order flipping every round, each block's bodies fresh (no cache hit)
+   and the same for both, until each has answered `--latency-requests`: p50 / p99 of each and
+   their ratio. Interleaving matters on a shared machine, where the speed drifts within a
+   minute more than the effect measured.
 
 A benchmark, not a test: its numbers go to BENCHMARKS.md with the machine and the command.
 """
@@ -38,6 +43,7 @@ import numpy as np
 
 from service.bench.servers import free_port, thread_env
 
+LATENCY_BLOCK = 100  # retrieves per replica in turn in phase 3
 ADMIN_KEY = "bench-catalogue-admin-7e6d5c4b3a"
 ADMIN = {"Authorization": f"Bearer {ADMIN_KEY}"}
 
@@ -132,6 +138,20 @@ def latency(client: httpx.Client, url: str, requests: list[dict[str, Any]]) -> l
         resp = client.post(f"{url}/v1/retrieve", json=body)
         out.append(time.perf_counter() - started)
         resp.raise_for_status()
+    return out
+
+
+def interleaved(
+    client: httpx.Client, urls: tuple[str, str], item_ids: list[str], n: int
+) -> tuple[list[float], list[float]]:
+    """Latencies of `n` retrieves on each of two replicas, in alternating blocks (see phase 3)."""
+    for url in urls:  # warm-up
+        latency(client, url, bodies(item_ids, LATENCY_BLOCK, seed=2**31))
+    out: tuple[list[float], list[float]] = ([], [])
+    for block in range(-(-n // LATENCY_BLOCK)):
+        requests = bodies(item_ids, min(LATENCY_BLOCK, n - block * LATENCY_BLOCK), seed=block)
+        for side in (0, 1) if block % 2 == 0 else (1, 0):
+            out[side].extend(latency(client, urls[side], requests))
     return out
 
 
@@ -263,9 +283,6 @@ def main(argv: list[str] | None = None) -> int:
             a = stack.enter_context(replica(data, args.poll, env, Path(tmp) / "a.log"))
             b = stack.enter_context(replica(data, args.poll, env, Path(tmp) / "b.log"))
             client = stack.enter_context(httpx.Client(timeout=60))
-            requests = bodies(item_ids, args.latency_requests)
-            latency(client, a, requests[:200])  # warm
-            empty = latency(client, a, requests)
             fresh = freshness(client, a, b, args.upserts)
             churned = churn(
                 a,
@@ -282,7 +299,10 @@ def main(argv: list[str] | None = None) -> int:
                 for x in delta.splitlines()
                 if x.startswith("uniserve_catalogue_delta_items ")
             )
-            full = latency(client, a, requests)
+            pristine = Path(tmp) / "empty"
+            shutil.copytree(args.data_dir, pristine, ignore=shutil.ignore_patterns("changes.jsonl"))
+            c = stack.enter_context(replica(pristine, args.poll, env, Path(tmp) / "c.log"))
+            full, empty = interleaved(client, (a, c), item_ids, args.latency_requests)
     results = {
         "catalogue_items": len(item_ids),
         "poll_seconds": args.poll,
@@ -292,6 +312,9 @@ def main(argv: list[str] | None = None) -> int:
         "delta_items_at_the_end": size,
         "retrieve_empty_delta": quantiles(empty),
         "retrieve_full_delta": quantiles(full),
+        "full_over_empty": {
+            q: round(quantiles(full)[q] / quantiles(empty)[q], 3) for q in ("p50_ms", "p99_ms")
+        },
     }
     print(json.dumps(results, indent=2))
     if args.json:

@@ -13,8 +13,8 @@ What it does, in order:
 2. **In-process limit**: the peers' encode + search (`peers.pipeline.Pipeline`) called directly
    in batches of `--batch` histories, no HTTP, on the same thread settings, the item-vector
    table held as the service holds it: histories/s, the fastest of three passes.
-3. **Load ladder** against the real uniserve (`uniserve serve`, one uvicorn worker), pushed to
-   its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a step is not
+3. **Load ladder** against the real uniserve (`uniserve serve`, one worker process unless
+   `--workers`), pushed to its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a step is not
    sustained (p99 over 50 ms, over 0.1% of requests refused, or any error), then bisected
    between the last good and first bad rate; `--rates` runs a fixed ladder instead. The load is
    open-loop: request i is due at start + i / rate and its latency counts from then, so
@@ -254,9 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--workers",
         type=int,
         default=None,
-        help="uniserve worker processes (UNISERVE_WORKERS; default: as many as each peer gets, "
-        "--peer-workers); more than one runs beside a redis-server this run starts, which "
-        "these requests (histories in the body) never call",
+        help="uniserve worker processes (UNISERVE_WORKERS; default 1: on 2 cores a second "
+        "worker halved the batches and lowered the knee, BENCHMARKS.md); more than one runs "
+        "beside a redis-server this run starts (their result cache)",
     )
     p.add_argument(
         "--peer-workers",
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     seconds = args.seconds or (4.0 if args.quick else 10.0)
     workers = args.peer_workers or max(1, (os.cpu_count() or 1) // args.threads)
     options = PeerOptions(args.threads, args.batch, args.peer_wait_ms, workers)
-    uniserve_workers = args.workers or workers
+    uniserve_workers = args.workers or 1
     started = time.perf_counter()
     data_dir = prepare_artifacts(
         args.work_dir, args.items, index_type=args.index_type, seed=args.seed

@@ -6,10 +6,11 @@ and is never forked) and waits for it to load. The child (`run`) first puts ever
 own at SCHED_IDLE (`idle_priority`; `nice 19` where that is refused) and pins torch, OpenMP
 and FAISS to one thread, then loads the version exactly as a reload would (`open_shadow`:
 `open_engine`'s files verified, the model the manifest names found on disk, the gate, a warm-up)
-with its own `Admission`, and reports its index and model versions, or the exception that
-refused it, which `start` raises again. It then answers `Query`s (`top_k`, batched by its own
-batchers) until its socket closes, then exits: when the parent unloads it (`aclose`), and when
-the parent dies, since only the parent holds the other end.
+with its own `Admission`, and reports its index and model versions, or why it was refused,
+which `start` raises as an `IndexRejectedError` with the same reason (`reason_of`) and message.
+It then answers `Query`s (`top_k`, batched by its own batchers) until its socket closes, then
+exits: when the parent unloads it (`aclose`), and when the parent dies, since only the parent
+holds the other end. Messages are length-prefixed JSON both ways, never pickle.
 
 The parent's side never blocks on the socket: replies are read by one task on the event loop
 (asyncio streams over a socketpair), a call is a write into the transport and a future.
@@ -27,7 +28,6 @@ import itertools
 import logging
 import multiprocessing
 import os
-import pickle
 import signal
 import socket
 import struct
@@ -38,7 +38,9 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import anyio
 import anyio.to_thread
+import orjson
 
+from index import IndexRejectedError, RejectReason
 from service.core.filters import Filters
 from service.settings import Settings
 
@@ -49,7 +51,7 @@ log = logging.getLogger(__name__)
 
 THREADS = 1  # torch, OpenMP and FAISS threads of the worker: it only takes idle CPU anyway
 STOP_SECONDS = 10.0  # how long an unloaded worker may take to exit before it is killed
-_LENGTH = struct.Struct("!I")  # each message: its pickle's length, then the pickle
+_LENGTH = struct.Struct("!I")  # each message: its JSON's length, then the JSON (never pickle)
 
 
 class Query(NamedTuple):
@@ -128,13 +130,17 @@ def run(
             "batch_queue_size": max(settings.batch_queue_size, settings.shadow_queue_size),
         }
         engine = open_shadow(settings.model_copy(update=own), version, root=root)
-    except Exception as exc:
+    except Exception as exc:  # the parent raises it again with its reason (`reason_of`)
+        from service.core.reloader import reason_of
+
+        refused = {"reason": reason_of(exc).value, "message": str(exc)}
         with contextlib.suppress(OSError):  # the parent may be gone
-            sock.sendall(_message(_picklable(exc)))
+            sock.sendall(_message({"refused": refused}))
         return
     log.info("index %s loaded in process %d at %s", version, os.getpid(), priority)
     try:
-        sock.sendall(_message(Loaded(engine.index_version, engine.model_version)))
+        loaded = {"index_version": engine.index_version, "model_version": engine.model_version}
+        sock.sendall(_message({"loaded": loaded}))
     except OSError:
         return  # the parent is gone
     asyncio.run(_answer_until_closed(sock, engine))
@@ -145,17 +151,17 @@ async def _answer_until_closed(sock: socket.socket, engine: Engine) -> None:
     calls: set[asyncio.Task[None]] = set()
 
     async def answer(call_id: int, query: Query) -> None:
-        reply: tuple[int, list[str] | None, str | None]
+        reply: dict[str, Any] = {"id": call_id}
         try:
-            reply = (call_id, await top_k(engine, query), None)
+            reply["ids"] = await top_k(engine, query)
         except Exception as exc:
-            reply = (call_id, None, f"{type(exc).__name__}: {exc}")
+            reply["error"] = f"{type(exc).__name__}: {exc}"
         writer.write(_message(reply))
 
     try:
         while True:
-            call_id, query = await _read(reader)
-            task = asyncio.get_running_loop().create_task(answer(call_id, query))
+            call = await _read(reader)
+            task = asyncio.get_running_loop().create_task(answer(call["id"], _query(call)))
             calls.add(task)
             task.add_done_callback(calls.discard)
     except (asyncio.IncompleteReadError, ConnectionError):
@@ -167,25 +173,39 @@ async def _answer_until_closed(sock: socket.socket, engine: Engine) -> None:
         writer.close()
 
 
-def _picklable(exc: Exception) -> Exception:
-    """`exc` if it survives a pickle round trip (a load's error type says why it was refused),
-    else a RuntimeError with its text."""
-    try:
-        pickle.loads(pickle.dumps(exc))
-        return exc
-    except Exception:
-        return RuntimeError(f"{type(exc).__name__}: {exc}")
-
-
 # ------------------------------------------------------------------------------ messages
-def _message(obj: object) -> bytes:
-    body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+def _message(obj: dict[str, Any]) -> bytes:
+    body = orjson.dumps(obj)
     return _LENGTH.pack(len(body)) + body
 
 
-async def _read(reader: asyncio.StreamReader) -> Any:
+async def _read(reader: asyncio.StreamReader) -> dict[str, Any]:
     (length,) = _LENGTH.unpack(await reader.readexactly(_LENGTH.size))
-    return pickle.loads(await reader.readexactly(length))
+    message: dict[str, Any] = orjson.loads(await reader.readexactly(length))
+    return message
+
+
+def _call(call_id: int, query: Query) -> dict[str, Any]:
+    return {
+        "id": call_id,
+        "items": list(query.items),
+        "surfaces": list(query.surfaces),
+        "k": query.k,
+        "only_surfaces": query.filters.surfaces,
+        "exclude": query.filters.exclude,
+        "exclude_seen": query.exclude_seen,
+    }
+
+
+def _query(call: dict[str, Any]) -> Query:
+    surfaces = call["only_surfaces"]
+    return Query(
+        call["items"],
+        call["surfaces"],
+        call["k"],
+        Filters(None if surfaces is None else tuple(surfaces), tuple(call["exclude"])),
+        call["exclude_seen"],
+    )
 
 
 # ------------------------------------------------------------------------------ the parent
@@ -232,23 +252,27 @@ class ShadowWorker:
             await _stop(process)
             raise
         try:
-            first = await _read(reader)
+            first: dict[str, Any] | None = await _read(reader)
         except (asyncio.IncompleteReadError, ConnectionError):
             first = None
         except BaseException:  # cancelled while loading
             writer.close()
             await _stop(process)
             raise
-        if not isinstance(first, Loaded):
+        if first is None or "loaded" not in first:
             writer.close()
             await _stop(process)
-            if isinstance(first, Exception):
-                raise first
+            if first is not None and "refused" in first:
+                refused = first["refused"]
+                raise IndexRejectedError(refused["message"], RejectReason(refused["reason"]))
             raise ShadowWorkerError(
                 f"the shadow worker for {version!r} exited while loading (exit code "
                 f"{process.exitcode})"
             )
-        return cls(process, reader, writer, first)
+        loaded = first["loaded"]
+        return cls(
+            process, reader, writer, Loaded(loaded["index_version"], loaded["model_version"])
+        )
 
     @property
     def alive(self) -> bool:
@@ -267,7 +291,7 @@ class ShadowWorker:
         call_id = next(self._ids)
         future = self._calls[call_id] = asyncio.get_running_loop().create_future()
         try:
-            self._writer.write(_message((call_id, query)))
+            self._writer.write(_message(_call(call_id, query)))
             return await future
         finally:
             self._calls.pop(call_id, None)
@@ -275,14 +299,14 @@ class ShadowWorker:
     async def _read_replies(self) -> None:
         try:
             while True:
-                call_id, ids, error = await _read(self._reader)
-                future = self._calls.get(call_id)
+                reply = await _read(self._reader)
+                future = self._calls.get(reply["id"])
                 if future is None or future.done():
                     continue  # its caller is gone
-                if error is None:
-                    future.set_result(ids)
+                if "error" in reply:
+                    future.set_exception(ShadowWorkerError(reply["error"]))
                 else:
-                    future.set_exception(ShadowWorkerError(error))
+                    future.set_result(reply["ids"])
         except (asyncio.IncompleteReadError, ConnectionError):
             pass  # it exited
         except Exception:

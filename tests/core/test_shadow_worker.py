@@ -17,7 +17,7 @@ from pathlib import Path
 import anyio.to_thread
 import pytest
 
-from index import NoIndexError, RejectReason, current_version
+from index import IndexRejectedError, RejectReason, current_version
 from service.bench.servers import descendants
 from service.core.engine import Admission, Engine
 from service.core.filters import Filters
@@ -116,7 +116,7 @@ async def test_the_worker_answers_the_engines_top_k_at_idle_priority(
 async def test_a_version_that_does_not_load_raises_its_error_and_leaves_no_process(
     uniserve_data_dir: Path,
 ) -> None:
-    with pytest.raises(NoIndexError) as refused:
+    with pytest.raises(IndexRejectedError) as refused:
         await ShadowWorker.start(settings_of(uniserve_data_dir), "20000101T000000000000Z-deadbe")
     assert reason_of(refused.value) == RejectReason.NOT_FOUND and "deadbe" in str(refused.value)
     assert not [p for p in multiprocessing.active_children() if "shadow" in p.name]
