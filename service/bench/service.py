@@ -14,8 +14,9 @@ What it does, in order:
    in batches of `--batch` histories, no HTTP, on the same thread settings, the item-vector
    table held as the service holds it: histories/s, the fastest of three passes.
 3. **Load ladder** against the real uniserve (`uniserve serve`, one worker process unless
-   `--workers`), pushed to its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`: x2) until a step is not
-   sustained (p99 over 50 ms, over 0.1% of requests refused, or any error), then bisected
+   `--workers`), pushed to its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`:
+   x2) until a step is not sustained (p99 over 50 ms, over 0.1% of requests refused, or any
+   error), then bisected
    between the last good and first bad rate; `--rates` runs a fixed ladder instead. The load is
    open-loop: request i is due at start + i / rate and its latency counts from then, so
    queueing in the client or the server is never hidden. Every request carries a fresh 50-event
