@@ -16,12 +16,12 @@ What it does, in order:
 3. **Load ladder** against the real uniserve (`uniserve serve`, one worker process unless
    `--workers`), pushed to its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`:
    x2) until a step is not sustained (p99 over 50 ms, over 0.1% of requests refused, or any
-   error), then bisected
-   between the last good and first bad rate; `--rates` runs a fixed ladder instead. The load is
-   open-loop: request i is due at start + i / rate and its latency counts from then, so
-   queueing in the client or the server is never hidden. Every request carries a fresh 50-event
-   history (a cache miss); after each step the client waits until a lone request is answered
-   within the bound again (`load.drain`), so a backlog is not carried into the next step.
+   error), then bisected between the last good and first bad rate; `--rates` runs a fixed
+   ladder instead. The load is open-loop: request i is due at start + i / rate and its latency
+   counts from then, so queueing in the client or the server is never hidden. Every request
+   carries a fresh 50-event history (a cache miss); after each step the client waits until a
+   lone request is answered within the bound again (`load.drain`), so a backlog is not carried
+   into the next step.
 4. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); what the
    answers were (429s and their latency, timeouts), p99, and the server's RSS before and after.
 5. **Cache hits**: the same requests repeated (after one warming pass) at the best rate.
