@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.bench.servers import free_port, thread_env
+from service.bench.servers import free_port, redis_server, thread_env
 
 LATENCY_BLOCK = 100  # retrieves per replica in turn in phase 3
 ADMIN_KEY = "bench-catalogue-admin-7e6d5c4b3a"
@@ -89,26 +89,6 @@ def replica(data: Path, poll: float, env: dict[str, str], log: Path) -> Iterator
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-
-@contextlib.contextmanager
-def redis_server(directory: Path) -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise RuntimeError("--redis needs redis-server on PATH")
-    port = free_port()
-    args = ["--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
-    proc = subprocess.Popen(
-        [binary, *args, "--dir", str(directory)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        time.sleep(0.5)
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def quantiles(values: list[float]) -> dict[str, float]:
@@ -279,7 +259,9 @@ def main(argv: list[str] | None = None) -> int:
         with contextlib.ExitStack() as stack:
             env: dict[str, str] = {}
             if args.redis:
-                env["UNISERVE_REDIS_URL"] = stack.enter_context(redis_server(Path(tmp)))
+                env["UNISERVE_REDIS_URL"] = stack.enter_context(
+                    redis_server(Path(tmp) / "redis.log")
+                )
             a = stack.enter_context(replica(data, args.poll, env, Path(tmp) / "a.log"))
             b = stack.enter_context(replica(data, args.poll, env, Path(tmp) / "b.log"))
             client = stack.enter_context(httpx.Client(timeout=60))
