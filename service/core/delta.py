@@ -59,7 +59,6 @@ class Delta:
     upserts: dict[str, CatalogueItem] = field(default_factory=dict)  # id -> as sent
     retired: frozenset[str] = frozenset()
     ids: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
-    surfaces: np.ndarray = field(default_factory=lambda: np.empty(0, object))  # (n,) str
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))  # (n, D)
     search_vectors: np.ndarray = field(  # (n, d): in the index's space (a Matryoshka prefix)
         default_factory=lambda: np.empty((0, 0), np.float32)
@@ -93,6 +92,13 @@ class Delta:
     @classmethod
     def empty(cls, base_seq: int) -> Delta:
         return cls(base_seq, base_seq)
+
+    @property
+    def surfaces(self) -> np.ndarray:
+        """(n,) each row's surface ("" when upserted without one), from the codes."""
+        names = np.empty(len(self.surface_code), object)
+        names[list(self.surface_code.values())] = list(self.surface_code)
+        return names[self.surface_codes]
 
     @property
     def count(self) -> int:
@@ -149,7 +155,6 @@ class Delta:
             search_vectors = np.concatenate([self.search_vectors, added]) if n else added
         ids = np.concatenate([self.ids, np.asarray(fresh, dtype=object)])
         new_surfaces = [state.upserts[i].surface or "" for i in fresh]
-        surfaces = np.concatenate([self.surfaces, np.asarray(new_surfaces, object)])
         surface_code = dict(self.surface_code)
         new_codes = [surface_code.setdefault(s, len(surface_code)) for s in new_surfaces]
         surface_codes = np.concatenate([self.surface_codes, np.asarray(new_codes, np.int32)])
@@ -166,7 +171,6 @@ class Delta:
             upserts=state.upserts,
             retired=frozenset(state.retired),
             ids=ids,
-            surfaces=surfaces,
             vectors=vectors,
             search_vectors=search_vectors,
             alive=alive,
@@ -188,7 +192,6 @@ class Delta:
         return replace(
             self,
             ids=ids,
-            surfaces=self.surfaces[keep],
             surface_codes=self.surface_codes[keep],
             model_rows=self.model_rows[keep],
             vectors=vectors,
@@ -203,10 +206,9 @@ class Delta:
         name no surface and exclude no id the delta holds)."""
         mask = self.alive
         if filters.surfaces is not None:
+            codes = [self.surface_code[s] for s in filters.surfaces if s in self.surface_code]
             wanted = np.zeros(len(self.surface_code), bool)  # by surface code
-            wanted[[self.surface_code[s] for s in filters.surfaces if s in self.surface_code]] = (
-                True
-            )
+            wanted[codes] = True
             mask = mask & wanted[self.surface_codes]
         if filters.exclude:
             rows = [self.row[i] for i in filters.exclude if i in self.row]

@@ -22,7 +22,7 @@ from service.bench.servers import descendants
 from service.core.engine import Admission, Engine
 from service.core.filters import Filters
 from service.core.reloader import open_engine, reason_of
-from service.core.shadow_worker import Query, ShadowWorker, ShadowWorkerError
+from service.core.shadow_worker import Query, ShadowWorker, ShadowWorkerError, top_k
 from service.settings import Settings
 from tests.helpers import copy_data, free_port, start_serve, stop, wait_until_ok
 
@@ -71,15 +71,6 @@ def queries(engine: Engine, n: int, seed: int = 0) -> list[Query]:
     return out
 
 
-async def reference(engine: Engine, query: Query) -> list[str]:
-    """The top-k the live path computes for the query (`ServingCore.retrieve`, mode single)."""
-    items = list(query.items)
-    filters = query.filters.excluding(items) if query.exclude_seen else query.filters
-    vector = (await engine.user_vectors([(items, list(query.surfaces))]))[0]  # (D,)
-    ids, _ = await engine.retrieve(vector, query.k, filters, items)
-    return ids
-
-
 @pytest.mark.anyio
 async def test_the_worker_answers_the_engines_top_k_at_idle_priority(
     uniserve_data_dir: Path,
@@ -103,7 +94,7 @@ async def test_the_worker_answers_the_engines_top_k_at_idle_priority(
         asked = queries(engine, 24)
         answers = await asyncio.gather(*(worker.top_k(q) for q in asked))  # batched there
         for query, answer in zip(asked, answers, strict=True):
-            assert answer == await reference(engine, query), query
+            assert answer == await top_k(engine, query), query
             assert len(answer) == query.k
     finally:
         await worker.aclose()
