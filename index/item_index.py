@@ -205,30 +205,30 @@ class ItemIndex:
         queries: np.ndarray,
         k: int,
         *,
-        allowed: np.ndarray | None = None,
+        allowed: np.ndarray | Eligible | None = None,
         params: Mapping[str, int] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Top-k rows by inner product for each query.
 
         Returns (scores, rows): (B, k) float32 sorted descending and (B, k) int64, padded with
         -inf / -1 when fewer than k eligible rows exist. `allowed` is an (N,) bool mask of the
-        eligible rows; `params` override `search_params` for this call only. When at least k rows
-        are eligible, every query gets k distinct eligible rows.
+        eligible rows, or one prepared as `Eligible` (reused across searches); `params` override
+        `search_params` for this call only. When at least k rows are eligible, every query gets
+        k distinct eligible rows.
         """
         q = self._check_queries(queries)  # (B, D)
         if isinstance(k, bool) or not isinstance(k, int | np.integer) or k < 1:
             raise ValueError(f"k must be a positive int, got {k!r}")
         k = int(k)
-        mask = self._check_allowed(allowed)  # (N,) bool or None
+        eligible = self._check_allowed(allowed)  # None: every row
         call_params = self._check_params({**self.search_params, **(params or {})})
-        n_eligible = self.count if mask is None else int(mask.sum())
+        n_eligible = self.count if eligible is None else eligible.count
         scores = np.full((q.shape[0], k), -np.inf, dtype=np.float32)  # (B, k)
         rows = np.full((q.shape[0], k), -1, dtype=np.int64)  # (B, k)
         if q.shape[0] == 0 or n_eligible == 0:
             return scores, rows
-        if n_eligible == self.count:
-            mask = None
-        selector = None if mask is None else bitmap_selector(mask)
+        selector = None if eligible is None else eligible.selector
+        mask = None if selector is None else eligible.mask  # type: ignore[union-attr]
         need = min(k, n_eligible)
         if self._kind == "other" and mask is not None:  # cannot filter inside this index
             scores[:], rows[:] = self._exact_search(q, k, mask)
@@ -260,16 +260,16 @@ class ItemIndex:
     def _check_queries(self, queries: np.ndarray) -> np.ndarray:
         return as_float_matrix(queries, "queries", "(B, D)", dim=self.dim)
 
-    def _check_allowed(self, allowed: np.ndarray | None) -> np.ndarray | None:
+    def _check_allowed(self, allowed: np.ndarray | Eligible | None) -> Eligible | None:
         if allowed is None:
             return None
-        mask = np.asarray(allowed)
+        mask = allowed.mask if isinstance(allowed, Eligible) else np.asarray(allowed)
         if mask.dtype != np.bool_ or mask.shape != (self.count,):
             raise ValueError(
                 f"allowed must be a bool array of shape ({self.count},), "
                 f"got dtype {mask.dtype} shape {mask.shape}"
             )
-        return mask
+        return allowed if isinstance(allowed, Eligible) else Eligible(mask)
 
     def _check_params(self, params: Mapping[str, int]) -> dict[str, int]:
         names = _PARAM_NAMES[self._kind]
@@ -402,6 +402,20 @@ class ItemIndex:
             )
         except ValueError as e:
             raise IndexIntegrityError(f"index in {str(directory)!r} is inconsistent: {e}") from e
+
+
+class Eligible:
+    """An (N,) bool mask of the rows a search may return, with what a search needs from it
+    computed once: the count of True rows and the FAISS selector. Prepared by whoever reuses a
+    mask across searches (the serving engine, per filter and live catalogue delta), so a search
+    does not pay O(N) per call to count and pack it."""
+
+    __slots__ = ("count", "mask", "selector")
+
+    def __init__(self, mask: np.ndarray) -> None:
+        self.mask = mask  # (N,) bool
+        self.count = int(np.count_nonzero(mask))
+        self.selector = bitmap_selector(mask) if self.count < len(mask) else None
 
 
 def bitmap_selector(mask: np.ndarray) -> faiss.IDSelector:

@@ -27,7 +27,7 @@ import numpy as np
 from index.build import build_index
 from index.chamfer import chamfer_pairs
 from index.fde import FDEConfig, encode_documents, encode_queries
-from index.item_index import READ_FLAGS, ItemIndex
+from index.item_index import READ_FLAGS, Eligible, ItemIndex
 from index.manifest import IndexIntegrityError
 
 FDE_INDEX_FILE = "fde.faiss"
@@ -90,7 +90,7 @@ class MultiIndex:
         *,
         query_mask: np.ndarray | None = None,
         candidates: int = DEFAULT_CANDIDATES,
-        allowed: np.ndarray | None = None,
+        allowed: np.ndarray | Eligible | None = None,
         params: Mapping[str, int] | None = None,
         timings: dict[str, float] | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
@@ -98,7 +98,7 @@ class MultiIndex:
 
         queries (B, K, D) with query_mask (B, K) bool -> (scores, rows) each (B, k), scores
         descending, padded with -inf / -1 when fewer than k rows are eligible. `allowed` is an
-        (N,) bool mask of eligible rows; `params` are per-call FAISS parameters of the FDE index.
+        (N,) bool mask of eligible rows (or one prepared as `Eligible`); `params` are per-call FAISS parameters of the FDE index.
         `timings`, when given, receives the seconds of each stage: "fde" (encode + FAISS search)
         and "rerank" (exact Chamfer of the candidates).
         """

@@ -11,7 +11,7 @@ consistent snapshot whatever is applied meanwhile.
 What it changes in a search: main-index rows of retired or upserted ids are masked inside the
 ANN search (`hidden_rows`: an upserted id's vector is the delta's now), the delta's rows are
 scored exactly under the same filters, and the two top-k lists are merged by score
-(`merge_topk`), so k items come back whenever k are eligible.
+(`merge`), so k items come back whenever k are eligible.
 
 What a search needs is built once per delta, when it is made (`__post_init__`), never per
 search: a FAISS `IndexFlatIP` over the rows (one exact search per batch, which releases the
@@ -30,7 +30,6 @@ import numpy as np
 
 from index.item_index import bitmap_selector
 from models.embedder import ItemSpec
-from service.core.fanout import merge_topk
 from service.core.filters import Filters
 from service.store.changelog import CatalogueItem, CatalogueState, Change
 
@@ -224,7 +223,7 @@ class Delta:
         search of the flat index, the rows that may not be returned left out by a selector
         (the live rows' one, made with the delta, unless the filters leave out more)."""
         mask = self.eligible(filters)  # (n,)
-        eligible = self.count if mask is self.alive else int(mask.sum())
+        eligible = self.count if mask is self.alive else int(np.count_nonzero(mask))
         if self.flat is None or not eligible:
             return [([], np.empty(0, np.float32))] * len(queries)
         selector = self.live if mask is self.alive else bitmap_selector(mask)
@@ -254,8 +253,11 @@ class Delta:
 def merge(
     main: tuple[list[str], np.ndarray], delta: tuple[list[str], np.ndarray], k: int
 ) -> tuple[list[str], np.ndarray]:
-    """The k best of the main index's and the delta's results, by score (`merge_topk`)."""
+    """The k best of the main index's and the delta's results, by score (ties: the main
+    index's first). Their ids are disjoint: an upserted id's main row is hidden."""
     if not delta[0]:
         return main
-    merged = merge_topk([list(zip(*main, strict=True)), list(zip(*delta, strict=True))], k)
-    return [i for i, _ in merged], np.asarray([s for _, s in merged], dtype=np.float32)
+    scores = np.concatenate([main[1], delta[1]]).astype(np.float32, copy=False)  # (m + d,)
+    order = np.argsort(-scores, kind="stable")[:k]
+    ids = [*main[0], *delta[0]]
+    return [ids[i] for i in order], scores[order]

@@ -31,6 +31,7 @@ import anyio.to_thread
 import numpy as np
 
 from index import IndexRejectedError, ItemIndex, Manifest, MultiIndex, RejectReason
+from index.item_index import Eligible
 from models.blend import lookup
 from models.compat import serves_index_of
 from models.embedder import Embedder, ItemSpec
@@ -46,7 +47,7 @@ from service.store.changelog import CHANGES_THROUGH, Change
 T = TypeVar("T")
 
 
-_SURFACE_MASKS_KEPT = 64  # distinct `surfaces` filters whose row masks are memoised
+_SURFACE_MASKS_KEPT = 64  # distinct `surfaces` filters (and their prepared masks) memoised
 
 
 class ArtifactMismatchError(IndexRejectedError):
@@ -425,6 +426,10 @@ class Engine(ModelEngine):
         # the index may hold a Matryoshka prefix of the model's vectors: queries are cut alike
         self.index_dim = index_dim(embedder, manifest)
         self._surface_masks: dict[tuple[str, ...], np.ndarray] = {}
+        # (surfaces, id of the delta's hidden rows) -> (those rows, their prepared mask)
+        self._eligible: dict[
+            tuple[tuple[str, ...] | None, int], tuple[np.ndarray | None, Eligible]
+        ] = {}
         # live catalogue changes since the version was built: the one reference replaced as
         # changes are applied (`apply_changes`), by `service.core.catalogue.LiveCatalogue`
         self.delta = Delta.empty(changes_through(manifest))
@@ -495,7 +500,7 @@ class Engine(ModelEngine):
         history: Sequence[str],
         query: np.ndarray,
         k: int,
-        allowed: np.ndarray | None,
+        allowed: Eligible | None,
         delta: Delta,
         filters: Filters,
     ) -> tuple[list[str], np.ndarray]:
@@ -520,7 +525,7 @@ class Engine(ModelEngine):
         index_rows = self._index_row_of_model[near]  # (P,)
         in_index = fresh & (index_rows >= 0)
         if allowed is not None:
-            in_index &= allowed[np.maximum(index_rows, 0)]
+            in_index &= allowed.mask[np.maximum(index_rows, 0)]
         extra_ids = self.index.item_ids[index_rows[in_index]].tolist()
         extra_scores = [self._index_space_items[near[in_index]] @ query + bonus[in_index]]
         if delta.count:  # upserted neighbours: hidden in the index, held by the delta
@@ -583,27 +588,44 @@ class Engine(ModelEngine):
         valid = rows[0] >= 0
         return self.index.item_ids[rows[0][valid]].tolist(), scores[0][valid], timings["rerank"]
 
-    def allowed_rows(self, filters: Filters, hidden: np.ndarray | None = None) -> np.ndarray | None:
-        """(N,) bool mask of index rows passing the filters and not `hidden` (rows of retired
-        or upserted ids); None when every row passes."""
+    def allowed_rows(self, filters: Filters, hidden: np.ndarray | None = None) -> Eligible | None:
+        """The index rows passing the filters and not `hidden` (rows of retired or upserted
+        ids), prepared for search (`Eligible`); None when every row passes. Without an
+        `exclude` list the answer depends only on the surfaces and the delta's `hidden` array,
+        so it is memoised per pair: a search with a live catalogue delta does not pay O(N)
+        per request to mask, count and pack the index's rows."""
+        hidden = None if hidden is None or not hidden.size else hidden
+        if filters.surfaces is None and not filters.exclude and hidden is None:
+            return None
+        key = (filters.surfaces, id(hidden))
+        if not filters.exclude:
+            memo = self._eligible.get(key)
+            if memo is not None and memo[0] is hidden:  # the same array, not a reused id
+                return memo[1]
         mask = None
         if filters.surfaces is not None:
-            key = filters.surfaces
-            mask = self._surface_masks.get(key)
+            mask = self._surface_masks.get(filters.surfaces)
             if mask is None:
-                mask = self.index.surface_mask(key)  # (N,)
+                mask = self.index.surface_mask(filters.surfaces)  # (N,)
                 if len(self._surface_masks) < _SURFACE_MASKS_KEPT:
-                    self._surface_masks[key] = mask
+                    self._surface_masks[filters.surfaces] = mask
         if filters.exclude:
             rows = self.index.row_of(filters.exclude)  # (M,)
             rows = rows[rows >= 0]
             if rows.size:
                 mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
                 mask[rows] = False
-        if hidden is not None and hidden.size:
+        if hidden is not None:
             mask = np.ones(self.index.count, dtype=bool) if mask is None else mask.copy()
             mask[hidden] = False
-        return mask
+        if mask is None:
+            return None
+        eligible = Eligible(mask)
+        if not filters.exclude:
+            if len(self._eligible) >= _SURFACE_MASKS_KEPT:
+                self._eligible.clear()  # masks of deltas since replaced, mostly
+            self._eligible[key] = (hidden, eligible)
+        return eligible
 
     # ------------------------------------------------------------------ rank with the delta
     def _rank(

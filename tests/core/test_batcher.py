@@ -224,3 +224,52 @@ async def test_a_finished_batch_keeps_nothing_alive_while_the_batcher_waits() ->
     await asyncio.sleep(0)  # the consumer is back waiting for the next item
     assert gone() is None
     await batcher.aclose()
+
+
+async def test_the_prepared_mask_is_memoised_per_filter_and_delta(uniserve_data_dir: Path) -> None:
+    """A search under a live catalogue delta reuses one prepared (counted, packed) mask of the
+    index's rows per surface filter until the delta changes; an exclude list is per request."""
+    from index.item_index import Eligible
+    from service.core.engine import Admission
+    from service.core.reloader import open_engine
+    from service.settings import Settings
+    from service.store.changelog import CatalogueItem, Change
+
+    admission = Admission()
+    engine = open_engine(Settings(data_dir=uniserve_data_dir, bootstrap=False), admission)
+    ids = engine.index.item_ids.tolist()
+    surface = sorted({s for s in engine.index.surfaces.tolist() if s})[0]
+    assert engine.allowed_rows(Filters.of(None, ()), engine.delta.hidden_rows) is None
+    engine.apply_changes(
+        [
+            Change(1, "retire", item_ids=tuple(ids[:5])),
+            Change(2, "upsert", (CatalogueItem(ids[5], surface, {}),)),
+        ]
+    )
+    hidden = engine.delta.hidden_rows
+    assert sorted(hidden.tolist()) == list(range(6))
+    plain = engine.allowed_rows(Filters.of(None, ()), hidden)
+    assert isinstance(plain, Eligible) and plain.count == len(ids) - 6
+    assert not plain.mask[:6].any() and plain.mask[6:].all()
+    assert engine.allowed_rows(Filters.of(None, ()), hidden) is plain  # memoised
+    on_surface = engine.allowed_rows(Filters.of([surface], ()), hidden)
+    assert on_surface is not plain
+    expected = engine.index.surface_mask([surface])
+    expected[:6] = False
+    np.testing.assert_array_equal(on_surface.mask, expected)  # type: ignore[union-attr]
+    excluding = engine.allowed_rows(Filters.of(None, [ids[7]]), hidden)
+    assert excluding is not engine.allowed_rows(Filters.of(None, [ids[7]]), hidden)
+    assert excluding is not None and excluding.count == len(ids) - 7 and not excluding.mask[7]
+
+    queries = engine.embedder.user_vectors([([ids[8], ids[9]], [surface, surface])])  # (1, D)
+    for prepared in (plain, on_surface, excluding):
+        assert prepared is not None
+        by_mask = engine.index.search(queries, 10, allowed=prepared.mask.copy())
+        by_prepared = engine.index.search(queries, 10, allowed=prepared)
+        np.testing.assert_array_equal(by_mask[1], by_prepared[1])
+        assert not np.isin(by_prepared[1], np.arange(6)).any()
+
+    engine.apply_changes([Change(3, "retire", item_ids=(ids[10],))])
+    renewed = engine.allowed_rows(Filters.of(None, ()), engine.delta.hidden_rows)
+    assert renewed is not plain and renewed is not None and not renewed.mask[10]
+    await admission.aclose()

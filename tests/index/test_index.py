@@ -46,6 +46,7 @@ from index import (
     tune_search_params,
     verify_version,
 )
+from index.item_index import Eligible
 from index.tune import candidate_params
 
 N, DIM, N_CLUSTERS, NOISE, N_QUERIES = 10_000, 32, 256, 1.0, 200
@@ -236,6 +237,24 @@ def test_restrictive_filter_still_returns_k(name, params, request, queries):
     allowed = _allowed(15)
     scores, rows = index.search(queries, K, allowed=allowed, params=narrow if params else None)
     _assert_valid(scores, rows, K, allowed)
+
+
+@pytest.mark.parametrize("name", ["flat", "hnsw", "ivfpq"])
+def test_a_prepared_mask_searches_like_the_mask(name, request, queries):
+    index: ItemIndex = request.getfixturevalue(name)
+    allowed = _allowed(15)
+    prepared = Eligible(allowed)
+    assert prepared.count == 15 and prepared.selector is not None
+    np.testing.assert_array_equal(
+        index.search(queries, K, allowed=prepared)[1], index.search(queries, K, allowed=allowed)[1]
+    )
+    everything = Eligible(np.ones(N, dtype=bool))
+    assert everything.selector is None
+    np.testing.assert_array_equal(
+        index.search(queries, K, allowed=everything)[1], index.search(queries, K)[1]
+    )
+    with pytest.raises(ValueError, match="allowed must be a bool array"):
+        index.search(queries, K, allowed=Eligible(np.ones(N + 1, dtype=bool)))
 
 
 def test_exact_fallback_is_exact_over_allowed_rows(hnsw, vectors, queries, monkeypatch):
