@@ -4,7 +4,10 @@ items, ``u . v_i + beta * log(1 + c_i)``.
 ``c_i`` is the item-to-item co-occurrence score of the model-free baseline
 (`models.evaluate.Cooccurrence`: how often item i came within a few events after each of the
 user's ``last`` newest items in the training sequences, weighted 1 / gap and decayed by the
-recent item's age), without the baseline's popularity tie-break. A sequential model captures
+recent item's age), without the baseline's popularity tie-break; or, when validation prefers
+it, the same counts taken both ways (``two_way``: i also counts when it came a few events
+*before*), which is what data whose order within a basket is arbitrary (items reviewed
+together, bundles) rewards. A sequential model captures
 global taste; the co-occurrence counts remember exact item-to-item transitions that a 64-dim
 vector blurs (the two are complementary, as in the session-kNN hybrids of Ludewig & Jannach,
 2018, and the "SASRec + item-kNN" ensembles of the RecSys challenges). ``beta`` is chosen on
@@ -64,6 +67,7 @@ class ItemNeighbours:
     window: int
     last: int
     decay: float
+    two_way: bool = False
 
     def __post_init__(self) -> None:
         if self.window < 1 or self.last < 1 or not 0.0 < self.decay <= 1.0:
@@ -83,9 +87,16 @@ class ItemNeighbours:
 
     @staticmethod
     def fit(
-        train: Sequences, vocab: Vocab, *, window: int = 3, last: int = 3, decay: float = 0.5
+        train: Sequences,
+        vocab: Vocab,
+        *,
+        window: int = 3,
+        last: int = 3,
+        decay: float = 0.5,
+        two_way: bool = False,
     ) -> ItemNeighbours:
-        """Count, over ``train``'s sequences, each b within ``window`` events after a."""
+        """Count, over ``train``'s sequences, each b within ``window`` events after a (and,
+        ``two_way``, each a within ``window`` events before b as well)."""
         if window < 1:
             raise ValueError(f"window must be >= 1, got {window}")
         n = len(vocab)
@@ -96,20 +107,16 @@ class ItemNeighbours:
             same = user[gap:] == user[:-gap]
             a, b = rows[:-gap][same], rows[gap:][same]
             ok = (a >= 0) & (b >= 0) & (a != b)
-            keys.append(a[ok] * n + b[ok])
-            weight.append(np.full(int(ok.sum()), 1.0 / gap))
+            for src, dst in ((a, b), (b, a)) if two_way else ((a, b),):
+                keys.append(src[ok] * n + dst[ok])
+                weight.append(np.full(int(ok.sum()), 1.0 / gap))
         uniq, inverse = np.unique(np.concatenate(keys), return_inverse=True)  # sorted by (a, b)
         total = np.bincount(inverse, weights=np.concatenate(weight)).astype(np.float32)
         src = uniq // n
         indptr = np.zeros(n + 1, np.int64)
         np.cumsum(np.bincount(src, minlength=n), out=indptr[1:])
         return ItemNeighbours(
-            indptr,
-            (uniq % n).astype(np.int32),
-            total,
-            window,
-            last,
-            decay,
+            indptr, (uniq % n).astype(np.int32), total, window, last, decay, two_way
         )
 
     # ------------------------------------------------------------------ offline: a batch
@@ -204,6 +211,7 @@ class Blend:
             "window": nb.window,
             "last": nb.last,
             "decay": nb.decay,
+            "two_way": nb.two_way,
             "pairs": len(nb.indices),
         }
 
@@ -211,7 +219,13 @@ class Blend:
     def save(self, directory: Path) -> Path:
         path = Path(directory) / NEIGHBOURS_FILE
         nb = self.neighbours
-        meta = {"beta": self.beta, "window": nb.window, "last": nb.last, "decay": nb.decay}
+        meta = {
+            "beta": self.beta,
+            "window": nb.window,
+            "last": nb.last,
+            "decay": nb.decay,
+            "two_way": nb.two_way,
+        }
         save_file(
             {"indptr": nb.indptr, "indices": nb.indices, "weights": nb.weights},
             str(path),
@@ -234,6 +248,7 @@ class Blend:
                     int(meta["window"]),
                     int(meta["last"]),
                     float(meta["decay"]),
+                    bool(meta.get("two_way", False)),  # files from before it: one way
                 ),
                 float(meta["beta"]),
             )

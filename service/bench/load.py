@@ -132,9 +132,12 @@ async def run_step(
     rate: float,
     seconds: float,
     path: str = "/v1/retrieve",
+    keep: list[float] | None = None,
 ) -> StepResult:
     """Open loop: request i is due at start + i / rate; latency counts from when it was due.
-    Request i POSTs `bodies[i]` to `path` (cycling when there are fewer bodies than requests)."""
+    Request i POSTs `bodies[i]` to `path` (cycling when there are fewer bodies than requests).
+    `keep`, when given, receives every answered (200) request's latency in ms, for pooling
+    several steps."""
     n = max(1, int(rate * seconds))
     latencies = np.full(n, np.nan)
     statuses = np.zeros(n, dtype=np.int64)
@@ -171,6 +174,8 @@ async def run_step(
     names = {FAILED: "failed", TIMED_OUT: "timeout"}
     codes, counts = np.unique(statuses, return_counts=True)
     ms = 1000 * latencies
+    if keep is not None:
+        keep.extend(ms[statuses == 200].tolist())
     return StepResult(
         target_rps=rate,
         achieved_rps=ok / elapsed,

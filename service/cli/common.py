@@ -59,12 +59,16 @@ def print_report(report: dict[str, Any]) -> None:
         chose = (
             f"beta {blend['beta']:g}: model score + beta x log(1 + co-occurrence), window "
             f"{blend['window']}, last {blend['last']}, decay {blend['decay']:g}"
+            + (", counted both ways" if blend.get("two_way") else "")
             if blend["beta"]
             else "beta 0: the model alone"
         )
         tried = blend.get("valid_ndcg@10_by_beta")
+        ways = blend.get("cooccurrence_valid_ndcg@10_by_way")
         print(
-            f"served blend ({chose})" + (f"; validation NDCG@10 by beta: {tried}" if tried else "")
+            f"served blend ({chose})"
+            + (f"; validation NDCG@10 by beta: {tried}" if tried else "")
+            + (f"; co-occurrence alone by way of counting: {ways}" if ways else "")
         )
     if "fingerprint" in report:
         print(f"model fingerprint {report['fingerprint']}")

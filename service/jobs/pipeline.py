@@ -33,10 +33,16 @@ from index.multi import DEFAULT_CANDIDATES
 from index.recall import overlap_recall
 from index.shard import ShardSpec
 from models.artifacts import save_model
-from models.blend import Blend
+from models.blend import Blend, ItemNeighbours
 from models.corpus import Corpus
 from models.embedder import Embedder
-from models.evaluate import Cooccurrence, choose_beta, choose_cooccurrence, evaluation_report
+from models.evaluate import (
+    Cooccurrence,
+    choose_beta,
+    choose_cooccurrence,
+    evaluate_cooccurrence,
+    evaluation_report,
+)
 from models.recommender import Recommender
 from models.train import TrainConfig, train
 from models.vocab import Vocab
@@ -97,32 +103,55 @@ def choose_blend(
     model: Recommender, vocab: Vocab, corpus: Corpus
 ) -> tuple[Blend | None, tuple[Cooccurrence, dict[str, float]], dict[str, Any]]:
     """The served blend of a trained model (`models.blend`): the co-occurrence table whose
-    window / last / decay the baseline picks on the validation split, and the beta whose
-    blended score gives the best validation NDCG@10 (full ranking, seen items removed); None
-    when beta 0 (the model alone) wins. Returns it, the chosen co-occurrence retriever and its
-    grid (the report's baseline reuses them), and what the report says about the choice."""
+    window / last / decay the baseline picks on the validation split, counted one way (as the
+    baseline) or both ways, whichever ranks better alone on validation (a tie keeps one way),
+    and the beta whose blended score gives the best validation NDCG@10 (full ranking, seen
+    items removed); None when beta 0 (the model alone) wins. Returns it, the chosen
+    co-occurrence retriever and its grid (the report's baseline reuses them), and what the
+    report says about the choice."""
     started = time.perf_counter()
     cooc, grid = choose_cooccurrence(corpus, vocab)
-    beta, tried, z = choose_beta(model, vocab, corpus.valid, cooc.neighbours)
-    blend = Blend(cooc.neighbours, beta) if beta > 0 else None
-    seconds = time.perf_counter() - started
     window, last, decay = cooc.params
+    both = ItemNeighbours.fit(
+        corpus.train, vocab, window=window, last=last, decay=decay, two_way=True
+    )
+    alone = {  # validation NDCG@10 (seen removed) of each table ranking alone, as `grid` rounds
+        "one_way": max(grid.values()),
+        "two_way": round(
+            evaluate_cooccurrence(
+                Cooccurrence(both, both.transposed(), cooc.popularity),
+                vocab,
+                corpus.valid,
+                ks=(10,),
+                sampled=False,
+            )["all"]["full_seen_removed"]["ndcg@10"],
+            5,
+        ),
+    }
+    way = "two_way" if alone["two_way"] > alone["one_way"] else "one_way"
+    table = both if way == "two_way" else cooc.neighbours
+    beta, tried, z = choose_beta(model, vocab, corpus.valid, table)
+    blend = Blend(table, beta) if beta > 0 else None
+    seconds = time.perf_counter() - started
     log.info(
         "blend: beta %g on validation (NDCG@10 by beta: %s; the best gains %.1f standard "
-        "errors over the model alone, kept when > 2), co-occurrence window %d last %d "
-        "decay %g, %d pairs, %.1fs",
+        "errors over the model alone, kept when > 2), co-occurrence counted %s, window %d "
+        "last %d decay %g, %d pairs, %.1fs",
         beta,
         tried,
         z,
+        way.replace("_", " "),
         window,
         last,
         decay,
-        len(cooc.neighbours.indices),
+        len(table.indices),
         seconds,
     )
     info: dict[str, Any] = {
         **(blend.to_json() if blend else {"beta": 0.0}),
         "valid_ndcg@10_by_beta": tried,
+        # each way of counting, the co-occurrence alone (the served one is `two_way`)
+        "cooccurrence_valid_ndcg@10_by_way": alone,
         "valid_gain_standard_errors": z,  # the best beta's gain over beta 0; kept when > 2
         "seconds": round(seconds, 2),
     }

@@ -6,6 +6,7 @@ model fingerprint and is refused when it does not fit the model."""
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,52 @@ def test_choose_beta_picks_the_best_validation_ndcg(ring_model) -> None:
     assert beta == 0.0 and z <= 2, (tried, z)
 
 
+def test_two_way_counts_add_each_pair_in_reverse_with_its_weight() -> None:
+    train = Sequences.from_lists(["u0", "u1"], [["a", "b", "c"], ["c", "a"]], [[""] * 3, [""] * 2])
+    vocab = Vocab(np.array(["a", "b", "c", "d"], dtype=object), [])
+
+    def pairs(table: ItemNeighbours) -> dict[tuple[str, str], float]:
+        names = "abcd"
+        return {
+            (names[a], names[int(b)]): float(w)
+            for a in range(table.items)
+            for b, w in zip(
+                table.indices[table.indptr[a] : table.indptr[a + 1]],
+                table.weights[table.indptr[a] : table.indptr[a + 1]],
+                strict=True,
+            )
+        }
+
+    one = ItemNeighbours.fit(train, vocab, window=2, last=1, decay=1.0)
+    assert pairs(one) == {("a", "b"): 1.0, ("b", "c"): 1.0, ("a", "c"): 0.5, ("c", "a"): 1.0}
+    both = ItemNeighbours.fit(train, vocab, window=2, last=1, decay=1.0, two_way=True)
+    assert both.two_way and not one.two_way
+    expected = {("a", "b"): 1.0, ("b", "a"): 1.0, ("b", "c"): 1.0, ("c", "b"): 1.0}
+    expected |= {("a", "c"): 0.5 + 1.0, ("c", "a"): 1.0 + 0.5}  # a..c at gap 2, then c -> a
+    assert pairs(both) == expected
+
+
+def test_the_blend_counts_both_ways_only_when_validation_prefers_it(ring_model) -> None:
+    corpus, result = ring_model
+    blend, _, info = choose_blend(result.model, result.vocab, corpus)
+    ways = info["cooccurrence_valid_ndcg@10_by_way"]
+    assert blend is not None and not blend.neighbours.two_way and info["two_way"] is False
+    assert ways["one_way"] >= ways["two_way"]  # the ring runs one way: the reverse adds noise
+    # the same users walking the ring backwards in training: one way, the counts point back
+    train = corpus.train
+    walks = [list(train.sequence(u)[0])[::-1] for u in range(len(train))]
+    backwards = replace(
+        corpus,
+        train=Sequences.from_lists(
+            [str(u) for u in train.user_id], walks, [[""] * len(w) for w in walks]
+        ),
+    )
+    blend, _, info = choose_blend(result.model, result.vocab, backwards)
+    ways = info["cooccurrence_valid_ndcg@10_by_way"]
+    assert blend is not None and blend.neighbours.two_way and info["two_way"] is True
+    assert ways["two_way"] > ways["one_way"]
+
+
 def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: Path) -> None:
     corpus, result = ring_model
     blend, _, info = choose_blend(result.model, result.vocab, corpus)
@@ -104,6 +151,10 @@ def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: P
         blend.neighbours.last,
         blend.neighbours.decay,
     )
+    two_way = Blend(replace(blend.neighbours, two_way=True), blend.beta)
+    two_way.save(tmp_path / "plain")
+    assert load_blend(tmp_path / "plain", len(result.vocab)).neighbours.two_way  # type: ignore[union-attr]
+    (tmp_path / "plain" / NEIGHBOURS_FILE).unlink()
     # saving again without a blend removes the file (and so changes the fingerprint back)
     assert save_model(*save, tmp_path / "blended", name="ring") == plain
     assert load_blend(tmp_path / "blended", len(result.vocab)) is None
