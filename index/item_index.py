@@ -227,8 +227,9 @@ class ItemIndex:
         rows = np.full((q.shape[0], k), -1, dtype=np.int64)  # (B, k)
         if q.shape[0] == 0 or n_eligible == 0:
             return scores, rows
-        selector = None if eligible is None else eligible.selector
-        mask = None if selector is None else eligible.mask  # type: ignore[union-attr]
+        selector, mask = None, None  # None: every row is eligible
+        if eligible is not None and eligible.selector is not None:
+            selector, mask = eligible.selector, eligible.mask
         need = min(k, n_eligible)
         if self._kind == "other" and mask is not None:  # cannot filter inside this index
             scores[:], rows[:] = self._exact_search(q, k, mask)

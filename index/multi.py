@@ -98,7 +98,8 @@ class MultiIndex:
 
         queries (B, K, D) with query_mask (B, K) bool -> (scores, rows) each (B, k), scores
         descending, padded with -inf / -1 when fewer than k rows are eligible. `allowed` is an
-        (N,) bool mask of eligible rows (or one prepared as `Eligible`); `params` are per-call FAISS parameters of the FDE index.
+        (N,) bool mask of eligible rows (or one prepared as `Eligible`); `params` are per-call
+        FAISS parameters of the FDE index.
         `timings`, when given, receives the seconds of each stage: "fde" (encode + FAISS search)
         and "rerank" (exact Chamfer of the candidates).
         """

@@ -6,12 +6,12 @@ items, ``u . v_i + beta * log(1 + c_i)``.
 user's ``last`` newest items in the training sequences, weighted 1 / gap and decayed by the
 recent item's age), without the baseline's popularity tie-break; or, when validation prefers
 it, the same counts taken both ways (``two_way``: i also counts when it came a few events
-*before*), which is what data whose order within a basket is arbitrary (items reviewed
-together, bundles) rewards. A sequential model captures
-global taste; the co-occurrence counts remember exact item-to-item transitions that a 64-dim
-vector blurs (the two are complementary, as in the session-kNN hybrids of Ludewig & Jannach,
-2018, and the "SASRec + item-kNN" ensembles of the RecSys challenges). ``beta`` is chosen on
-the validation split (`choose_beta`); 0 means the model alone is served.
+*before*), which data whose order within a basket is arbitrary (items reviewed together,
+bundles) rewards. A sequential model captures global taste; the co-occurrence counts remember
+exact item-to-item transitions that a 64-dim vector blurs (the two are complementary, as in
+the session-kNN hybrids of Ludewig & Jannach, 2018, and the "SASRec + item-kNN" ensembles of
+the RecSys challenges). ``beta`` is chosen on the validation split (`choose_beta`); 0 means the
+model alone is served.
 
 One table (`ItemNeighbours`, CSR: row a lists the items b that followed a, with their weight)
 serves both uses: offline, a batch of histories is scored against the whole catalogue
