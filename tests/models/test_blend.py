@@ -1,7 +1,8 @@
 """The served blend (`models.blend`): one history's sparse co-occurrence scores equal the
-batch scores; the beta chosen on validation is the best one, each beta's NDCG@10 equal to
-evaluating that blend through the evaluation's own path; the file round-trips, is part of the
-model fingerprint and is refused when it does not fit the model."""
+batch scores; counting both ways adds each pair in reverse, and the blend counts both ways only
+when validation prefers it; the beta chosen on validation is the best one, each beta's NDCG@10
+equal to evaluating that blend through the evaluation's own path; the file round-trips, is part
+of the model fingerprint and is refused when it does not fit the model."""
 
 from __future__ import annotations
 
