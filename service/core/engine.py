@@ -447,13 +447,16 @@ class Engine(ModelEngine):
         delta they took."""
         from service.jobs.catalog import encode_items  # torch + pyarrow: the job's encoding
 
-        self.delta = self.delta.applied(
+        delta = self.delta.applied(
             changes,
             functools.partial(encode_items, self.embedder),
             self.index_queries,
             self.index.row_of,
             self.embedder.item_rows,
         )
+        if delta is not self.delta:  # masks prepared for the old hidden rows are stale now
+            self._eligible = {}
+        self.delta = delta
 
     @property
     def index_version(self) -> str:
@@ -623,7 +626,7 @@ class Engine(ModelEngine):
         eligible = Eligible(mask)
         if not filters.exclude:
             if len(self._eligible) >= _SURFACE_MASKS_KEPT:
-                self._eligible.clear()  # masks of deltas since replaced, mostly
+                self._eligible.clear()
             self._eligible[key] = (hidden, eligible)
         return eligible
 
