@@ -9,7 +9,7 @@ import asyncio
 import gc
 import time
 from collections.abc import Callable, Coroutine, Generator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
@@ -42,6 +42,9 @@ class StepResult:
     # requests per outcome: HTTP status ("200", "429", "503"...), "timeout" (no answer in
     # TIMEOUT_S), "failed" (connection refused or reset)
     statuses: dict[str, int] = field(default_factory=dict)
+    # CPU the service's processes used during the step, in cores (CPU seconds / wall seconds);
+    # None where not measured. One process near 1.0 is bound by its interpreter lock
+    cpu_cores: float | None = None
 
     def sustained(self) -> bool:
         return (
@@ -262,7 +265,10 @@ async def run_rates(
         rate = next(rates, None)
         while rate is not None:
             bodies = srv.bodies(source.take(step_count(rate, seconds)))
+            cpu, wall = srv.cpu_seconds(), time.perf_counter()
             step = await run_step(client, bodies, rate, seconds, srv.path)
+            cores = (srv.cpu_seconds() - cpu) / (time.perf_counter() - wall)
+            step = replace(step, cpu_cores=round(cores, 3))
             results.append(step)
             print(format_step(label, step), flush=True)
             await drain(client, srv, probes)
@@ -335,6 +341,7 @@ def format_step(label: str, s: StepResult) -> str:
         f"{label:9s} target {s.target_rps:7.0f}/s achieved {s.achieved_rps:7.1f}/s  "
         f"p50 {s.p50_ms:7.1f}  p95 {s.p95_ms:7.1f}  p99 {s.p99_ms:8.1f} ms  "
         f"429 {s.rejected:5d}  errors {s.errors:4d}"
+        + (f"  cpu {s.cpu_cores:4.2f} cores" if s.cpu_cores is not None else "")
         + ("  ok" if s.sustained() else "")
         + (f"  {other}" if (other := _other_statuses(s)) else "")
     )

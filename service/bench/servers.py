@@ -57,6 +57,22 @@ class Server:
         known = [kb for kb in total if kb is not None]
         return sum(known) / 1024 if known else float("nan")
 
+    def cpu_seconds(self) -> float:
+        """CPU time (user + system) the service's process and its live descendants have used
+        so far, seconds; the difference over a step is what the step cost the service."""
+        ticks = [cpu_ticks(pid) for pid in [self.pid, *descendants(self.pid)]]
+        return sum(t for t in ticks if t is not None) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_ticks(pid: int) -> int | None:
+    """User + system CPU time of one process so far, in clock ticks (None: it is gone)."""
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "(comm) ": state is field 0
+    return int(fields[11]) + int(fields[12])  # utime, stime: stat(5) fields 14 and 15
+
 
 def rss_kb(pid: int) -> int | None:
     try:

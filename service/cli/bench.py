@@ -13,8 +13,8 @@ def add_parser(sub: Any) -> None:
         "with --peers, PyTriton, Ray Serve and LitServe), "
         "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer), "
         "'replay' (held-out events against a running service: online vs offline HR@10, "
-        "promotion), 'shadow' (live latency without a shadow model, and with one at 10%% and "
-        "100%% sampling)",
+        "promotion), 'shadow' (live latency without a shadow model, twice (A/A), and with one "
+        "at 10%% and 100%% sampling)",
         description="Run a benchmark; `uniserve bench service --help` and `uniserve bench "
         "index --help` list their options. Results go to stdout (and --json / --out).",
     )
