@@ -36,6 +36,7 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Sequence
+from math import nan
 from pathlib import Path
 from typing import Any
 
@@ -198,7 +199,10 @@ def run(
             LABELS, SAMPLES, servers, latencies, steps, waits, strict=True
         ):
             ms = [x for r in rounds for x in r]
-            ratio, low, high = p99_ratio_interval(latencies[0], rounds)
+            base_answered = any(len(r) for r in latencies[0])
+            ratio, low, high = (
+                p99_ratio_interval(latencies[0], rounds) if ms and base_answered else (nan,) * 3
+            )
             rows.append(
                 {
                     "server": label,
@@ -211,7 +215,7 @@ def run(
                     "errors": sum(s.errors for s in own),
                     "p50_ms": round(float(np.percentile(ms, 50)), 3) if ms else None,
                     "p99_ms": round(float(np.percentile(ms, 99)), 3) if ms else None,
-                    "p99_vs_none": round(ratio - 1, 4),
+                    "p99_vs_none": round(ratio - 1, 4),  # NaN: a side answered nothing
                     "p99_vs_none_95ci": [round(low - 1, 4), round(high - 1, 4)],
                     "turn_p99_ms_median": round(float(np.median([s.p99_ms for s in own])), 3),
                     "turn_p99_ms": [round(s.p99_ms, 3) for s in own],  # in the order run
