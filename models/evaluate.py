@@ -451,9 +451,18 @@ class Cooccurrence:
 
     @staticmethod
     def fit(
-        train: Sequences, vocab: Vocab, *, window: int = 3, last: int = 3, decay: float = 0.5
+        train: Sequences,
+        vocab: Vocab,
+        *,
+        window: int = 3,
+        last: int = 3,
+        decay: float = 0.5,
+        two_way: bool = False,
     ) -> Cooccurrence:
-        neighbours = ItemNeighbours.fit(train, vocab, window=window, last=last, decay=decay)
+        """The baseline counts b after a (``two_way``: before a as well, `ItemNeighbours.fit`)."""
+        neighbours = ItemNeighbours.fit(
+            train, vocab, window=window, last=last, decay=decay, two_way=two_way
+        )
         rows = vocab.item_rows(train.item_id)  # (E,)
         pop = np.bincount(rows[rows >= 0], minlength=len(vocab)).astype(np.float64)
         popularity = torch.from_numpy(1e-4 * pop / max(pop.max(), 1.0)).float()
@@ -486,13 +495,18 @@ def choose_cooccurrence(
     best: tuple[float, Cooccurrence] | None = None
     for window, last, decay in grid:
         cooc = Cooccurrence.fit(corpus.train, vocab, window=window, last=last, decay=decay)
-        ndcg = evaluate_cooccurrence(cooc, vocab, corpus.valid, ks=(10,), sampled=False)
-        value = ndcg["all"]["full_seen_removed"]["ndcg@10"]
+        value = cooccurrence_ndcg(cooc, vocab, corpus.valid)
         tried[f"window={window},last={last},decay={decay}"] = round(value, 5)
         if best is None or value > best[0]:
             best = (value, cooc)
     assert best is not None
     return best[1], tried
+
+
+def cooccurrence_ndcg(cooc: Cooccurrence, vocab: Vocab, eval_set: EvalSet) -> float:
+    """NDCG@10, full ranking with seen items removed: what a co-occurrence table is chosen on."""
+    found = evaluate_cooccurrence(cooc, vocab, eval_set, ks=(10,), sampled=False)
+    return float(found["all"]["full_seen_removed"]["ndcg@10"])
 
 
 def evaluate_cooccurrence(

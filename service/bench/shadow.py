@@ -31,7 +31,6 @@ import argparse
 import asyncio
 import contextlib
 import json
-import re
 import tempfile
 import time
 import urllib.request
@@ -42,6 +41,7 @@ from typing import Any
 
 import numpy as np
 import orjson
+from prometheus_client.parser import text_string_to_metric_families
 
 from service.bench.load import Client, StepResult, run_load, run_step
 from service.bench.servers import server
@@ -88,23 +88,30 @@ def shadow_version(data_dir: Path) -> str:
     return version
 
 
-def metrics_text(port: int) -> str:
-    return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `name` in the server's `/metrics`."""
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
 
 
 def shadow_counts(port: int) -> dict[str, float]:
-    found = re.findall(
-        r'^uniserve_shadow_requests_total\{outcome="(\w+)"\} (\S+)$', metrics_text(port), re.M
-    )
-    return {outcome: float(value) for outcome, value in found}
+    return {
+        labels["outcome"]: value
+        for labels, value in samples(port, "uniserve_shadow_requests_total")
+    }
 
 
 def background_pending(port: int) -> float:
     """Online-quality work (served lists remembered, shadow answers) queued or running."""
-    found = re.search(r"^uniserve_online_pending (\S+)$", metrics_text(port), re.M)
-    if found is None:
+    found = samples(port, "uniserve_online_pending")
+    if not found:
         raise RuntimeError(f"no uniserve_online_pending in the metrics of port {port}")
-    return float(found.group(1))
+    return found[0][1]
 
 
 async def drained(port: int, timeout: float = DRAIN_TIMEOUT_S) -> float:

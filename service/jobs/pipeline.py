@@ -33,14 +33,14 @@ from index.multi import DEFAULT_CANDIDATES
 from index.recall import overlap_recall
 from index.shard import ShardSpec
 from models.artifacts import save_model
-from models.blend import Blend, ItemNeighbours
+from models.blend import Blend
 from models.corpus import Corpus
 from models.embedder import Embedder
 from models.evaluate import (
     Cooccurrence,
     choose_beta,
     choose_cooccurrence,
-    evaluate_cooccurrence,
+    cooccurrence_ndcg,
     evaluation_report,
 )
 from models.recommender import Recommender
@@ -112,24 +112,15 @@ def choose_blend(
     started = time.perf_counter()
     cooc, grid = choose_cooccurrence(corpus, vocab)
     window, last, decay = cooc.params
-    both = ItemNeighbours.fit(
+    both = Cooccurrence.fit(
         corpus.train, vocab, window=window, last=last, decay=decay, two_way=True
     )
     alone = {  # validation NDCG@10 (seen removed) of each table ranking alone, as `grid` rounds
         "one_way": max(grid.values()),
-        "two_way": round(
-            evaluate_cooccurrence(
-                Cooccurrence(both, both.transposed(), cooc.popularity),
-                vocab,
-                corpus.valid,
-                ks=(10,),
-                sampled=False,
-            )["all"]["full_seen_removed"]["ndcg@10"],
-            5,
-        ),
+        "two_way": round(cooccurrence_ndcg(both, vocab, corpus.valid), 5),
     }
     way = "two_way" if alone["two_way"] > alone["one_way"] else "one_way"
-    table = both if way == "two_way" else cooc.neighbours
+    table = both.neighbours if way == "two_way" else cooc.neighbours
     beta, tried, z = choose_beta(model, vocab, corpus.valid, table)
     blend = Blend(table, beta) if beta > 0 else None
     seconds = time.perf_counter() - started

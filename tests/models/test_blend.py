@@ -152,10 +152,10 @@ def test_blend_file_round_trips_and_belongs_to_its_model(ring_model, tmp_path: P
         blend.neighbours.last,
         blend.neighbours.decay,
     )
-    two_way = Blend(replace(blend.neighbours, two_way=True), blend.beta)
-    two_way.save(tmp_path / "plain")
-    assert load_blend(tmp_path / "plain", len(result.vocab)).neighbours.two_way  # type: ignore[union-attr]
-    (tmp_path / "plain" / NEIGHBOURS_FILE).unlink()
+    (tmp_path / "both").mkdir()
+    Blend(replace(blend.neighbours, two_way=True), blend.beta).save(tmp_path / "both")
+    both = load_blend(tmp_path / "both", len(result.vocab))
+    assert both is not None and both.neighbours.two_way
     # saving again without a blend removes the file (and so changes the fingerprint back)
     assert save_model(*save, tmp_path / "blended", name="ring") == plain
     assert load_blend(tmp_path / "blended", len(result.vocab)) is None
