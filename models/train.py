@@ -13,7 +13,10 @@ softmax over
   corrected by ``-log q(item)``, q being the item's expected number of copies in the negative
   set (Yi et al., RecSys 2019; mixed negatives as in Yang et al., WWW 2020). The eSASRec study
   (Tikhonov et al., 2025) found in-batch-only negatives collapse quality on Amazon data; the
-  default draws uniform negatives only.
+  default draws 4,096 uniform negatives and adds 1,024 from the batch: on a catalogue of
+  ~12k items the uniform ones already cover a third of it each step and the in-batch ones change
+  little (Toys), on 730k items they cover 0.6% and miss the popular items a ranking must get
+  past, which the in-batch ones bring (KuaiRand-1K, BENCHMARKS.md).
 
 Optional regulariser: ``contrastive`` > 0 adds DuoRec's model-level augmentation (Qiu et al.,
 WSDM 2022): two dropout-perturbed passes of each window, InfoNCE between their last-position
@@ -23,7 +26,16 @@ are not used).
 Stopping (``patience``): after every epoch the model is measured on the validation split only
 (``select_on``, default full-ranking NDCG@10 with the user's seen items removed); training stops
 when it has not improved for ``patience`` epochs, or at ``epochs`` (the maximum) or
-``time_budget_s``, and the best epoch's weights are kept. The test split is never looked at.
+``time_budget_s``, and the best epoch's weights are kept. The test split is never looked at. A
+full ranking that finds fewer than ``select_min_hits`` validation targets in its top 10 cannot
+tell one epoch from the next; such epochs are judged by the sampled NDCG@10 instead
+(`selection_key`).
+
+Layer norm (``norm``): post-norm (SASRec's layout) won the Amazon ablation and converges there
+in fewer epochs; pre-norm won by far on KuaiRand-1K (BENCHMARKS.md). Neither is a safe default
+for data never seen, so by default (``norm="race"``) one model of each trains side by side on
+the same batches for ``race_epochs`` epochs, and the one whose best validation epoch ranks
+higher trains on alone (its curve is the result's; the race is in ``extra["norm_race"]``).
 
 The id table (and the optional item bias) gets sparse gradients and SparseAdam; the rest AdamW.
 """
@@ -69,8 +81,10 @@ class TrainConfig:
     num_heads: int = 2
     max_len: int = 50  # events per training window and per served user
     dropout: float = 0.3  # chosen by ablation (BENCHMARKS.md, "Recommendation quality")
-    norm_first: bool = False  # post-norm blocks (the SASRec paper; won the ablation on
-    # validation); True: pre-norm
+    norm: str = "race"  # "post": layer norm after each residual branch (SASRec; won the
+    # Amazon ablation), "pre": before it (won on KuaiRand-1K), "race": train one of each side by
+    # side for ``race_epochs`` and keep the one better on validation (BENCHMARKS.md)
+    race_epochs: int = 2
     gated: bool = False  # LiGR-style gated residuals (eSASRec's layers)
     filter: bool = False  # a causal frequency-domain filter beside attention (FMLP/BSARec-like)
     future_window: int = 1  # each position learns the next this-many events, weighted 1/gap
@@ -95,8 +109,9 @@ class TrainConfig:
     contrastive: float = 0.0  # weight of DuoRec's dropout-view InfoNCE (0 = off)
     contrastive_temperature: float = 1.0
     num_negatives: int = 4096  # sampled softmax: uniform negatives per step, shared by the batch
-    in_batch_negatives: int = 0  # sampled softmax: negatives drawn from the batch's targets
-    # (~ popularity); in-batch-heavy mixes lost the ablation (and collapse in eSASRec's study)
+    in_batch_negatives: int = 1024  # sampled softmax: negatives drawn from the batch's
+    # targets (~ popularity), added to the uniform ones; in-batch-only negatives collapse in
+    # eSASRec's study, the mix won on KuaiRand-1K and was neutral on Toys (BENCHMARKS.md)
     temperature: float = 0.1  # softmax temperature over cosine scores: lower = sharper
     seed: int = 0
     max_steps: int | None = None  # stop early after this many steps (smoke runs)
@@ -109,6 +124,8 @@ class TrainConfig:
     # vs 100 uniform negatives, the AutoCDSR protocol), "full" (against the whole catalogue:
     # what retrieval serves; costs one full scoring of the validation users per epoch) or
     # "full_seen_removed" (the same without the user's history items: the field's protocol)
+    select_min_hits: int = 20  # a full-ranking validation that finds fewer targets than this
+    # in its top 10 cannot tell epochs apart: such epochs are judged by the sampled protocol
     patience: int | None = 5  # stop once the selection metric has not improved for this
     # many epochs (None: train all ``epochs``); the best epoch is kept either way
     progress: bool = True
@@ -201,8 +218,15 @@ class TrainConfig:
                 f"contrastive must be >= 0 and its temperature > 0, got {self.contrastive}, "
                 f"{self.contrastive_temperature}"
             )
-        if self.gated and not self.norm_first:
-            raise ValueError(f"gated residuals need norm_first, got norm_first={self.norm_first}")
+        if self.norm not in ("race", "post", "pre"):
+            raise ValueError(f"norm must be race, post or pre, got {self.norm!r}")
+        if self.gated and self.norm != "pre":
+            raise ValueError(f"gated residuals need pre-norm, got norm={self.norm!r}")
+        if self.race_epochs < 1 or self.select_min_hits < 0:
+            raise ValueError(
+                f"race_epochs must be >= 1 and select_min_hits >= 0, got {self.race_epochs}, "
+                f"{self.select_min_hits}"
+            )
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {DEVICES}, got {self.device!r}")
         if self.mgda_normalize not in ("none", "loss", "l2"):
@@ -255,8 +279,11 @@ class TrainResult:
         }
 
 
-def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureSpec, Vocab]:
-    """An untrained model sized for the corpus's catalogue, surfaces and metadata."""
+def build_model(
+    corpus: Corpus, cfg: TrainConfig, norm: str | None = None
+) -> tuple[Recommender, FeatureSpec, Vocab]:
+    """An untrained model sized for the corpus's catalogue, surfaces and metadata, with
+    ``norm`` ("post" or "pre"; default ``cfg.norm``, where "race" builds post-norm)."""
     spec = FeatureSpec.from_table(corpus.items, text_buckets=cfg.text_buckets)
     surfaces = sorted(
         ({str(s) for s in corpus.train.surface} | set(spec.categorical["surface"])) - {""}
@@ -288,7 +315,7 @@ def build_model(corpus: Corpus, cfg: TrainConfig) -> tuple[Recommender, FeatureS
             max_len=cfg.max_len,
             dropout=cfg.dropout,
             surface_tokens=not cfg.id_only,
-            norm_first=cfg.norm_first,
+            norm_first=(norm or cfg.norm) == "pre",
             gated=cfg.gated,
             filter=cfg.filter,
         ),
@@ -382,7 +409,8 @@ def validation_ndcg(
 ) -> dict[str, float]:
     """Validation NDCG@10 of the model as it would be served (with the popularity prior added
     to the bias for the measurement, then taken off again), on the device the model is on:
-    {"sampled"} when selecting on it (cheap: no full scoring), else every protocol's."""
+    {"sampled"} when selecting on it (cheap: no full scoring), else every protocol's and
+    "hits", how many validation targets the selection protocol ranked in its top 10."""
 
     def measure() -> dict[str, float]:
         if cfg.select_on == "sampled":
@@ -400,7 +428,8 @@ def validation_ndcg(
             cfg.seed,
             batch_size=max(1, min(1024, 50_000_000 // len(vocab))),  # (b, N) scores <= 200 MB
         )
-        return {name: metrics_from_ranks(r, (10,))["ndcg@10"] for name, r in ranks.items()}
+        out = {name: metrics_from_ranks(r, (10,))["ndcg@10"] for name, r in ranks.items()}
+        return {**out, "hits": float((ranks[cfg.select_on] < 10).sum())}
 
     if cfg.popularity_prior == 0:
         return measure()
@@ -514,20 +543,61 @@ def uses_full_softmax(cfg: TrainConfig, n_items: int) -> bool:
     return cfg.loss == "full" or (cfg.loss == "auto" and n_items <= cfg.full_softmax_max_items)
 
 
+@dataclass
+class Contender:
+    """One model in training: its weights, optimisers and validation record. `train` runs one,
+    or two side by side for the first ``race_epochs`` when ``norm="race"``."""
+
+    norm: str  # "post" or "pre"
+    model: Recommender
+    optimizers: list[torch.optim.Optimizer]
+    schedulers: list[torch.optim.lr_scheduler.ReduceLROnPlateau]
+    shared: list[torch.nn.Parameter]  # AutoCDSR's shared parameters (the transformer's)
+    valid: dict[str, list[float]] = field(
+        default_factory=lambda: {"sampled": [], "full": [], "full_seen_removed": []}
+    )
+    best_state: dict[str, torch.Tensor] | None = None
+    best_key: tuple[bool, float, float] = (False, -math.inf, -math.inf)
+    best_epoch: int | None = None
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    lrs: list[float] = field(default_factory=list)  # dense learning rate after each epoch
+    mgda_weights: list[float] = field(default_factory=list)
+
+
+def selection_key(cfg: TrainConfig, valid: dict[str, float]) -> tuple[bool, float, float]:
+    """How an epoch ranks: (resolved, the selection metric, the sampled NDCG@10), compared in
+    that order. A full ranking that found fewer than ``select_min_hits`` validation targets in
+    its top 10 does not resolve one epoch from the next (KuaiRand-1K: 1,000 users, 730k items,
+    NDCG@10 at 0.0003-0.0025), so such an epoch is judged by the sampled protocol, and ranks
+    below every resolved one; the sampled NDCG@10 also breaks exact ties."""
+    sampled = valid.get("sampled", 0.0)
+    if cfg.select_on != "sampled" and valid.get("hits", math.inf) < cfg.select_min_hits:
+        return (False, sampled, sampled)
+    return (True, valid[cfg.select_on], sampled)
+
+
 def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     """Train a model on ``corpus.train``; deterministic for a given config and thread count."""
     cfg = cfg or TrainConfig()
     device = select_device(cfg.device)
-    torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     cold_ids = np.zeros(0, dtype=object)
     if cfg.holdout_items > 0:
         corpus, cold_ids = hold_out_items(corpus, cfg.holdout_items, cfg.seed)
-    model, spec, vocab = build_model(corpus, cfg)
+    select = cfg.select_on_valid and len(corpus.valid) > 0
+    # without a validation split there is nothing to race on: post-norm, the Amazon winner
+    norms = (
+        ("post", "pre") if cfg.norm == "race" and select else (cfg.norm.replace("race", "post"),)
+    )
+    built = []
+    for norm in norms:
+        torch.manual_seed(cfg.seed)  # each contender starts as it would alone
+        built.append(build_model(corpus, cfg, norm=norm))
+    _, spec, vocab = built[0]
     cold_rows = vocab.item_rows(cold_ids)  # (H,) catalogue rows never trained as ids
     old = OldModel.load(cfg.compatible_with, vocab) if cfg.compatible_with else None
-    if old is not None and old.dim != model.dim:
-        raise ValueError(f"old model dim {old.dim} != new model dim {model.dim}")
+    if old is not None and old.dim != built[0][0].dim:
+        raise ValueError(f"old model dim {old.dim} != new model dim {built[0][0].dim}")
     win_ids, win_surf = make_windows(corpus.train, vocab, cfg.max_len)
     if len(win_ids) == 0:
         raise ValueError(f"corpus {corpus.name!r} has no training sequence with 2 or more events")
@@ -542,13 +612,196 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     q = expected_negative_counts(counts, cfg.in_batch_negatives, 0)
     q[pool] += cfg.num_negatives / len(pool)  # uniform negatives come from warm rows only
     log_q = torch.from_numpy(np.log(np.maximum(q, 1e-12))).float().to(device)  # (N + 2,)
-    model.to(device)  # before the optimizers see the parameters
     if old is not None:
         old.to(device)
+    contenders = [
+        _contender(norm, model, cfg, device)
+        for norm, (model, _, _) in zip(norms, built, strict=True)
+    ]
+    del built  # the race's loser is freed when it is dropped
+    full_softmax = uses_full_softmax(cfg, n_items)
+    excluded = torch.from_numpy(cold_rows + FIRST_ITEM_ID).to(device)  # (H,) no class
+    result = TrainResult(contenders[0].model, spec, vocab, cfg, corpus=corpus)
+    result.extra["device"] = device.type
+    result.extra["loss"] = "full" if full_softmax else "sampled"
+    if len(cold_ids):
+        result.extra["cold_items"] = [str(x) for x in cold_ids]
+    if old is not None:
+        result.extra["compatible_with"] = {
+            "fingerprint": old.fingerprint,
+            "model_dir": str(cfg.compatible_with),
+        }
+    steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
+    started = time.perf_counter()
+    log.info(
+        "training on %d windows, %d items, %d steps/epoch, %s softmax, on %s, %s",
+        len(win_ids),
+        n_items,
+        steps_per_epoch,
+        result.extra["loss"],
+        device.type,
+        f"post- and pre-norm raced for {cfg.race_epochs} epochs"
+        if len(contenders) > 1
+        else f"{norms[0]}-norm",
+    )
+
+    def step(c: Contender, idx: np.ndarray) -> float:
+        """One optimiser step of contender ``c`` on the windows ``idx``; returns the loss."""
+        model = c.model
+        # windows are left-padded: drop the columns that are padding in every window of the
+        # batch (positions count from each window's first event, so nothing else changes)
+        first = int((win_ids[idx] != PAD_ID).any(0).argmax())
+        ids = torch.from_numpy(win_ids[idx, first:]).to(device)  # (B, T+1), T <= L
+        surfaces = torch.from_numpy(win_surf[idx, first:]).to(device)  # (B, T+1)
+        inputs, targets = ids[:, :-1], ids[:, 1:]
+        mask = inputs != PAD_ID  # (B, L)
+        in_surf = surfaces[:, :-1]  # (B, L)
+        if cfg.autocdsr:
+            hidden, attention = model.hidden_with_attention(inputs, in_surf, mask)
+        else:
+            hidden = model.hidden(inputs, in_surf, mask)  # (B, L, D)
+        keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
+        batch_targets = targets[keep]  # (M,)
+        content = model.user_content(inputs, mask)[keep] if model.has_content else None
+        queries = model.query_vectors(hidden[keep], content)  # (M, dim)
+        window = (  # (M,) the next items, or (M, G) with the later ones
+            batch_targets if cfg.future_window == 1 else later_targets(ids, cfg.future_window)[keep]
+        )
+        negatives: torch.Tensor | None = None
+        if full_softmax:
+            loss = full_softmax_loss(
+                model, queries, window, cfg.temperature, cfg.matryoshka, excluded
+            )
+        else:
+            in_batch = torch.from_numpy(
+                rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
+            ).to(device)
+            uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
+            negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
+            loss = sampled_softmax_loss(
+                model, queries, window, negatives, log_q, cfg.temperature, cfg.matryoshka
+            )
+        if cfg.contrastive > 0:  # a second dropout view of the same windows
+            twin = model.hidden(inputs, in_surf, mask)[:, -1]  # (B, D)
+            loss = loss + cfg.contrastive * contrastive_loss(
+                hidden[:, -1], twin, cfg.contrastive_temperature
+            )
+        if old is not None:
+            old_queries = old.queries(inputs, in_surf, mask)[keep]  # (M, dim)
+            if negatives is None:  # the compatibility loss ranks against sampled negatives
+                negatives = torch.from_numpy(
+                    pool[rng.integers(0, len(pool), cfg.num_negatives)]
+                ).to(device)
+            loss = loss + cfg.compat_weight * compatibility_loss(
+                queries, old_queries, old, batch_targets, negatives, log_q, cfg.temperature
+            )
+        if cfg.autocdsr:
+            aux = cross_surface_attention_loss(attention, in_surf, mask)
+            loss, (w_rec, _) = pareto_combine(loss, aux, c.shared, cfg.mgda_normalize)
+            c.mgda_weights.append(w_rec)
+        for opt in c.optimizers:
+            opt.zero_grad(set_to_none=True)
+        loss.backward()
+        for opt in c.optimizers:
+            opt.step()
+        return float(loss.item())
+
+    def validate(c: Contender, epoch: int) -> None:
+        """Measure ``c`` on the validation split and keep its weights if this epoch is its best."""
+        make_cold(c.model, cold_rows)  # held-out items: metadata-only vectors
+        valid = validation_ndcg(c.model, vocab, corpus, cfg, counts)
+        c.model.train()
+        for name, values in c.valid.items():
+            if name in valid:
+                values.append(valid[name])
+        log.info("epoch %d (%s-norm): valid NDCG@10 %s", epoch, c.norm, valid)
+        key = selection_key(cfg, valid)
+        for scheduler in c.schedulers:
+            scheduler.step(key[1])
+        if c.schedulers:  # the dense learning rate for the next epoch
+            c.lrs.append(c.optimizers[1].param_groups[0]["lr"])
+        if c.best_state is None or key > c.best_key:
+            c.best_state = {k: v.detach().clone() for k, v in c.model.state_dict().items()}
+            c.best_epoch, c.best_key = epoch, key
+
+    stop = False
+    for epoch in range(1, cfg.epochs + 1):
+        batches = length_bucketed_batches(win_lengths, cfg.batch_size, rng)
+        for c in contenders:
+            c.model.train()
+            total, seen = 0.0, 0
+            bar = tqdm(
+                range(steps_per_epoch),
+                desc=f"epoch {epoch}/{cfg.epochs}"
+                + (f" {c.norm}-norm" if len(contenders) > 1 else ""),
+                disable=not cfg.progress,
+            )
+            for i in bar:
+                total += step(c, batches[i])
+                seen += 1
+                result.steps += 1
+                if result.steps % 20 == 0:
+                    bar.set_postfix(loss=f"{total / seen:.4f}")
+                if (cfg.max_steps is not None and result.steps >= cfg.max_steps) or (
+                    cfg.time_budget_s is not None
+                    and time.perf_counter() - started > cfg.time_budget_s
+                ):
+                    stop = True
+                    result.extra["stopped"] = "max_steps" if cfg.max_steps else "time budget"
+                    break
+            bar.close()
+            c.losses.append(total / max(seen, 1))
+            log.info("epoch %d (%s-norm): mean loss %.4f", epoch, c.norm, c.losses[-1])
+            if select and seen:
+                validate(c, epoch)
+            if stop:
+                break
+        if len(contenders) > 1 and (stop or epoch >= cfg.race_epochs):
+            contenders = [race_winner(contenders, cfg, result, epoch)]
+            result.model = contenders[0].model
+        if stop:
+            break
+        kept = contenders[0]
+        if (
+            len(contenders) == 1  # a race runs its epochs in full
+            and select
+            and cfg.patience is not None
+            and epoch - (kept.best_epoch or 0) >= cfg.patience
+        ):
+            result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
+            break
+    kept = contenders[0]
+    result.epoch_losses = kept.losses
+    if kept.schedulers:
+        result.extra["lr_after_epoch"] = kept.lrs
+    result.valid_ndcg = kept.valid["sampled"]
+    result.valid_full_ndcg = kept.valid["full"]
+    result.valid_seen_removed_ndcg = kept.valid["full_seen_removed"]
+    result.best_epoch = kept.best_epoch
+    if select and not kept.best_key[0]:
+        result.extra["selected_on"] = "sampled (the full ranking resolved too few targets)"
+    model = kept.model
+    model.to("cpu")  # the saved and served model lives on the CPU
+    if kept.best_state is not None:
+        model.load_state_dict(kept.best_state)
+    make_cold(model, cold_rows)
+    if kept.mgda_weights:
+        result.extra["mgda_rec_weight_mean"] = round(float(np.mean(kept.mgda_weights)), 4)
+    if cfg.popularity_prior > 0:
+        add_popularity_prior(model, counts, cfg.popularity_prior)
+    model.eval()
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def _contender(norm: str, model: Recommender, cfg: TrainConfig, device: torch.device) -> Contender:
+    """Put ``model`` on ``device`` with its optimisers: SparseAdam for the id table (and item
+    bias), AdamW for the rest, and the plateau schedulers when ``lr_decay`` < 1."""
+    model.to(device)  # before the optimizers see the parameters
     sparse_names = {"item_encoder.id_embedding.weight", "item_encoder.bias.weight"}
     sparse_params = [p for n, p in model.named_parameters() if n in sparse_names]
     dense_params = [p for n, p in model.named_parameters() if n not in sparse_names]
-    optimizers = [
+    optimizers: list[torch.optim.Optimizer] = [
         torch.optim.SparseAdam(sparse_params, lr=cfg.sparse_lr),
         torch.optim.AdamW(dense_params, lr=cfg.lr, weight_decay=cfg.weight_decay),
     ]
@@ -559,157 +812,26 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     ]
     # AutoCDSR's shared parameters: the transformer's, not the embedding tables
     shared = [p for n, p in model.user_encoder.named_parameters() if "embedding" not in n]
-    full_softmax = uses_full_softmax(cfg, n_items)
-    excluded = torch.from_numpy(cold_rows + FIRST_ITEM_ID).to(device)  # (H,) no class
-    result = TrainResult(model, spec, vocab, cfg, corpus=corpus)
-    result.extra["device"] = device.type
-    result.extra["loss"] = "full" if full_softmax else "sampled"
-    if len(cold_ids):
-        result.extra["cold_items"] = [str(x) for x in cold_ids]
-    if old is not None:
-        result.extra["compatible_with"] = {
-            "fingerprint": old.fingerprint,
-            "model_dir": str(cfg.compatible_with),
-        }
-    mgda_weights: list[float] = []
-    steps_per_epoch = math.ceil(len(win_ids) / cfg.batch_size)
-    started = time.perf_counter()
-    log.info(
-        "training on %d windows, %d items, %d steps/epoch, %s softmax, on %s",
-        len(win_ids),
-        n_items,
-        steps_per_epoch,
-        result.extra["loss"],
-        device.type,
-    )
-    model.train()
-    stop = False
-    select = cfg.select_on_valid and len(corpus.valid) > 0
-    best_state: dict[str, torch.Tensor] | None = None
-    best_key: tuple[float, float] = (-math.inf, -math.inf)  # (selection metric, sampled)
-    for epoch in range(cfg.epochs):
-        batches = length_bucketed_batches(win_lengths, cfg.batch_size, rng)
-        total, seen = 0.0, 0
-        bar = tqdm(
-            range(steps_per_epoch), desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress
-        )
-        for step in bar:
-            idx = batches[step]
-            # windows are left-padded: drop the columns that are padding in every window of the
-            # batch (positions count from each window's first event, so nothing else changes)
-            first = int((win_ids[idx] != PAD_ID).any(0).argmax())
-            ids = torch.from_numpy(win_ids[idx, first:]).to(device)  # (B, T+1), T <= L
-            surfaces = torch.from_numpy(win_surf[idx, first:]).to(device)  # (B, T+1)
-            inputs, targets = ids[:, :-1], ids[:, 1:]
-            mask = inputs != PAD_ID  # (B, L)
-            in_surf = surfaces[:, :-1]  # (B, L)
-            if cfg.autocdsr:
-                hidden, attention = model.hidden_with_attention(inputs, in_surf, mask)
-            else:
-                hidden = model.hidden(inputs, in_surf, mask)  # (B, L, D)
-            keep = mask & (targets >= FIRST_ITEM_ID)  # (B, L)
-            batch_targets = targets[keep]  # (M,)
-            content = model.user_content(inputs, mask)[keep] if model.has_content else None
-            queries = model.query_vectors(hidden[keep], content)  # (M, dim)
-            window = (  # (M,) the next items, or (M, G) with the later ones
-                batch_targets
-                if cfg.future_window == 1
-                else later_targets(ids, cfg.future_window)[keep]
-            )
-            if full_softmax:
-                loss = full_softmax_loss(
-                    model, queries, window, cfg.temperature, cfg.matryoshka, excluded
-                )
-                negatives = None
-            else:
-                in_batch = torch.from_numpy(
-                    rng.integers(0, len(batch_targets), cfg.in_batch_negatives)
-                ).to(device)
-                uniform = torch.from_numpy(pool[rng.integers(0, len(pool), cfg.num_negatives)])
-                negatives = torch.cat([batch_targets[in_batch], uniform.to(device)])  # (K,)
-                loss = sampled_softmax_loss(
-                    model, queries, window, negatives, log_q, cfg.temperature, cfg.matryoshka
-                )
-            if cfg.contrastive > 0:  # a second dropout view of the same windows
-                twin = model.hidden(inputs, in_surf, mask)[:, -1]  # (B, D)
-                loss = loss + cfg.contrastive * contrastive_loss(
-                    hidden[:, -1], twin, cfg.contrastive_temperature
-                )
-            if old is not None:
-                old_queries = old.queries(inputs, in_surf, mask)[keep]  # (M, dim)
-                if negatives is None:  # the compatibility loss ranks against sampled negatives
-                    negatives = torch.from_numpy(
-                        pool[rng.integers(0, len(pool), cfg.num_negatives)]
-                    ).to(device)
-                loss = loss + cfg.compat_weight * compatibility_loss(
-                    queries, old_queries, old, batch_targets, negatives, log_q, cfg.temperature
-                )
-            if cfg.autocdsr:
-                aux = cross_surface_attention_loss(attention, in_surf, mask)
-                loss, (w_rec, _) = pareto_combine(loss, aux, shared, cfg.mgda_normalize)
-                mgda_weights.append(w_rec)
-            for opt in optimizers:
-                opt.zero_grad(set_to_none=True)
-            loss.backward()
-            for opt in optimizers:
-                opt.step()
-            total += loss.item()
-            seen += 1
-            result.steps += 1
-            if result.steps % 20 == 0:
-                bar.set_postfix(loss=f"{total / seen:.4f}")
-            if (cfg.max_steps is not None and result.steps >= cfg.max_steps) or (
-                cfg.time_budget_s is not None and time.perf_counter() - started > cfg.time_budget_s
-            ):
-                stop = True
-                result.extra["stopped"] = "max_steps" if cfg.max_steps else "time budget"
-                break
-        bar.close()
-        result.epoch_losses.append(total / max(seen, 1))
-        log.info("epoch %d: mean loss %.4f", epoch + 1, result.epoch_losses[-1])
-        if select:
-            make_cold(model, cold_rows)  # held-out items: metadata-only vectors
-            valid = validation_ndcg(model, vocab, corpus, cfg, counts)
-            model.train()
-            for name, values in (
-                ("sampled", result.valid_ndcg),
-                ("full", result.valid_full_ndcg),
-                ("full_seen_removed", result.valid_seen_removed_ndcg),
-            ):
-                if name in valid:
-                    values.append(valid[name])
-            log.info("epoch %d: valid NDCG@10 %s", epoch + 1, valid)
-            chosen = {
-                "sampled": result.valid_ndcg,
-                "full": result.valid_full_ndcg,
-                "full_seen_removed": result.valid_seen_removed_ndcg,
-            }[cfg.select_on]
-            for scheduler in schedulers:
-                scheduler.step(chosen[-1])
-            if schedulers:  # the dense learning rate for the next epoch
-                lrs = result.extra.setdefault("lr_after_epoch", [])
-                assert isinstance(lrs, list)
-                lrs.append(optimizers[1].param_groups[0]["lr"])
-            # equal selection values (on very sparse data a full ranking can find no target
-            # at all, every epoch 0.0) are told apart by the sampled NDCG@10
-            key = (chosen[-1], valid.get("sampled", 0.0))
-            if best_state is None or key > best_key:
-                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-                result.best_epoch = epoch + 1
-                best_key = key
-            elif cfg.patience is not None and epoch + 1 - (result.best_epoch or 0) >= cfg.patience:
-                result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
-                break
-        if stop:
-            break
-    model.to("cpu")  # the saved and served model lives on the CPU
-    if best_state is not None:
-        model.load_state_dict(best_state)
-    make_cold(model, cold_rows)
-    if mgda_weights:
-        result.extra["mgda_rec_weight_mean"] = round(float(np.mean(mgda_weights)), 4)
-    if cfg.popularity_prior > 0:
-        add_popularity_prior(model, counts, cfg.popularity_prior)
-    model.eval()
-    result.seconds = time.perf_counter() - started
-    return result
+    return Contender(norm, model, optimizers, schedulers, shared)
+
+
+def race_winner(
+    contenders: list[Contender], cfg: TrainConfig, result: TrainResult, epoch: int
+) -> Contender:
+    """End the norm race after ``epoch``: the contender whose best validation epoch ranks
+    higher (`selection_key`) trains on; the race's record goes into ``result.extra``. A tie
+    keeps the first (post-norm)."""
+    winner = contenders[0]
+    for c in contenders[1:]:
+        if c.best_key > winner.best_key:
+            winner = c
+    result.extra["norm_race"] = {
+        "epochs": epoch,
+        "kept": winner.norm,
+        **{
+            c.norm: {name: [round(x, 5) for x in v] for name, v in c.valid.items() if v}
+            for c in contenders
+        },
+    }
+    log.info("norm race after epoch %d: %s-norm kept", epoch, winner.norm)
+    return winner

@@ -63,7 +63,7 @@ ROWS: dict[str, dict[str, object]] = {
     "sampled uniform 4096, log-q": dict(loss="sampled", in_batch_negatives=0, num_negatives=4096),
     "in-batch only 1024": dict(loss="sampled", in_batch_negatives=1024, num_negatives=0),
     "mixed 1024 + 1024": dict(loss="sampled", in_batch_negatives=1024, num_negatives=1024),
-    "post-norm": dict(norm_first=False),
+    "post-norm": dict(norm="post"),
     "gated residual (LiGR)": dict(gated=True),
     "1 layer": dict(num_layers=1),
     "3 layers": dict(num_layers=3),

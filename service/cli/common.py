@@ -37,6 +37,14 @@ def print_report(report: dict[str, Any]) -> None:
     if "training" in report:
         t = report["training"]
         print(f"training: {t['steps']} steps in {t['seconds']}s, epoch losses {t['epoch_losses']}")
+        race = t.get("norm_race")
+        if race:
+            curves = "; ".join(
+                f"{norm}-norm {race[norm]}" for norm in ("post", "pre") if norm in race
+            )
+            print(f"norm race over {race['epochs']} epochs ({curves}): {race['kept']}-norm kept")
+        if t.get("selected_on"):
+            print(f"epoch selected on {t['selected_on']}")
         if t.get("best_epoch"):
             per_epoch = ", ".join(
                 f"({name}) {t[key]}"

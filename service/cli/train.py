@@ -45,13 +45,20 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--in-batch-negatives", type=int, default=0,
-        help="sampled softmax: negatives drawn from the batch's own targets (default 0)",
+        help="sampled softmax: negatives drawn from the batch's own targets, added to the "
+        "uniform ones (default 1024)",
     )  # fmt: skip
     p.add_argument("--temperature", type=float, default=0.1, help="softmax temperature (cosine)")
     p.add_argument("--dropout", type=float, default=0.3, help="transformer dropout (0.3)")
     p.add_argument(
-        "--norm", choices=["post", "pre"], default="post",
-        help="layer norm after each residual branch (post, SASRec; default) or before (pre)",
+        "--norm", choices=["race", "post", "pre"], default="race",
+        help="layer norm after each residual branch (post, SASRec) or before it (pre); race "
+        "(default): train one of each side by side for --race-epochs, keep the better on "
+        "validation",
+    )  # fmt: skip
+    p.add_argument(
+        "--race-epochs", type=int, default=2, metavar="E",
+        help="with --norm race: epochs both layouts train before one is kept (default 2)",
     )  # fmt: skip
     p.add_argument(
         "--gated", action="store_true", help="LiGR-style gated residuals (needs --norm pre)"
@@ -104,7 +111,13 @@ def add_parser(sub: Any) -> None:
         help="validation NDCG@10 that picks the kept epoch and drives --patience: "
         "full_seen_removed (the whole catalogue less the user's history items: the field's "
         "protocol; default), full (the whole catalogue, as retrieval serves) or sampled (100 "
-        "uniform negatives)",
+        "uniform negatives); a full ranking that finds fewer than --select-min-hits "
+        "validation targets in its top 10 is replaced by the sampled one",
+    )  # fmt: skip
+    p.add_argument(
+        "--select-min-hits", type=int, default=20, metavar="N",
+        help="validation targets a full ranking must find in its top 10 to choose between "
+        "epochs (default 20); below it the sampled NDCG@10 chooses",
     )  # fmt: skip
     p.add_argument(
         "--id-only", "--no-surface", dest="id_only", action="store_true",
@@ -186,7 +199,8 @@ def run(args: argparse.Namespace) -> int:
         in_batch_negatives=args.in_batch_negatives,
         temperature=args.temperature,
         dropout=args.dropout,
-        norm_first=args.norm == "pre",
+        norm=args.norm,
+        race_epochs=args.race_epochs,
         gated=args.gated,
         filter=args.filter,
         future_window=args.future_window,
@@ -217,6 +231,7 @@ def run(args: argparse.Namespace) -> int:
         holdout_items=args.holdout_items,
         device=args.device,
         select_on=args.select_on,
+        select_min_hits=args.select_min_hits,
         blend=not args.no_blend,
     )
     corpus = load_corpus(args.data)

@@ -17,6 +17,7 @@ from models.blend import BETAS, NEIGHBOURS_FILE
 from models.data import load_corpus
 from models.embedder import Embedder
 from service.cli import main as cli_main
+from service.cli.common import print_report
 from service.jobs.pipeline import build_and_publish
 from service.settings import Settings
 
@@ -109,10 +110,16 @@ async def check_served(
 
 @pytest.mark.anyio
 async def test_default_model_is_served_as_scored_offline(
-    default_model: Path, tmp_path: Path, serve
+    default_model: Path, tmp_path: Path, serve, capsys: pytest.CaptureFixture[str]
 ) -> None:
     config = json.loads((default_model / "config.json").read_text())
-    assert config["model"]["user"]["norm_first"] is False  # the default layout
+    race = config["training"]["norm_race"]  # the default races the two layouts
+    assert race["kept"] in ("post", "pre") and race["epochs"] == 2
+    assert len(race["post"]["full_seen_removed"]) == len(race["pre"]["full_seen_removed"]) == 2
+    assert config["model"]["user"]["norm_first"] is (race["kept"] == "pre")
+    capsys.readouterr()
+    print_report(config)  # what `uniserve train` prints
+    assert f"norm race over 2 epochs (post-norm {race['post']}" in capsys.readouterr().out
     assert config["training"]["loss"] == "full"  # 687 items: under the full-softmax limit
     blend = config["blend"]
     assert blend["beta"] > 0 and (default_model / NEIGHBOURS_FILE).is_file()

@@ -5,6 +5,7 @@ stopping, the evaluation policy, the S3-Rec loaders, and a small training run pe
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from models.train import (
     full_softmax_loss,
     later_targets,
     sampled_softmax_loss,
+    selection_key,
     train,
     uses_full_softmax,
     window_weights,
@@ -210,8 +212,8 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkey
 
     monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
     cfg = TrainConfig(
-        dim=16, epochs=50, patience=2, select_on="full_seen_removed", batch_size=32,
-        max_len=12, progress=False,
+        dim=16, epochs=50, patience=2, select_on="full_seen_removed", norm="post",
+        batch_size=32, max_len=12, progress=False,
     )  # fmt: skip
     result = train(corpus, cfg)
     assert result.valid_seen_removed_ndcg == [0.10, 0.30, 0.20, 0.25]  # stopped after epoch 4
@@ -219,6 +221,112 @@ def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkey
     assert result.extra["stopped"] == "no improvement for 2 epochs"
     for name, value in result.model.state_dict().items():
         torch.testing.assert_close(value, states[1][name].cpu(), msg=name)  # epoch 2 kept
+
+
+def test_a_full_ranking_with_too_few_hits_hands_the_choice_to_the_sampled_ndcg() -> None:
+    cfg = TrainConfig(select_on="full_seen_removed", select_min_hits=20)
+    sparse = {"full_seen_removed": 0.004, "sampled": 0.30, "hits": 3.0}
+    sparser = {"full_seen_removed": 0.009, "sampled": 0.20, "hits": 7.0}
+    resolved = {"full_seen_removed": 0.002, "sampled": 0.10, "hits": 20.0}
+    # unresolved epochs are compared by the sampled NDCG@10, not by their noisy full one
+    assert selection_key(cfg, sparse) > selection_key(cfg, sparser)
+    # any resolved epoch outranks every unresolved one; then the full metric decides
+    assert selection_key(cfg, resolved) > selection_key(cfg, sparse)
+    assert selection_key(cfg, {**resolved, "full_seen_removed": 0.003}) > selection_key(
+        cfg, resolved
+    )
+    # ties on the full metric are broken by the sampled one
+    better = {**resolved, "sampled": 0.11}
+    assert selection_key(cfg, better) > selection_key(cfg, resolved)
+    # selecting on the sampled protocol never looks at hits
+    on_sampled = TrainConfig(select_on="sampled")
+    assert selection_key(on_sampled, {"sampled": 0.3}) == (True, 0.3, 0.3)
+    with pytest.raises(ValueError, match="select_min_hits"):
+        TrainConfig(select_min_hits=-1)
+
+
+def test_epochs_are_kept_by_the_sampled_ndcg_until_the_full_ranking_resolves(monkeypatch) -> None:
+    # (full seen removed, sampled, hits) per epoch: epochs 1-3 find under 20 targets
+    script = [(0.009, 0.20, 5), (0.001, 0.31, 2), (0.008, 0.25, 6), (0.020, 0.28, 40)]
+    script += [(0.030, 0.26, 55)] + [(0.010, 0.40, 30)] * 3
+    states: list[dict[str, torch.Tensor]] = []
+
+    def run(**options: object):
+        scripted = iter(script)
+
+        def fake_validation(model, vocab, corpus, cfg, counts):
+            states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
+            full, sampled, hits = next(scripted)
+            return {"full_seen_removed": full, "sampled": sampled, "hits": float(hits)}
+
+        monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
+        states.clear()
+        base = dict(dim=16, norm="post", batch_size=32, max_len=12, progress=False)
+        return train(ring_corpus(), TrainConfig(**base, **options))  # type: ignore[arg-type]
+
+    result = run(epochs=3, patience=None)
+    assert result.best_epoch == 2  # the sampled NDCG@10's best, not the full one's (epoch 1)
+    assert str(result.extra["selected_on"]).startswith("sampled")
+    for name, value in result.model.state_dict().items():
+        torch.testing.assert_close(value, states[1][name].cpu(), msg=name)
+    result = run(epochs=50, patience=3)  # epochs 6-8 resolve, below epoch 5 on the full one
+    assert result.best_epoch == 5 and len(result.epoch_losses) == 8
+    assert "selected_on" not in result.extra
+
+
+def test_the_norm_race_keeps_the_layout_better_on_validation(monkeypatch) -> None:
+    def scripted(post: list[float], pre: list[float]):
+        scores = {False: iter(post), True: iter(pre)}
+
+        def fake_validation(model, vocab, corpus, cfg, counts):
+            return {"full_seen_removed": next(scores[model.config.user.norm_first])}
+
+        return fake_validation
+
+    base = dict(dim=16, epochs=5, patience=None, batch_size=32, max_len=12, progress=False)
+    # pre-norm wins the race: it trains on alone, its curve is the result's
+    monkeypatch.setattr(
+        train_module, "validation_ndcg", scripted([0.2, 0.3], [0.1, 0.35, 0.4, 0.3, 0.2])
+    )
+    result = train(ring_corpus(), TrainConfig(**base, race_epochs=2))  # type: ignore[arg-type]
+    assert result.model.config.user.norm_first is True
+    assert result.extra["norm_race"] == {
+        "epochs": 2,
+        "kept": "pre",
+        "post": {"full_seen_removed": [0.2, 0.3]},
+        "pre": {"full_seen_removed": [0.1, 0.35]},
+    }
+    assert result.valid_seen_removed_ndcg == [0.1, 0.35, 0.4, 0.3, 0.2]
+    assert result.best_epoch == 3 and len(result.epoch_losses) == 5
+    # post-norm wins, on its best epoch (the first), not on its last
+    monkeypatch.setattr(
+        train_module, "validation_ndcg", scripted([0.5, 0.3, 0.1, 0.1, 0.1], [0.2, 0.4])
+    )
+    result = train(ring_corpus(), TrainConfig(**base, race_epochs=2))  # type: ignore[arg-type]
+    assert (
+        result.model.config.user.norm_first is False and result.extra["norm_race"]["kept"] == "post"
+    )
+    assert result.best_epoch == 1
+    # each contender starts from the weights it would have alone
+    torch.manual_seed(0)
+    alone, _, _ = build_model(ring_corpus(), TrainConfig(**base, norm="pre"))  # type: ignore[arg-type]
+    torch.manual_seed(0)
+    raced, _, _ = build_model(ring_corpus(), TrainConfig(**base), norm="pre")  # type: ignore[arg-type]
+    for name, value in alone.state_dict().items():
+        torch.testing.assert_close(value, raced.state_dict()[name], msg=name)
+    assert raced.config.user.norm_first is True
+    with pytest.raises(ValueError, match="norm must be"):
+        TrainConfig(norm="sandwich")
+    with pytest.raises(ValueError, match="gated residuals need pre-norm"):
+        TrainConfig(gated=True)
+
+
+def test_without_a_validation_split_there_is_no_race() -> None:
+    corpus = ring_corpus()
+    cfg = TrainConfig(dim=16, epochs=2, batch_size=32, max_len=12, progress=False)
+    result = train(corpus, replace(cfg, select_on_valid=False))
+    assert "norm_race" not in result.extra and result.model.config.user.norm_first is False
+    assert len(result.epoch_losses) == 2 and result.best_epoch is None
 
 
 def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) -> None:
@@ -229,8 +337,8 @@ def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) 
 
     monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
     cfg = TrainConfig(
-        dim=16, epochs=8, patience=None, lr=1e-3, lr_decay=0.5, batch_size=32, max_len=12,
-        progress=False,
+        dim=16, epochs=8, patience=None, lr=1e-3, lr_decay=0.5, norm="post", batch_size=32,
+        max_len=12, progress=False,
     )  # fmt: skip
     result = train(ring_corpus(), cfg)
     # epochs 3 and 4 do not beat 0.30: halved; 5 improves; 6 and 7 do not: halved again
@@ -250,7 +358,7 @@ def test_epochs_tied_on_the_full_ranking_are_told_apart_by_the_sampled_metric(mo
 
     monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
     cfg = TrainConfig(
-        dim=16, epochs=10, patience=2, batch_size=32, max_len=12, progress=False,
+        dim=16, epochs=10, patience=2, norm="post", batch_size=32, max_len=12, progress=False,
     )  # fmt: skip
     result = train(ring_corpus(), cfg)
     assert result.best_epoch == 4 and len(result.epoch_losses) == 6  # then 2 epochs of patience
@@ -260,8 +368,10 @@ OPTION_CONFIGS = {
     "full softmax": dict(loss="full"),
     "sampled uniform": dict(loss="sampled", in_batch_negatives=0, num_negatives=16),
     "in-batch only": dict(loss="sampled", in_batch_negatives=16, num_negatives=0),
-    "pre-norm": dict(norm_first=True),
-    "gated": dict(norm_first=True, gated=True),
+    "post-norm": dict(norm="post"),
+    "pre-norm": dict(norm="pre"),
+    "norm race": dict(norm="race", race_epochs=2),
+    "gated": dict(norm="pre", gated=True),
     "filter": dict(filter=True),
     "contrastive": dict(contrastive=0.1),
     "future window": dict(future_window=3),
