@@ -44,7 +44,7 @@ def add_parser(sub: Any) -> None:
         "--negatives", type=int, default=4096, help="sampled softmax: uniform negatives per step"
     )
     p.add_argument(
-        "--in-batch-negatives", type=int, default=0,
+        "--in-batch-negatives", type=int, default=1024,
         help="sampled softmax: negatives drawn from the batch's own targets, added to the "
         "uniform ones (default 1024)",
     )  # fmt: skip
