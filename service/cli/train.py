@@ -6,9 +6,12 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from service.cli.common import DATA_HELP, print_report
+
+if TYPE_CHECKING:
+    from models.train import TrainConfig
 
 
 def add_parser(sub: Any) -> None:
@@ -183,13 +186,12 @@ def add_parser(sub: Any) -> None:
     p.set_defaults(func=run)
 
 
-def run(args: argparse.Namespace) -> int:
-    from models.data import load_corpus
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig the flags ask for (with no flags: TrainConfig's defaults)."""
     from models.matryoshka import parse_dims
     from models.train import TrainConfig
-    from service.jobs.pipeline import train_to_dir
 
-    cfg = TrainConfig(
+    return TrainConfig(
         dim=args.dim,
         num_layers=args.layers,
         max_len=args.max_len,
@@ -234,6 +236,13 @@ def run(args: argparse.Namespace) -> int:
         select_min_hits=args.select_min_hits,
         blend=not args.no_blend,
     )
+
+
+def run(args: argparse.Namespace) -> int:
+    from models.data import load_corpus
+    from service.jobs.pipeline import train_to_dir
+
+    cfg = train_config(args)
     corpus = load_corpus(args.data)
     print(
         f"training on {corpus.name}: {len(corpus.train)} sequences, {len(corpus.items)} items",

@@ -201,6 +201,16 @@ def test_size_rule_picks_the_softmax() -> None:
         TrainConfig(in_batch_negatives=0, num_negatives=0)
 
 
+def test_the_train_command_defaults_are_the_training_defaults() -> None:
+    from service.cli.main import build_parser
+    from service.cli.train import train_config
+
+    args = build_parser().parse_args(["train", "--out", "unused"])
+    assert train_config(args) == TrainConfig()  # one set of defaults, not two that drift
+    args = build_parser().parse_args(["train", "--out", "x", "--norm", "pre", "--quiet"])
+    assert train_config(args) == TrainConfig(norm="pre", progress=False)
+
+
 def test_early_stopping_keeps_the_best_epoch_and_stops_after_the_patience(monkeypatch) -> None:
     corpus = ring_corpus()
     scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.95])
