@@ -31,6 +31,7 @@ BASE = dict(
     dim=64,
     num_layers=2,
     dropout=0.3,
+    norm="pre",  # the base row of the table (the default then); the race came later
     weight_decay=0.01,
     max_len=50,
     temperature=0.1,
