@@ -553,9 +553,7 @@ class Contender:
     optimizers: list[torch.optim.Optimizer]
     schedulers: list[torch.optim.lr_scheduler.ReduceLROnPlateau]
     shared: list[torch.nn.Parameter]  # AutoCDSR's shared parameters (the transformer's)
-    valid: dict[str, list[float]] = field(
-        default_factory=lambda: {"sampled": [], "full": [], "full_seen_removed": []}
-    )
+    valid: dict[str, list[float]] = field(default_factory=lambda: {name: [] for name in PROTOCOLS})
     best_state: dict[str, torch.Tensor] | None = None
     best_key: tuple[bool, float, float] = (False, -math.inf, -math.inf)
     best_epoch: int | None = None
@@ -568,7 +566,7 @@ def selection_key(cfg: TrainConfig, valid: dict[str, float]) -> tuple[bool, floa
     """How an epoch ranks: (resolved, the selection metric, the sampled NDCG@10), compared in
     that order. A full ranking that found fewer than ``select_min_hits`` validation targets in
     its top 10 does not resolve one epoch from the next (KuaiRand-1K: 1,000 users, 730k items,
-    NDCG@10 at 0.0003-0.0025), so such an epoch is judged by the sampled protocol, and ranks
+    NDCG@10 at 0-0.0025), so such an epoch is judged by the sampled protocol, and ranks
     below every resolved one; the sampled NDCG@10 also breaks exact ties."""
     sampled = valid.get("sampled", 0.0)
     if cfg.select_on != "sampled" and valid.get("hits", math.inf) < cfg.select_min_hits:
@@ -585,10 +583,10 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
     if cfg.holdout_items > 0:
         corpus, cold_ids = hold_out_items(corpus, cfg.holdout_items, cfg.seed)
     select = cfg.select_on_valid and len(corpus.valid) > 0
-    # without a validation split there is nothing to race on: post-norm, the Amazon winner
-    norms = (
-        ("post", "pre") if cfg.norm == "race" and select else (cfg.norm.replace("race", "post"),)
-    )
+    if cfg.norm != "race":
+        norms: tuple[str, ...] = (cfg.norm,)
+    else:  # without a validation split there is nothing to race on: post-norm, Amazon's winner
+        norms = ("post", "pre") if select else ("post",)
     built = []
     for norm in norms:
         torch.manual_seed(cfg.seed)  # each contender starts as it would alone
@@ -710,14 +708,15 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
         """Measure ``c`` on the validation split and keep its weights if this epoch is its best."""
         make_cold(c.model, cold_rows)  # held-out items: metadata-only vectors
         valid = validation_ndcg(c.model, vocab, corpus, cfg, counts)
-        c.model.train()
         for name, values in c.valid.items():
             if name in valid:
                 values.append(valid[name])
         log.info("epoch %d (%s-norm): valid NDCG@10 %s", epoch, c.norm, valid)
         key = selection_key(cfg, valid)
+        # the plateau is judged in the selection's order: an unresolved epoch (its sampled
+        # NDCG@10, <= 1) is shifted below every resolved one
         for scheduler in c.schedulers:
-            scheduler.step(key[1])
+            scheduler.step(key[1] if key[0] else key[1] - 1.0)
         if c.schedulers:  # the dense learning rate for the next epoch
             c.lrs.append(c.optimizers[1].param_groups[0]["lr"])
         if c.best_state is None or key > c.best_key:
@@ -758,7 +757,6 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
                 break
         if len(contenders) > 1 and (stop or epoch >= cfg.race_epochs):
             contenders = [race_winner(contenders, cfg, result, epoch)]
-            result.model = contenders[0].model
         if stop:
             break
         kept = contenders[0]
@@ -771,6 +769,7 @@ def train(corpus: Corpus, cfg: TrainConfig | None = None) -> TrainResult:
             result.extra["stopped"] = f"no improvement for {cfg.patience} epochs"
             break
     kept = contenders[0]
+    result.model = kept.model
     result.epoch_losses = kept.losses
     if kept.schedulers:
         result.extra["lr_after_epoch"] = kept.lrs

@@ -202,11 +202,11 @@ def run(
             _turns([srv.port for srv in servers], requests, rate, seconds, block)
         )
         rows = []
+        base_answered = any(len(r) for r in latencies[0])
         for label, sample, srv, rounds, own, waited in zip(
             LABELS, SAMPLES, servers, latencies, steps, waits, strict=True
         ):
             ms = [x for r in rounds for x in r]
-            base_answered = any(len(r) for r in latencies[0])
             ratio, low, high = (
                 p99_ratio_interval(latencies[0], rounds) if ms and base_answered else (nan,) * 3
             )

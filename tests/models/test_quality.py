@@ -284,6 +284,25 @@ def test_epochs_are_kept_by_the_sampled_ndcg_until_the_full_ranking_resolves(mon
     assert "selected_on" not in result.extra
 
 
+def test_the_learning_rate_plateau_follows_the_selection_order(monkeypatch) -> None:
+    # epoch 1 is unresolved (its sampled 0.30 is not comparable with a full NDCG@10); epoch 2
+    # is the first resolved one, so an improvement; epochs 3 and 4 fall back: halved after 4
+    scripted = iter([(0.002, 0.30, 5), (0.02, 0.2, 40), (0.01, 0.2, 40), (0.01, 0.2, 40)])
+
+    def fake_validation(model, vocab, corpus, cfg, counts):
+        full, sampled, hits = next(scripted)
+        return {"full_seen_removed": full, "sampled": sampled, "hits": float(hits)}
+
+    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
+    cfg = TrainConfig(
+        dim=16, epochs=4, patience=None, lr=1e-3, lr_decay=0.5, norm="post", batch_size=32,
+        max_len=12, progress=False,
+    )  # fmt: skip
+    result = train(ring_corpus(), cfg)
+    assert result.extra["lr_after_epoch"] == [1e-3, 1e-3, 1e-3, 5e-4]
+    assert result.best_epoch == 2
+
+
 def test_the_norm_race_keeps_the_layout_better_on_validation(monkeypatch) -> None:
     def scripted(post: list[float], pre: list[float]):
         scores = {False: iter(post), True: iter(pre)}
