@@ -477,6 +477,7 @@ def sampled_softmax_loss(
     rows = targets.clamp(min=FIRST_ITEM_ID)  # PAD columns: any real row, weight 0
     pos_items = model.item_vectors(rows.reshape(-1)).view(*rows.shape, -1)  # (M, G, dim)
     neg_items = model.item_vectors(negatives)  # (K, dim)
+    first = torch.zeros(len(rows), dtype=torch.long, device=rows.device)  # the target's column
     losses = []
     for m in (*(m for m in dims if m < model.dim), None):
         q, p, n = (
@@ -484,13 +485,18 @@ def sampled_softmax_loss(
             if m is None
             else (truncate(queries, m), truncate(pos_items, m), truncate(neg_items, m))
         )
-        pos = (q[:, None, :] * p).sum(-1) / temperature - log_q[rows]  # (M, G)
-        neg = q @ n.T / temperature - log_q[negatives]  # (M, K)
+        q = q / temperature  # (M, dim): the temperature divides M x dim, not M x K, numbers
+        pos = (q[:, None, :] * p).sum(-1) - log_q[rows]  # (M, G)
+        neg = torch.addmm(-log_q[negatives], q, n.T)  # (M, K), corrected in the same pass
         nll = []
         for g in range(rows.shape[1]):
-            hit = negatives[None, :] == rows[:, g, None]  # (M, K)
-            logits = torch.cat([pos[:, g, None], neg.masked_fill(hit, float("-inf"))], dim=1)
-            nll.append(torch.logsumexp(logits, dim=1) - pos[:, g])  # (M,)
+            logits = torch.cat([pos[:, g, None], neg], dim=1)  # (M, 1 + K)
+            # accidental hits leave the softmax in place, outside autograd: a logit of -inf
+            # has softmax weight 0, so the gradient through it is exactly the 0 it gets here
+            # (and no (M, K) mask is kept for backward)
+            with torch.no_grad():
+                logits[:, 1:].masked_fill_(negatives[None, :] == rows[:, g, None], float("-inf"))
+            nll.append(F.cross_entropy(logits, first, reduction="none"))  # (M,)
         losses.append((torch.stack(nll, dim=1) * weights).sum(1).mean())
     return torch.stack(losses).mean()
 
@@ -518,9 +524,10 @@ def full_softmax_loss(
     losses = []
     for m in (*(m for m in dims if m < model.dim), None):
         q, v = (queries, items) if m is None else (truncate(queries, m), truncate(items, m))
-        logits = q @ v.T / temperature  # (M, N)
+        logits = (q / temperature) @ v.T  # (M, N)
         if excluded is not None and len(excluded):
-            logits[:, excluded - FIRST_ITEM_ID] = float("-inf")
+            with torch.no_grad():  # no class: softmax weight 0, gradient 0 (as for hits above)
+                logits[:, excluded - FIRST_ITEM_ID] = float("-inf")
         if labels.shape[1] == 1:
             losses.append(F.cross_entropy(logits, labels[:, 0]))
         else:

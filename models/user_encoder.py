@@ -101,7 +101,7 @@ class Block(nn.Module):
         self.norm2 = nn.LayerNorm(d)
         self.ff_in = nn.Linear(d, 4 * d)
         self.ff_out = nn.Linear(4 * d, d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.gates = nn.ModuleList([nn.Linear(d, d), nn.Linear(d, d)]) if config.gated else None
         self.filter = CausalFilter(config.max_len, d) if config.filter else None
 
@@ -148,14 +148,17 @@ class Block(nn.Module):
         # q, k, v: (B, H, T, D/H) each
         if last_only:
             q, allowed = q[:, :, -1:], allowed[:, :, -1:]  # (B, H, 1, D/H), (B, 1, 1, T)
-        p_drop = self.dropout.p if self.training else 0.0
-        if need_weights:  # the same math as scaled_dot_product_attention, with its weights
+        dropping = self.training and self.dropout.p > 0
+        if need_weights or (dropping and h.device.type == "cpu"):
+            # the same math as scaled_dot_product_attention, with its weights (and, on the CPU,
+            # `Dropout`'s faster mask: torch's kernel there draws it with bernoulli_)
             scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # (B, H, T', T)
             probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
-            out = F.dropout(probs, p_drop, self.training) @ v  # (B, H, T', D/H)
+            out = self.dropout(probs) @ v  # (B, H, T', D/H)
         else:
-            probs = None
+            p_drop = self.dropout.p if dropping else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p_drop)
+            probs = None
         out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, T', D)
         return self.attn_out(out), probs
 
@@ -167,7 +170,7 @@ class UserEncoder(nn.Module):
         d = config.dim
         self.surface_embedding = nn.Embedding(config.num_surfaces, d)
         self.position_embedding = nn.Embedding(config.max_len, d)
-        self.dropout = nn.Dropout(config.dropout)
+        self.dropout = Dropout(config.dropout)
         self.blocks = nn.ModuleList([Block(config) for _ in range(config.num_layers)])
         self.norm = nn.LayerNorm(d)
         for emb in (self.surface_embedding, self.position_embedding):
@@ -234,6 +237,24 @@ class UserEncoder(nn.Module):
         allowed = causal & mask.unsqueeze(1)  # (B, T, T): query i may see real key j <= i
         allowed = allowed | torch.eye(t, dtype=torch.bool, device=mask.device)  # pads: self
         return x, allowed.unsqueeze(1)
+
+
+class Dropout(nn.Module):
+    """`nn.Dropout`'s function (each element zeroed with probability ``p`` while training, the
+    rest scaled by 1 / (1 - p)); on the CPU its mask is a compared uniform draw, which torch
+    draws about twice as fast as its own dropout's ``bernoulli_`` (BENCHMARKS.md, "Training
+    steps without page faults"); elsewhere it is torch's dropout."""
+
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        self.p = p
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        if x.device.type != "cpu":
+            return F.dropout(x, self.p, training=True)
+        return x * ((torch.rand_like(x) >= self.p) * (1.0 / (1.0 - self.p)))
 
 
 _TORCH_LAYER_NAMES = {  # nn.TransformerEncoderLayer (models saved before Block) -> Block

@@ -107,8 +107,10 @@ def run_row(job: dict) -> dict:
         sample_negatives,
         user_vectors_for,
     )
+    from models.memory import reuse_freed_memory
     from models.train import TrainConfig, train
 
+    reuse_freed_memory()
     torch.set_num_threads(job["threads"])
     corpus = _corpus(job["root"], job["dataset"])
     overrides: dict = {**BASE, **ROWS[job["row"]]}

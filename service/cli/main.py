@@ -19,6 +19,9 @@ from service.cli.common import DATA_HELP, EXIT_ERROR, EXIT_REFUSED
 __all__ = ["DATA_HELP", "EXIT_ERROR", "EXIT_REFUSED", "build_parser", "main"]
 
 SUBCOMMANDS = (train, evaluate, build_index, rollback, promote, bench, serve, report)
+# the batch jobs: they allocate and free the same large tensors over and over
+# (`models.memory.reuse_freed_memory`); the serving process keeps glibc's defaults
+BATCH_JOBS = ("train", "evaluate", "build-index")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,8 +35,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     from index import IndexRejectedError, NoIndexError
     from models.artifacts import ModelArtifactError
+    from models.memory import reuse_freed_memory
 
     args = build_parser().parse_args(argv)
+    if args.command in BATCH_JOBS:
+        reuse_freed_memory()
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

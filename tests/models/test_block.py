@@ -8,7 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from models.user_encoder import UserEncoder, UserEncoderConfig
+from models.user_encoder import Dropout, UserEncoder, UserEncoderConfig
 
 OPTIONS = {
     "pre-norm": {},
@@ -116,3 +116,30 @@ def test_block_config_refusals() -> None:
         UserEncoderConfig(num_surfaces=2, gated=True, norm_first=False)
     with pytest.raises(ValueError, match="dropout must be in"):
         UserEncoderConfig(num_surfaces=2, dropout=1.0)
+
+
+def test_dropout_zeroes_with_probability_p_and_rescales_the_rest() -> None:
+    torch.manual_seed(0)
+    drop = Dropout(0.3).train()
+    x = torch.full((200_000,), 2.0, requires_grad=True)
+    y = drop(x)
+    kept = y != 0
+    assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # ~ 4 standard errors
+    torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / 0.7))
+    y.sum().backward()  # the gradient is the same mask and scale
+    torch.testing.assert_close(x.grad, kept.float() / 0.7)
+    assert torch.equal(Dropout(0.3).eval()(x), x)
+    assert torch.equal(Dropout(0.0).train()(x), x)
+
+
+def test_training_attention_with_dropout_off_equals_the_eval_path() -> None:
+    """With dropout 0 the training forward takes scaled_dot_product_attention; with dropout
+    on, the CPU takes the explicit path: at p = 0 both paths must agree."""
+    x, surfaces, mask = _batch()
+    encoder = _encoder(2)
+    expected = encoder(x, surfaces, mask)
+    for block in encoder.blocks:
+        block.dropout.p = 1e-12  # takes the explicit path, drops nothing
+    encoder.train()
+    encoder.dropout.p = 0.0
+    torch.testing.assert_close(encoder(x, surfaces, mask), expected)

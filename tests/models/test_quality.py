@@ -26,6 +26,7 @@ from models.evaluate import (
     sample_negatives,
 )
 from models.item_encoder import FIRST_ITEM_ID
+from models.matryoshka import truncate
 from models.train import (
     TrainConfig,
     build_model,
@@ -134,6 +135,65 @@ def test_full_softmax_equals_sampled_softmax_with_every_item_as_negative() -> No
         full_softmax_loss(model, queries, targets, 0.1, excluded=excluded),
         F.cross_entropy(queries @ items[keep].T / 0.1, labels),
     )
+
+
+@pytest.mark.parametrize(
+    ("window", "dims"),
+    [(torch.tensor([2, 5, 5, 9, 30, 41]), ()), (torch.tensor([[2, 5], [5, 0], [9, 9]]), (8,))],
+)
+def test_sampled_softmax_value_and_gradients_equal_the_plain_formula(
+    window: torch.Tensor, dims: tuple[int, ...]
+) -> None:
+    """The loss masks accidental hits outside autograd: its value and every gradient must equal
+    the plain formula's (hits masked inside the graph, logsumexp), with log q on, hits among the
+    negatives (in-batch ones repeat the targets), a window of later targets and a Matryoshka
+    prefix."""
+    corpus = ring_corpus()
+    model, _, vocab = build_model(corpus, TrainConfig(dim=16, progress=False))
+    model.eval()
+    torch.manual_seed(0)
+    queries = F.normalize(torch.randn(len(window), 16), dim=-1)
+    negatives = torch.tensor([5, 5, 9, 3, 17, 2, 40, 9])  # repeats and accidental hits
+    log_q = torch.randn(len(vocab) + FIRST_ITEM_ID)
+
+    def plain() -> torch.Tensor:
+        targets = window[:, None] if window.dim() == 1 else window
+        weights = window_weights(targets)
+        rows = targets.clamp(min=FIRST_ITEM_ID)
+        losses = []
+        pos_items = model.item_vectors(rows.reshape(-1)).view(*rows.shape, -1)
+        neg_items = model.item_vectors(negatives)
+        for m in (*dims, None):
+            q, p, n = (
+                (queries, pos_items, neg_items)
+                if m is None
+                else (truncate(queries, m), truncate(pos_items, m), truncate(neg_items, m))
+            )
+            pos = (q[:, None, :] * p).sum(-1) / 0.1 - log_q[rows]
+            neg = q @ n.T / 0.1 - log_q[negatives]
+            nll = []
+            for g in range(rows.shape[1]):
+                hit = negatives[None, :] == rows[:, g, None]
+                logits = torch.cat([pos[:, g, None], neg.masked_fill(hit, float("-inf"))], 1)
+                nll.append(torch.logsumexp(logits, 1) - pos[:, g])
+            losses.append((torch.stack(nll, 1) * weights).sum(1).mean())
+        return torch.stack(losses).mean()
+
+    grads = []
+    for loss_fn in (
+        lambda: sampled_softmax_loss(model, queries, window, negatives, log_q, 0.1, dims),
+        plain,
+    ):
+        queries.requires_grad_(True)
+        queries.grad = None
+        model.zero_grad(set_to_none=True)
+        loss = loss_fn()
+        loss.backward()
+        table = model.item_encoder.id_embedding.weight.grad
+        grads.append((loss.detach(), queries.grad.clone(), table.to_dense().clone()))
+    for ours, reference in zip(grads[0], grads[1], strict=True):
+        torch.testing.assert_close(ours, reference)
+    assert grads[0][2].abs().sum() > 0  # the item table did get gradients
 
 
 def test_later_targets_and_their_weights() -> None:
