@@ -42,7 +42,9 @@ def recall_at_k(
     *,
     exact: np.ndarray | None = None,
 ) -> float:
-    """Mean over queries of |ANN top-k ∩ exact top-k| / k; `vectors` are the index's rows (N, D).
+    """Mean over queries of the share of the ANN's top-k that belongs to an exact top-k
+    (`tied_recall`: an item scoring as high as the exact k-th counts); `vectors` are the
+    index's rows (N, D).
 
     `exact` may pass `exact_topk(vectors, queries, k)` computed once for several calls.
     """
@@ -55,7 +57,31 @@ def recall_at_k(
         raise ValueError(f"exact top-k has shape {exact.shape}, the search gave {ann.shape}")
     if ann.shape[0] == 0:
         raise ValueError("recall needs at least one query, got none")
-    return overlap_recall(ann, exact)
+    return tied_recall(ann, exact, vectors, queries)
+
+
+TIE_TOLERANCE = 1e-5  # relative: inner products of equal vectors, summed in another order
+
+
+def tied_recall(
+    found: np.ndarray, exact: np.ndarray, vectors: np.ndarray, queries: np.ndarray
+) -> float:
+    """Mean over queries of the found rows whose exact score reaches the exact k-th score, / k.
+
+    found (Q, k) rows (-1 = no result), exact (Q, k) the exact top-k best first, vectors (N, D),
+    queries (Q, D). Where several items tie at the k-th score any k of them are an exact answer,
+    so a found item tied with the k-th counts although the exact list named another (equal
+    vectors are common: cold-start items with the same metadata); ann-benchmarks counts its
+    recall the same way, by distance. Without ties it equals `overlap_recall`.
+    """
+    v = np.asarray(vectors, dtype=np.float32)  # (N, D)
+    q = np.asarray(queries, dtype=np.float32)  # (Q, D)
+    kth = np.einsum("qd,qd->q", q, v[exact[:, -1]])  # (Q,) the exact k-th score
+    real = found >= 0  # (Q, k)
+    scores = np.einsum("qd,qkd->qk", q, v[np.where(real, found, 0)])  # (Q, k)
+    reach = kth - TIE_TOLERANCE * np.maximum(1.0, np.abs(kth))  # (Q,)
+    hits = (real & (scores >= reach[:, None])).sum(1)  # (Q,)
+    return float(np.mean(hits) / exact.shape[1])
 
 
 def overlap_recall(found: np.ndarray, exact: np.ndarray) -> float:

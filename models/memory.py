@@ -5,7 +5,7 @@ softmax's (positions x negatives) logits and their gradients run to 130 MB each 
 a full-ranking evaluation chunk to tens of MB. glibc serves every block above its mmap threshold
 (32 MB at most under its dynamic rule) with a fresh ``mmap`` and unmaps it on ``free``, so each
 step faults in and zeroes every page of those tensors again. Measured on the 2-core CPU machine
-(BENCHMARKS.md, "Training without page faults"): 900 million minor faults in a 34-minute
+(BENCHMARKS.md, "Training steps without page faults"): 900 million minor faults in a 34-minute
 KuaiRand run, 43% of its CPU time spent in the kernel.
 
 PyTorch's CPU performance guide recommends an allocator that reuses memory (jemalloc or

@@ -47,6 +47,7 @@ from index import (
     verify_version,
 )
 from index.item_index import Eligible
+from index.recall import overlap_recall, tied_recall
 from index.tune import candidate_params
 
 N, DIM, N_CLUSTERS, NOISE, N_QUERIES = 10_000, 32, 256, 1.0, 200
@@ -157,6 +158,34 @@ def test_flat_equals_exact_topk(flat, vectors, queries):
     np.testing.assert_array_equal(rows, expected)
     exact_scores = np.take_along_axis(queries @ vectors.T, expected, axis=1)  # (B, K)
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
+
+
+def test_recall_counts_items_tied_with_the_kth_as_found() -> None:
+    """Equal vectors (cold items with the same metadata): any K of the tied items are an exact
+    top-K, so an index naming other tied items than the brute force did has recall 1; an item
+    scoring below the K-th does not count, nor does a missing result."""
+    rng = np.random.default_rng(0)
+    twins = np.repeat(rng.standard_normal((1, 16)).astype(np.float32), 3 * K, axis=0)
+    others = rng.standard_normal((200, 16)).astype(np.float32) * 0.1
+    vecs = np.concatenate([others, twins])  # (200 + 3K, 16): rows 200.. are one vector
+    query = twins[:1] * 2.0
+    exact = exact_topk(vecs, query, K)  # K of the 3K twins
+    assert set(exact[0]) <= set(range(200, 200 + 3 * K))
+    other_twins = np.setdiff1d(np.arange(200, 200 + 3 * K), exact[0])[None, :K]
+    assert tied_recall(other_twins, exact, vecs, query) == 1.0
+    assert overlap_recall(other_twins, exact) == 0.0  # what counting ids alone would say
+    worse = other_twins.copy()
+    worse[0, :3] = [0, 1, 2]  # three far items instead of three twins
+    worse[0, 3] = -1  # and one missing result
+    assert tied_recall(worse, exact, vecs, query) == pytest.approx((K - 4) / K)
+    plain = rng.standard_normal((300, 16)).astype(np.float32)  # no ties: ids decide alone
+    untied = exact_topk(plain, query, K)
+    beyond = exact_topk(plain, query, K + 1)[:, 1:]  # drops the best, adds the (K+1)-th
+    assert tied_recall(beyond, untied, plain, query) == overlap_recall(beyond, untied)
+    assert tied_recall(beyond, untied, plain, query) == (K - 1) / K
+    # a real exhaustive index over them is exact, whichever twins it returns
+    flat = build_index(vecs, np.arange(len(vecs)).astype(str), index_type="Flat")
+    assert recall_at_k(flat, vecs, query, K) == 1.0
 
 
 def test_hnsw_recall_against_exact(hnsw, vectors, queries):
