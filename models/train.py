@@ -491,9 +491,9 @@ def sampled_softmax_loss(
         nll = []
         for g in range(rows.shape[1]):
             logits = torch.cat([pos[:, g, None], neg], dim=1)  # (M, 1 + K)
-            # accidental hits leave the softmax in place, outside autograd: a logit of -inf
-            # has softmax weight 0, so the gradient through it is exactly the 0 it gets here
-            # (and no (M, K) mask is kept for backward)
+            # accidental hits drop out of the softmax in place, outside autograd: a logit of
+            # -inf has softmax weight 0, so the gradient through it is exactly the 0 it gets
+            # here (and no (M, K) mask is kept for backward)
             with torch.no_grad():
                 logits[:, 1:].masked_fill_(negatives[None, :] == rows[:, g, None], float("-inf"))
             nll.append(F.cross_entropy(logits, first, reduction="none"))  # (M,)
