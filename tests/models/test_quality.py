@@ -29,6 +29,7 @@ from models.item_encoder import FIRST_ITEM_ID
 from models.matryoshka import truncate
 from models.train import (
     TrainConfig,
+    TrainResult,
     build_model,
     contrastive_loss,
     full_softmax_loss,
@@ -344,21 +345,22 @@ def test_epochs_are_kept_by_the_sampled_ndcg_until_the_full_ranking_resolves(mon
     assert "selected_on" not in result.extra
 
 
+def train_on_scripted_validation(monkeypatch, answers: list[dict], **options) -> TrainResult:
+    """Train post-norm on the ring corpus while `validation_ndcg` gives ``answers`` in turn."""
+    scripted = iter(answers)
+    monkeypatch.setattr(train_module, "validation_ndcg", lambda *_args: next(scripted))
+    base = dict(dim=16, norm="post", batch_size=32, max_len=12, progress=False)
+    return train(ring_corpus(), TrainConfig(**{**base, **options}))  # type: ignore[arg-type]
+
+
 def test_the_learning_rate_plateau_follows_the_selection_order(monkeypatch) -> None:
     # epoch 1 is unresolved (its sampled 0.30 is not comparable with a full NDCG@10); epoch 2
     # is the first resolved one, so an improvement; epochs 3 and 4 fall back: halved after 4
-    scripted = iter([(0.002, 0.30, 5), (0.02, 0.2, 40), (0.01, 0.2, 40), (0.01, 0.2, 40)])
-
-    def fake_validation(model, vocab, corpus, cfg, counts):
-        full, sampled, hits = next(scripted)
-        return {"full_seen_removed": full, "sampled": sampled, "hits": float(hits)}
-
-    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
-    cfg = TrainConfig(
-        dim=16, epochs=4, patience=None, lr=1e-3, lr_decay=0.5, norm="post", batch_size=32,
-        max_len=12, progress=False,
-    )  # fmt: skip
-    result = train(ring_corpus(), cfg)
+    script = [(0.002, 0.30, 5), (0.02, 0.2, 40), (0.01, 0.2, 40), (0.01, 0.2, 40)]
+    answers = [{"full_seen_removed": f, "sampled": s, "hits": float(h)} for f, s, h in script]
+    result = train_on_scripted_validation(
+        monkeypatch, answers, epochs=4, patience=None, lr=1e-3, lr_decay=0.5
+    )
     assert result.extra["lr_after_epoch"] == [1e-3, 1e-3, 1e-3, 5e-4]
     assert result.best_epoch == 2
 
@@ -419,17 +421,15 @@ def test_without_a_validation_split_there_is_no_race() -> None:
 
 
 def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) -> None:
-    scripted = iter([0.10, 0.30, 0.20, 0.25, 0.90, 0.80, 0.85, 0.70])
-
-    def fake_validation(model, vocab, corpus, cfg, counts):
-        return {"full_seen_removed": next(scripted)}
-
-    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
-    cfg = TrainConfig(
-        dim=16, epochs=8, patience=None, lr=1e-3, lr_decay=0.5, norm="post", batch_size=32,
-        max_len=12, progress=False,
-    )  # fmt: skip
-    result = train(ring_corpus(), cfg)
+    scores = [0.10, 0.30, 0.20, 0.25, 0.90, 0.80, 0.85, 0.70]
+    result = train_on_scripted_validation(
+        monkeypatch,
+        [{"full_seen_removed": x} for x in scores],
+        epochs=8,
+        patience=None,
+        lr=1e-3,
+        lr_decay=0.5,
+    )
     # epochs 3 and 4 do not beat 0.30: halved; 5 improves; 6 and 7 do not: halved again
     assert result.extra["lr_after_epoch"] == [1e-3, 1e-3, 1e-3, 5e-4, 5e-4, 5e-4, 2.5e-4, 2.5e-4]
     assert result.best_epoch == 5
@@ -439,17 +439,9 @@ def test_learning_rate_decays_after_two_epochs_without_improvement(monkeypatch) 
 
 def test_epochs_tied_on_the_full_ranking_are_told_apart_by_the_sampled_metric(monkeypatch) -> None:
     # KuaiRand-like data: no full-ranking hit in any epoch; the sampled NDCG still rises
-    scripted = iter([(0.0, 0.20), (0.0, 0.25), (0.0, 0.24), (0.0, 0.26), (0.0, 0.22), (0.0, 0.21)])
-
-    def fake_validation(model, vocab, corpus, cfg, counts):
-        full, sampled = next(scripted)
-        return {"full_seen_removed": full, "full": full, "sampled": sampled}
-
-    monkeypatch.setattr(train_module, "validation_ndcg", fake_validation)
-    cfg = TrainConfig(
-        dim=16, epochs=10, patience=2, norm="post", batch_size=32, max_len=12, progress=False,
-    )  # fmt: skip
-    result = train(ring_corpus(), cfg)
+    sampled = [0.20, 0.25, 0.24, 0.26, 0.22, 0.21]
+    answers = [{"full_seen_removed": 0.0, "full": 0.0, "sampled": x} for x in sampled]
+    result = train_on_scripted_validation(monkeypatch, answers, epochs=10, patience=2)
     assert result.best_epoch == 4 and len(result.epoch_losses) == 6  # then 2 epochs of patience
 
 
