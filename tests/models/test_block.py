@@ -125,6 +125,8 @@ def test_dropout_zeroes_with_probability_p_and_rescales_the_rest() -> None:
     y = drop(x)
     kept = y != 0
     assert abs(1 - kept.float().mean().item() - 0.3) < 0.005  # ~ 4 standard errors
+    for lane in range(4):  # each 16-bit lane of the generator's 64-bit words drops at p too
+        assert abs(1 - kept[lane::4].float().mean().item() - 0.3) < 0.01
     torch.testing.assert_close(y[kept], torch.full_like(y[kept], 2.0 / 0.7))
     y.sum().backward()  # the gradient is the same mask and scale
     torch.testing.assert_close(x.grad, kept.float() / 0.7)

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import models.train as train_module
 from models.data import load_corpus, load_s3rec
@@ -30,6 +32,7 @@ from models.matryoshka import truncate
 from models.train import (
     TrainConfig,
     TrainResult,
+    accidental_hits,
     build_model,
     contrastive_loss,
     full_softmax_loss,
@@ -136,6 +139,23 @@ def test_full_softmax_equals_sampled_softmax_with_every_item_as_negative() -> No
         full_softmax_loss(model, queries, targets, 0.1, excluded=excluded),
         F.cross_entropy(queries @ items[keep].T / 0.1, labels),
     )
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    negatives=st.lists(st.integers(0, 12), max_size=30),
+    targets=st.lists(st.integers(0, 12), max_size=20),
+)
+def test_accidental_hits_are_every_equal_pair(negatives: list[int], targets: list[int]) -> None:
+    """The binary search finds exactly the (row, column) pairs an (M, K) comparison finds,
+    repeated negatives, repeated targets and empty sides included."""
+    row, column = accidental_hits(
+        torch.tensor(negatives, dtype=torch.long), torch.tensor(targets, dtype=torch.long)
+    )
+    found = sorted(zip(row.tolist(), column.tolist(), strict=True))
+    assert found == [
+        (m, k) for m, t in enumerate(targets) for k, n in enumerate(negatives) if n == t
+    ]
 
 
 @pytest.mark.parametrize(
