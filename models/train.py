@@ -499,6 +499,8 @@ def sampled_softmax_loss(
     pos_items = model.item_vectors(rows.reshape(-1)).view(*rows.shape, -1)  # (M, G, dim)
     neg_items = model.item_vectors(negatives)  # (K, dim)
     first = torch.zeros(len(rows), dtype=torch.long, device=rows.device)  # the target's column
+    with torch.no_grad():  # per target column, the same for the full vectors and every prefix
+        hits = [accidental_hits(negatives, rows[:, g]) for g in range(rows.shape[1])]
     losses = []
     for m in (*(m for m in dims if m < model.dim), None):
         q, p, n = (
@@ -516,7 +518,7 @@ def sampled_softmax_loss(
             # -inf has softmax weight 0, so the gradient through it is exactly the 0 it gets
             # here (and no (M, K) mask is kept for backward)
             with torch.no_grad():
-                row, column = accidental_hits(negatives, rows[:, g])
+                row, column = hits[g]
                 logits[row, 1 + column] = float("-inf")
             nll.append(F.cross_entropy(logits, first, reduction="none"))  # (M,)
         losses.append((torch.stack(nll, dim=1) * weights).sum(1).mean())
