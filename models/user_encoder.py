@@ -148,15 +148,14 @@ class Block(nn.Module):
         # q, k, v: (B, H, T, D/H) each
         if last_only:
             q, allowed = q[:, :, -1:], allowed[:, :, -1:]  # (B, H, 1, D/H), (B, 1, 1, T)
-        dropping = self.training and self.dropout.p > 0
-        if need_weights or (dropping and h.device.type == "cpu"):
+        if need_weights or self.dropout.draws_own_mask(h):
             # the same math as scaled_dot_product_attention, with its weights (and, on the CPU,
             # `Dropout`'s faster mask: torch's kernel there draws it with bernoulli_)
             scores = q @ k.transpose(-2, -1) / math.sqrt(d // heads)  # (B, H, T', T)
             probs = scores.masked_fill(~allowed, float("-inf")).softmax(-1)
             out = self.dropout(probs) @ v  # (B, H, T', D/H)
         else:
-            p_drop = self.dropout.p if dropping else 0.0
+            p_drop = self.dropout.p if self.training else 0.0
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=p_drop)
             probs = None
         out = out.transpose(1, 2).reshape(b, q.shape[2], d)  # (B, T', D)
@@ -259,10 +258,15 @@ class Dropout(nn.Module):
         super().__init__()
         self.p = p
 
+    def draws_own_mask(self, x: torch.Tensor) -> bool:
+        """Whether dropping from ``x`` uses this module's mask rather than torch's: training,
+        ``p`` > 0, on the CPU (`Block._attend` then takes the explicit path to use it)."""
+        return self.training and self.p > 0 and x.device.type == "cpu"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        if x.device.type != "cpu":
+        if not self.draws_own_mask(x):
             return F.dropout(x, self.p, training=True)
         dropped = round(self.p * 65536)  # of the 65536 int16 values, the lowest this many
         keep = random_int16(x.shape) >= dropped - 32768
