@@ -249,10 +249,11 @@ def random_int16(shape: torch.Size) -> torch.Tensor:
 
 class Dropout(nn.Module):
     """`nn.Dropout`'s function (each element zeroed with probability ``p`` while training, the
-    rest scaled by 1 / (1 - p)); on the CPU its mask compares `random_int16` numbers, drawn
-    several times faster than torch's dropout draws its ``bernoulli_`` mask (BENCHMARKS.md,
-    "Training steps without page faults" and "Cheaper hits and dropout masks"), so ``p`` is
-    rounded to a multiple of 1/65536; elsewhere it is torch's dropout."""
+    rest scaled by 1 / (1 - p)); on the CPU its mask compares `random_int16` numbers (so ``p``
+    is rounded to a multiple of 1/65536): less than half the time of a uniform float draw,
+    which was itself about half that of torch's ``bernoulli_`` mask (BENCHMARKS.md, "Cheaper
+    hits and dropout masks", "Training steps without page faults"); elsewhere it is torch's
+    dropout."""
 
     def __init__(self, p: float) -> None:
         super().__init__()
