@@ -4,10 +4,12 @@ Each row trains with early stopping on the validation split (full-ranking NDCG@1
 removed) and reports that best validation NDCG@10, the epoch kept, the test HR@10 / NDCG@10
 (reported only: nothing is chosen on test), the wall time and the steps. Rows run in worker
 processes sharing one GPU (or the CPU); results are appended to ``OUT/ablation.jsonl`` as each
-run finishes, so a run stopped by a time limit still leaves data.
+run finishes, so a run stopped by a time limit still leaves data, and ``--resume`` runs only
+what is missing. A run that fails is recorded with its error; the others go on.
 
     python scripts/ablation.py --data-root DIR --out OUT [--workers 14] [--device cuda]
         [--max-steps 5 (dry run)] [--only base,probe] [--seeds 0,1] [--base table|default]
+        [--resume]
 
 ``--base table`` (the default) changes the settings of the GPU table's base row; ``--base
 default`` those of today's default (`TrainConfig` as `uniserve train` runs it, post-norm).
@@ -72,10 +74,11 @@ ROWS: dict[str, dict[str, object]] = {
     "sampled uniform 4096, log-q": dict(loss="sampled", in_batch_negatives=0, num_negatives=4096),
     "in-batch only 1024": dict(loss="sampled", in_batch_negatives=1024, num_negatives=0),
     "mixed 1024 + 1024": dict(loss="sampled", in_batch_negatives=1024, num_negatives=1024),
+    "no in-batch negatives": dict(in_batch_negatives=0),
     "post-norm": dict(norm="post"),
     "pre-norm": dict(norm="pre"),
     "full softmax": dict(loss="full"),
-    "gated residual (LiGR)": dict(gated=True),
+    "gated residual (LiGR)": dict(gated=True, norm="pre"),  # LiGR's gates sit on a pre-norm block
     "1 layer": dict(num_layers=1),
     "3 layers": dict(num_layers=3),
     "dropout 0.2": dict(dropout=0.2),
@@ -106,6 +109,40 @@ def _corpus(root: str, name: str):
     return _CORPORA[name]
 
 
+def _overrides(job: dict) -> dict:
+    return {**BASES[job["base"]], **ROWS[job["row"]]}
+
+
+def _config(job: dict):
+    """The TrainConfig of `job` (raises ValueError for a row its base cannot take)."""
+    from models.train import TrainConfig
+
+    return TrainConfig(
+        **_overrides(job),
+        seed=job["seed"],
+        device=job["device"],
+        progress=False,
+        max_steps=job["max_steps"],
+        time_budget_s=job["time_budget"],
+    )
+
+
+def _identity(run: dict) -> tuple | None:
+    """What names a run across invocations; None for a failed one (to be run again)."""
+    if "error" in run:
+        return None
+    return (run["row"], run["dataset"], run["seed"], run.get("base", "table"))
+
+
+def run_guarded(job: dict) -> dict:
+    """`run_row`, or the job's identity and error when it fails: one failing run must not cost
+    the runs still going in the other workers."""
+    try:
+        return run_row(job)
+    except Exception as exc:  # reported in the log and the jsonl, the other runs go on
+        return {k: job[k] for k in ("row", "dataset", "seed", "base")} | {"error": repr(exc)}
+
+
 def run_row(job: dict) -> dict:
     """Train one (row, dataset, seed) and measure it; runs in a worker process."""
     import torch
@@ -118,20 +155,13 @@ def run_row(job: dict) -> dict:
         user_vectors_for,
     )
     from models.memory import reuse_freed_memory
-    from models.train import TrainConfig, train
+    from models.train import train
 
     reuse_freed_memory()
     torch.set_num_threads(job["threads"])
     corpus = _corpus(job["root"], job["dataset"])
-    overrides: dict = {**BASES[job["base"]], **ROWS[job["row"]]}
-    cfg = TrainConfig(
-        **overrides,
-        seed=job["seed"],
-        device=job["device"],
-        progress=False,
-        max_steps=job["max_steps"],
-        time_budget_s=job["time_budget"],
-    )
+    overrides = _overrides(job)
+    cfg = _config(job)
     started = time.perf_counter()
     result = train(corpus, cfg)
     seconds = time.perf_counter() - started
@@ -193,6 +223,12 @@ def main() -> None:
     parser.add_argument(
         "--base", choices=sorted(BASES), default="table", help="what every row changes"
     )
+    parser.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip the runs OUT/ablation.jsonl already holds a result of (same row, dataset, "
+        "seed and base)",
+    )
     args = parser.parse_args()
     import multiprocessing as mp
 
@@ -218,17 +254,33 @@ def main() -> None:
         for row in rows
         for dataset in args.datasets.split(",")[::-1]
     ]
+    for job in jobs:  # every config is valid before hours of runs start
+        try:
+            _config(job)
+        except ValueError as exc:
+            raise SystemExit(f"row {job['row']!r} on base {args.base!r}: {exc}") from None
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ablation.jsonl"
+    if args.resume and path.exists():
+        done = {_identity(r) for r in map(json.loads, path.read_text().splitlines()) if r}
+        done -= {None}
+        jobs = [j for j in jobs if _identity(j) not in done]
     print(f"{len(jobs)} runs on {args.workers} workers, device {args.device}", flush=True)
     started = time.perf_counter()
     ctx = mp.get_context("spawn")
     with ctx.Pool(args.workers) as pool, path.open("a") as f:
-        for res in pool.imap_unordered(run_row, jobs):
+        for res in pool.imap_unordered(run_guarded, jobs):
             res["elapsed"] = round(time.perf_counter() - started, 1)
             f.write(json.dumps(res) + "\n")
             f.flush()
+            if "error" in res:
+                print(
+                    f"[{res['elapsed']:6.1f}s] {res['dataset']:6} s{res['seed']} {res['row']:32} "
+                    f"FAILED: {res['error']}",
+                    flush=True,
+                )
+                continue
             print(
                 f"[{res['elapsed']:6.1f}s] {res['dataset']:6} s{res['seed']} {res['row']:32} "
                 f"valid {res['valid_ndcg10']:.4f} ep {res['best_epoch']}/{res['epochs_run']} "
