@@ -14,14 +14,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
-import socket
-import subprocess
+import contextlib
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +27,9 @@ import httpx
 import numpy as np
 
 from service.api.app import create_app
+from service.bench.servers import redis_server
 from service.jobs.bootstrap import ensure_artifacts
 from service.settings import Settings
-
-
-@contextmanager
-def throwaway_redis() -> Iterator[str]:
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server not found: install it or pass --redis-url")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    with tempfile.TemporaryDirectory() as directory:
-        args = ["--port", str(port), "--bind", "127.0.0.1", "--dir", directory, "--save", ""]
-        proc = subprocess.Popen([binary, *args], stdout=subprocess.DEVNULL)
-        try:
-            for _ in range(200):
-                try:
-                    socket.create_connection(("127.0.0.1", port), 0.1).close()
-                    break
-                except OSError:
-                    time.sleep(0.02)
-            yield f"redis://127.0.0.1:{port}/0"
-        finally:
-            proc.terminate()
-            proc.wait(10)
 
 
 def percentiles(seconds: list[float]) -> dict[str, float]:
@@ -130,7 +103,11 @@ def main() -> None:
     if args.redis_url:
         report("redis", asyncio.run(measure(settings(args.redis_url), args.n, args.seed)))
     else:
-        with throwaway_redis() as url:
+        with tempfile.TemporaryDirectory() as tmp, contextlib.ExitStack() as stack:
+            try:
+                url = stack.enter_context(redis_server(Path(tmp) / "redis.log"))
+            except RuntimeError as exc:  # not installed, or did not start
+                raise SystemExit(f"{exc}; or pass --redis-url") from None
             report("redis", asyncio.run(measure(settings(url), args.n, args.seed)))
     report("in-process", asyncio.run(measure(settings(None), args.n, args.seed)))
 

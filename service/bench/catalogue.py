@@ -41,7 +41,7 @@ from typing import Any
 import httpx
 import numpy as np
 
-from service.bench.servers import free_port, redis_server, thread_env
+from service.bench.servers import free_port, metric_samples, redis_server, thread_env
 
 LATENCY_BLOCK = 100  # retrieves per replica in turn in phase 3
 ADMIN_KEY = "bench-catalogue-admin-7e6d5c4b3a"
@@ -275,12 +275,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.batch,
                 args.readers,
             )
-            delta = client.get(f"{a}/metrics").text
-            size = next(
-                float(x.split()[1])
-                for x in delta.splitlines()
-                if x.startswith("uniserve_catalogue_delta_items ")
-            )
+            metrics = client.get(f"{a}/metrics").text
+            ((_, size),) = metric_samples(metrics, "uniserve_catalogue_delta_items")
             pristine = Path(tmp) / "empty"
             shutil.copytree(args.data_dir, pristine, ignore=shutil.ignore_patterns("changes.jsonl"))
             c = stack.enter_context(replica(pristine, args.poll, env, Path(tmp) / "c.log"))

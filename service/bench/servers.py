@@ -19,6 +19,8 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from prometheus_client.parser import text_string_to_metric_families
+
 from service.bench.peers import PEERS, PeerOptions, peer_env
 
 READY_TIMEOUT_S = 600.0  # a 1M-item index and model load on a busy 2-core machine
@@ -27,6 +29,16 @@ PROBE_BODY = b'{"events": [{"item_id": "probe", "surface": "feed"}], "k": 1}'
 
 
 # ------------------------------------------------------------------------------ servers
+def metric_samples(text: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample called `name` in the Prometheus exposition `text`."""
+    return [
+        (sample.labels, sample.value)
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == name
+    ]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,7 +187,7 @@ def redis_server(log: Path) -> Iterator[str]:
     context exits. RuntimeError when redis-server is not installed or does not answer."""
     binary = shutil.which("redis-server")
     if binary is None:
-        raise RuntimeError("redis-server is not installed (uniserve with --workers > 1 needs it)")
+        raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
     port = free_port()
     with open(log, "wb") as out:
         proc = subprocess.Popen(

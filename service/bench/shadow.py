@@ -41,10 +41,9 @@ from typing import Any
 
 import numpy as np
 import orjson
-from prometheus_client.parser import text_string_to_metric_families
 
 from service.bench.load import Client, StepResult, run_load, run_step
-from service.bench.servers import server
+from service.bench.servers import metric_samples, server
 
 # the servers of a run: none (the baseline), a second one without a shadow (the A/A control:
 # how far two identical servers differ in the same run, the measurement's own noise), 10%, 100%
@@ -91,12 +90,7 @@ def shadow_version(data_dir: Path) -> str:
 def samples(port: int, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample called `name` in the server's `/metrics`."""
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-    return [
-        (sample.labels, sample.value)
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == name
-    ]
+    return metric_samples(text, name)
 
 
 def shadow_counts(port: int) -> dict[str, float]:

@@ -75,7 +75,17 @@ def test_settings_the_user_gave_glibc_are_kept() -> None:
     assert probe("tuned", GLIBC_TUNABLES="glibc.malloc.trim_threshold=0")["taken"] is False
 
 
-def test_batch_jobs_are_subcommands() -> None:
-    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
-    assert set(BATCH_JOBS) <= set(commands)
+def _exit_code(argv: list[str]) -> int | str | None:
+    with pytest.raises(SystemExit) as exit_:
+        build_parser().parse_args(argv)
+    return exit_.value.code
+
+
+def test_batch_jobs_are_subcommands_and_serve_is_not_one(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert _exit_code(["no-such-job", "--help"]) == 2  # what an unknown command gets
+    for command in [*BATCH_JOBS, "serve"]:
+        assert _exit_code([command, "--help"]) == 0, command
+    capsys.readouterr()
     assert "serve" not in BATCH_JOBS
