@@ -27,6 +27,10 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from models.train import TrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -113,7 +117,7 @@ def _overrides(job: dict) -> dict:
     return {**BASES[job["base"]], **ROWS[job["row"]]}
 
 
-def _config(job: dict):
+def _config(job: dict) -> TrainConfig:
     """The TrainConfig of `job` (raises ValueError for a row its base cannot take)."""
     from models.train import TrainConfig
 
