@@ -138,6 +138,18 @@ def _identity(run: dict) -> tuple | None:
     return (run["row"], run["dataset"], run["seed"], run.get("base", "table"))
 
 
+def _finished(path: Path) -> set[tuple]:
+    """The identities of the runs `path` holds a result of: a failed run, or a line cut off
+    while it was written (the script killed), is run again."""
+    done = set()
+    for line in path.read_text().splitlines():
+        try:
+            done.add(_identity(json.loads(line)))
+        except json.JSONDecodeError:
+            continue
+    return done - {None}
+
+
 def run_guarded(job: dict) -> dict:
     """`run_row`, or the job's identity and error when it fails: one failing run must not cost
     the runs still going in the other workers."""
@@ -267,8 +279,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     path = out / "ablation.jsonl"
     if args.resume and path.exists():
-        done = {_identity(r) for r in map(json.loads, path.read_text().splitlines()) if r}
-        done -= {None}
+        done = _finished(path)
         jobs = [j for j in jobs if _identity(j) not in done]
     print(f"{len(jobs)} runs on {args.workers} workers, device {args.device}", flush=True)
     started = time.perf_counter()
