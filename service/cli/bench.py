@@ -1,4 +1,5 @@
-"""`uniserve bench service|index|muvera|replay|shadow`: run one of the benchmarks of `service.bench`."""
+"""`uniserve bench service|index|muvera|replay|shadow|ablation`: run one of the benchmarks of
+`service.bench`."""
 
 from __future__ import annotations
 
@@ -14,13 +15,13 @@ def add_parser(sub: Any) -> None:
         "'index' (recall vs QPS per index type), 'muvera' (FDE + re-rank vs exact Chamfer), "
         "'replay' (held-out events against a running service: online vs offline HR@10, "
         "promotion), 'shadow' (live latency without a shadow model, twice (A/A), and with one "
-        "at 10%% and 100%% sampling)",
-        description="Run a benchmark; `uniserve bench service --help` and `uniserve bench "
-        "index --help` list their options. Results go to stdout (and --json / --out).",
+        "at 10%% and 100%% sampling), 'ablation' (the default model against one change at a "
+        "time, trained to early stopping on Amazon Toys and Sports, two seeds, in parallel)",
+        description="Run a benchmark; `uniserve bench WHICH --help` lists its options. Results go to stdout (and --json / --out).",
     )
     p.add_argument(
         "which",
-        choices=["service", "index", "muvera", "replay", "shadow"],
+        choices=["service", "index", "muvera", "replay", "shadow", "ablation"],
         help="which benchmark",
     )
     p.add_argument("options", nargs=argparse.REMAINDER, help="that benchmark's options")
@@ -36,6 +37,8 @@ def run(args: argparse.Namespace) -> int:
         from service.bench.replay import main as bench_main
     elif args.which == "shadow":
         from service.bench.shadow import main as bench_main
+    elif args.which == "ablation":
+        from service.bench.ablation import main as bench_main
     else:
         from service.bench.ann import main as bench_main
     return bench_main(args.options)
