@@ -92,6 +92,7 @@ ROWS: dict[str, dict[str, object]] = {
     "weight decay 0": dict(weight_decay=0.0),
     "weight decay 0.1": dict(weight_decay=0.1),
     "dim 128": dict(dim=128),
+    "dim 128, 2048 uniform": dict(dim=128, num_negatives=2048),  # about today's cost per step
     "max_len 200": dict(max_len=200),
     "temperature 0.05": dict(temperature=0.05),
     "temperature 0.2": dict(temperature=0.2),
