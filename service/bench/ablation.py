@@ -30,7 +30,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 if TYPE_CHECKING:
     from models.corpus import Corpus
@@ -124,7 +124,6 @@ def _check_dataset(root: str | None, name: str) -> None:
     from models.data import INTERACTIONS_FILE, S3REC_DATASETS, shared_data_dir
 
     named = ("sample", "kuairand", "kuairand-1k", "amazon-art-office", *S3REC_DATASETS)
-
     if name in S3REC_FOLDERS:
         path = (Path(root) if root else shared_data_dir() / "amazon-s3rec") / name
         if not (path / INTERACTIONS_FILE).is_file():
@@ -396,6 +395,16 @@ def _jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     return jobs
 
 
+def _end_cut_line(f: BinaryIO) -> None:
+    """End a last line cut off mid-write (the writer killed), so the next result starts on a
+    line of its own instead of being lost inside that one."""
+    if f.seek(0, os.SEEK_END) == 0:
+        return
+    f.seek(-1, os.SEEK_END)
+    if f.read(1) != b"\n":
+        f.write(b"\n")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     import multiprocessing as mp
 
@@ -419,10 +428,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))  # inherited by the workers
     started = time.perf_counter()
     ctx = mp.get_context("spawn")  # never fork a process holding torch's threads
-    with ctx.Pool(workers) as pool, path.open("a") as f:
+    with ctx.Pool(workers) as pool, path.open("a+b") as f:
+        _end_cut_line(f)
         for res in pool.imap_unordered(run_guarded, jobs):
             res["elapsed"] = round(time.perf_counter() - started, 1)
-            f.write(json.dumps(res) + "\n")
+            f.write(json.dumps(res).encode() + b"\n")
             f.flush()
             print(_summary(res), flush=True)
     print(table(read_results(path)), end="")

@@ -116,9 +116,13 @@ def test_runs_record_results_and_errors_and_resume_runs_only_what_is_missing(
     assert "2 runs on 2 workers" in printed and "FAILED: FileNotFoundError" in printed
     assert "| base | " in printed  # the table of the results at the end
 
+    with (out / "ablation.jsonl").open("a") as f:
+        f.write('{"row": "base", "dataset": "sam')  # a writer killed mid-line
     assert ablation.main([*argv, "--resume"]) == 0  # the failed run again, not the finished one
     assert "1 runs on 1 workers" in capsys.readouterr().out
-    assert len(ablation.read_results(out / "ablation.jsonl")) == 3
+    again = ablation.read_results(out / "ablation.jsonl")
+    assert len(again) == 3 and again[:2] == runs  # the new result not lost in the cut-off line
+    assert again[2]["dataset"] == str(broken) and "error" in again[2]
 
     assert ablation.main(["--out", str(out), "--table"]) == 0
     assert capsys.readouterr().out == ablation.table(runs)
