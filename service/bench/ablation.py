@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -327,7 +328,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=",".join(S3REC_FOLDERS),
         help="comma-separated: toys, sports, or what `uniserve train --data` takes",
     )
-    p.add_argument("--only", default=None, help="comma-separated row names (default: every row)")
+    p.add_argument(
+        "--only",
+        default=None,
+        help="comma-separated row names (default: every row); a comma followed by a space is "
+        "part of a name",
+    )
     p.add_argument("--seeds", default="0,1", help="comma-separated seeds")
     p.add_argument(
         "--base", choices=sorted(BASES), default="default", help="what every row changes"
@@ -356,11 +362,17 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def split_rows(only: str) -> list[str]:
+    """`--only`'s row names: separated by commas; a comma followed by a space is part of a name
+    ("sampled uniform 256, log-q")."""
+    return [name.strip() for name in re.split(r",(?! )", only)]
+
+
 def _jobs(args: argparse.Namespace) -> list[dict[str, Any]]:
     """Every (row, dataset, seed) asked for, each config checked before hours of runs start:
     seed 0 of every row first (the datasets in reverse order: sports, the slower, before
     toys), then seed 1."""
-    rows = args.only.split(",") if args.only else list(ROWS)
+    rows = split_rows(args.only) if args.only else list(ROWS)
     unknown = [r for r in rows if r not in ROWS]
     if unknown:
         raise SystemExit(f"unknown rows {unknown}; rows are {list(ROWS)}")

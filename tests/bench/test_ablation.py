@@ -79,6 +79,12 @@ def test_table_names_the_base_when_results_mix_bases() -> None:
     assert rows == ["base [default]", "base [table]"]
 
 
+def test_only_keeps_the_commas_inside_row_names() -> None:
+    rows = ablation.split_rows("base,dim 128, 2048 uniform,sampled uniform 256, log-q,3 layers")
+    assert rows == ["base", "dim 128, 2048 uniform", "sampled uniform 256, log-q", "3 layers"]
+    assert all(row in ablation.ROWS for row in rows)
+
+
 def test_bad_jobs_stop_the_run_before_it_starts(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
