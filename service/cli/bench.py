@@ -17,7 +17,8 @@ def add_parser(sub: Any) -> None:
         "promotion), 'shadow' (live latency without a shadow model, twice (A/A), and with one "
         "at 10%% and 100%% sampling), 'ablation' (the default model against one change at a "
         "time, trained to early stopping on Amazon Toys and Sports, two seeds, in parallel)",
-        description="Run a benchmark; `uniserve bench WHICH --help` lists its options. Results go to stdout (and --json / --out).",
+        description="Run a benchmark; `uniserve bench WHICH --help` lists its options. "
+        "Results go to stdout (and --json / --out).",
     )
     p.add_argument(
         "which",
