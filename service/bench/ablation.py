@@ -430,6 +430,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.threads < 1 or (args.workers is not None and args.workers < 1):
         raise SystemExit("--threads and --workers must be at least 1")
     jobs = _jobs(args)
+    from models.device import select_device
+
+    try:
+        select_device(args.device)  # "cuda" without a GPU: say so now, not once per run
+    except ValueError as exc:
+        raise SystemExit(f"--device {args.device}: {exc}") from None
     if args.resume and path.is_file():
         done = finished(path)
         jobs = [j for j in jobs if _identity(j) not in done]

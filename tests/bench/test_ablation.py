@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import pytest
+import torch
 
 from service.bench import ablation
 from service.cli.main import build_parser
@@ -100,6 +101,11 @@ def test_bad_jobs_stop_the_run_before_it_starts(
         ablation.main(["--out", str(out), "--datasets", "nowhere"])
     with pytest.raises(SystemExit, match="--seeds"):
         ablation.main(["--out", str(out), "--datasets", "sample", "--seeds", "0,x"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match=r"--device cuda: .*sees no CUDA GPU"):
+            ablation.main(
+                ["--out", str(out), "--datasets", "sample", "--only", "base", "--device", "cuda"]
+            )
     assert not out.exists()  # nothing ran, nothing written
 
 
