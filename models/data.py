@@ -612,12 +612,21 @@ def write_generic(directory: Path, sequences: Sequences, items: ItemTable) -> No
 S3REC_DATASETS = {"amazon-sports": "sports", "amazon-toys": "toys"}  # name -> folder
 
 
+NAMED_CORPORA = ("kuairand", "kuairand-1k", "amazon-art-office", *S3REC_DATASETS, "sample")
+
+
+def s3rec_path(name: str, root: Path | None = None) -> Path:
+    """The folder of S3-Rec dataset `name` ("amazon-sports" / "amazon-toys") under `root`
+    (default ``shared/data/amazon-s3rec``)."""
+    if name not in S3REC_DATASETS:
+        raise ValueError(f"unknown S3-Rec dataset {name!r}: expected one of {list(S3REC_DATASETS)}")
+    return (root or shared_data_dir() / "amazon-s3rec") / S3REC_DATASETS[name]
+
+
 def load_s3rec(name: str, root: Path | None = None) -> Corpus:
     """Amazon Sports or Toys (S3-Rec 5-core), generic format with ``tags`` metadata, read from
     ``shared/data/amazon-s3rec/<folder>`` (never copied into the repository)."""
-    if name not in S3REC_DATASETS:
-        raise ValueError(f"unknown S3-Rec dataset {name!r}: expected one of {list(S3REC_DATASETS)}")
-    path = (root or shared_data_dir() / "amazon-s3rec") / S3REC_DATASETS[name]
+    path = s3rec_path(name, root)
     if not (path / INTERACTIONS_FILE).is_file():
         raise FileNotFoundError(
             f"{name}: {path / INTERACTIONS_FILE} not found (the S3-Rec data is read from "
@@ -647,8 +656,7 @@ def load_corpus(spec: str) -> Corpus:
     path = Path(spec)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"unknown corpus {spec!r}: not one of 'kuairand', 'kuairand-1k', "
-            "'amazon-art-office', 'amazon-sports', 'amazon-toys', 'sample', and not an existing "
-            "generic-format directory"
+            f"unknown corpus {spec!r}: not one of {', '.join(map(repr, NAMED_CORPORA))}, and not "
+            "an existing generic-format directory"
         )
     return load_generic(path)

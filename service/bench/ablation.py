@@ -122,17 +122,16 @@ def _corpus(root: str | None, name: str) -> Corpus:
 
 def _check_dataset(root: str | None, name: str) -> None:
     """Fail now, in one line, for a dataset no run could read (not hours into the runs)."""
-    from models.data import INTERACTIONS_FILE, S3REC_DATASETS, shared_data_dir
+    from models.data import INTERACTIONS_FILE, NAMED_CORPORA, s3rec_path
 
-    named = ("sample", "kuairand", "kuairand-1k", "amazon-art-office", *S3REC_DATASETS)
     if name in S3REC_FOLDERS:
-        path = (Path(root) if root else shared_data_dir() / "amazon-s3rec") / name
+        path = s3rec_path(f"amazon-{name}", Path(root) if root else None)
         if not (path / INTERACTIONS_FILE).is_file():
             raise SystemExit(
                 f"dataset {name!r}: {path / INTERACTIONS_FILE} not found (--data-root is the "
                 "folder holding the S3-Rec data's toys/ and sports/, ../shared/data/amazon-s3rec)"
             )
-    elif name not in named and not Path(name).is_dir():
+    elif name not in NAMED_CORPORA and not Path(name).is_dir():
         raise SystemExit(
             f"dataset {name!r}: not toys, sports, a name `uniserve train --data` takes, or "
             "a generic-format directory"
