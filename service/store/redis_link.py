@@ -18,7 +18,11 @@ the service starts (and becomes ready) while Redis is down.
 On a Redis Cluster (`from_url(..., cluster=True)`) the client is `redis.asyncio.RedisCluster`:
 the URL names one node and the client learns the others and which hash slots each serves. It
 follows MOVED/ASK redirections but makes no retries, and refreshes its map of the cluster (at
-most once a second) after a node failed; at most `max_connections` calls are in flight at once
+most once a second) after a node failed. Learning the map the first time (CLUSTER SLOTS and the
+command table: tens of milliseconds of parsing alone) runs as one background task bounded by
+`DISCOVERY_SECONDS`, never inside a request's budget: startup waits for it, a call made while it
+runs waits at most its own budget and never cancels it, and a failed one is started again by the
+next call; at most `max_connections` calls are in flight at once
 (the cluster client fails a call beyond its per-node limit instead of waiting, so the link
 makes it wait, within the budget). One breaker covers the whole cluster. The stores keep
 what one call touches in one hash slot (`RedisEventStore` tags a user's keys; the cache and the
@@ -28,6 +32,7 @@ served lists use one key per call), which a cluster requires.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterator
@@ -63,6 +68,10 @@ _CLUSTER_UNREACHABLE = ClusterDownError | SlotNotCoveredError | RedisClusterUnre
 # call results, the `result` label of uniserve_redis_calls_total
 OK, TIMEOUT, CONNECTION, CORRUPT, ERROR = "ok", "timeout", "connection", "corrupt", "error"
 BREAKER_OPEN, BUDGET_SPENT = "breaker_open", "budget_spent"  # skipped: no call was made
+
+# the most a cluster client's first map of the cluster may take (each connection and read in it
+# is bounded by the link's own timeouts too); outside every request's budget
+DISCOVERY_SECONDS = 5.0
 
 
 class RedisUnavailable(ConnectionError):
@@ -103,6 +112,7 @@ class RedisLink:
         self.key_prefix = key_prefix
         self._on_call = on_call or (lambda op, result, seconds: None)
         self._in_flight = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        self._discovery: asyncio.Task[Any] | None = None  # a cluster client's first map
 
     @classmethod
     def from_url(
@@ -166,6 +176,18 @@ class RedisLink:
         where = kw.get("path") or f"{kw.get('host', 'localhost')}:{kw.get('port', 6379)}"
         return f"{where}/{kw.get('db', 0)}"
 
+    def _discovering(self) -> asyncio.Task[Any] | None:
+        """A cluster client's task learning the cluster's map, started on first use and again
+        after it failed; None for a single server."""
+        if not isinstance(self.client, RedisCluster):
+            return None
+        task = self._discovery
+        if task is None or (task.done() and (task.cancelled() or task.exception() is not None)):
+            learn = asyncio.wait_for(self.client.initialize(), DISCOVERY_SECONDS)
+            task = self._discovery = asyncio.get_running_loop().create_task(learn)
+            task.add_done_callback(_seen)  # its failure is reported by the call awaiting it
+        return task
+
     # ------------------------------------------------------------------ budget
     @contextmanager
     def budget(self) -> Iterator[None]:
@@ -199,6 +221,9 @@ class RedisLink:
         started = time.perf_counter()
         try:
             async with asyncio.timeout(timeout):
+                discovery = self._discovering()
+                if discovery is not None and not discovery.done():
+                    await asyncio.shield(discovery)  # a timeout here leaves it running
                 if self._in_flight is None:
                     result = await fn(self.client)
                 else:
@@ -260,8 +285,13 @@ class RedisLink:
             log.debug("redis %s failed (%s): %r", op, reason, exc)
 
     async def ping(self) -> bool:
-        """Whether Redis answers now (startup log line); never raises."""
+        """Whether Redis answers now (startup log line); never raises. A cluster client first
+        learns the cluster's map (up to `DISCOVERY_SECONDS`), so requests never pay for it."""
         try:
+            discovery = self._discovering()
+            if discovery is not None:
+                with contextlib.suppress(Exception):  # `call` reports it
+                    await asyncio.shield(discovery)
             await self.call("ping", lambda r: r.ping())
         except RedisUnavailable as exc:
             log.warning("redis at %s is not reachable (%s); serving without it", self.address, exc)
@@ -270,7 +300,17 @@ class RedisLink:
         return True
 
     async def aclose(self) -> None:
+        if self._discovery is not None and not self._discovery.done():
+            self._discovery.cancel()
+            with contextlib.suppress(BaseException):
+                await self._discovery
         await self.client.aclose()
+
+
+def _seen(task: asyncio.Task[Any]) -> None:
+    """Mark a background task's failure as retrieved (a caller reports it, or none waited)."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _reason(exc: BaseException) -> str:

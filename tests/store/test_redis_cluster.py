@@ -28,7 +28,7 @@ from service.store.breaker import CircuitBreaker
 from service.store.events import Event
 from service.store.redis_events import RedisEventStore
 from service.store.redis_feed import CHANNEL, RedisChangeFeed
-from service.store.redis_link import RedisLink
+from service.store.redis_link import RedisLink, RedisUnavailable
 from service.store.redis_served import RedisServedStore
 from tests.api import test_catalogue as catalogue
 from tests.helpers import RedisClusterServers, copy_data
@@ -244,6 +244,57 @@ async def test_change_feed_reaches_listeners_on_any_node_and_moves_off_a_killed_
     finally:
         for each in (publisher, *listeners):
             await each.aclose()
+
+
+@pytest.mark.anyio
+async def test_learning_the_cluster_map_runs_once_and_outside_every_request_budget(
+    redis_cluster: RedisClusterServers,
+) -> None:
+    """The first map (CLUSTER SLOTS, the command table) costs tens of milliseconds of parsing,
+    more than a request's budget on a busy machine. A request cut off by its budget while the
+    map is learnt fails alone; the learning goes on (it is never learnt a second time) and
+    the startup ping waits for it, so later requests pay nothing for it."""
+    results: list[tuple[str, str]] = []
+    link = RedisLink.from_url(
+        redis_cluster.url,
+        timeout=0.5,
+        connect_timeout=0.5,
+        max_connections=4,
+        breaker=CircuitBreaker(100, 1),
+        cluster=True,
+        on_call=lambda op, result, seconds: results.append((op, result)),
+    )
+
+    def maps_served() -> int:
+        """CLUSTER SLOTS answered by the nodes so far (each node's own command stats)."""
+        stats = [n.client().info("commandstats") for n in redis_cluster.nodes]
+        return sum(int(each.get("cmdstat_cluster|slots", {}).get("calls", 0)) for each in stats)
+
+    before = maps_served()
+    try:
+        link.timeout = 1e-4  # a budget no network round trip fits in
+        with pytest.raises(RedisUnavailable, match="timeout"):
+            await link.call("set", lambda r: r.set("first", 1))
+        link.timeout = 0.5
+
+        async def mapped() -> bool:  # every node known, with no further call made
+            return ports(link.client.get_nodes()) == ports(redis_cluster.nodes)
+
+        await eventually(mapped)
+        assert await link.ping()
+        assert await link.call("get", lambda r: r.get("first")) is None  # the cut-off set
+        await link.call("set", lambda r: r.set("second", 2))
+        assert await link.call("get", lambda r: r.get("second")) == b"2"
+        assert maps_served() - before == 1  # learnt once: the cut-off request did not cancel it
+        assert results == [
+            ("set", "timeout"),
+            ("ping", "ok"),
+            ("get", "ok"),
+            ("set", "ok"),
+            ("get", "ok"),
+        ]
+    finally:
+        await link.aclose()
 
 
 # ---------------------------------------------------------------------------- outage
