@@ -109,12 +109,17 @@ RESULTS_FILE = "ablation.jsonl"
 _CORPORA: dict[str, Corpus] = {}  # per worker process: each dataset is read once
 
 
+def _s3rec(root: str | None, name: str) -> tuple[str, Path | None]:
+    """`models.data`'s name and root of the S3-Rec folder `name` under --data-root."""
+    return f"amazon-{name}", Path(root) if root else None
+
+
 def _corpus(root: str | None, name: str) -> Corpus:
     from models.data import load_corpus, load_s3rec
 
     if name not in _CORPORA:
         if name in S3REC_FOLDERS:
-            _CORPORA[name] = load_s3rec(f"amazon-{name}", Path(root) if root else None)
+            _CORPORA[name] = load_s3rec(*_s3rec(root, name))
         else:
             _CORPORA[name] = load_corpus(name)
     return _CORPORA[name]
@@ -125,7 +130,7 @@ def _check_dataset(root: str | None, name: str) -> None:
     from models.data import INTERACTIONS_FILE, NAMED_CORPORA, s3rec_path
 
     if name in S3REC_FOLDERS:
-        path = s3rec_path(f"amazon-{name}", Path(root) if root else None)
+        path = s3rec_path(*_s3rec(root, name))
         if not (path / INTERACTIONS_FILE).is_file():
             raise SystemExit(
                 f"dataset {name!r}: {path / INTERACTIONS_FILE} not found (--data-root is the "
