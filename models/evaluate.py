@@ -64,35 +64,45 @@ def rank_targets(
         idx = np.arange(lo, min(u, lo + batch_size))
         rows = target_rows[idx]
         known = rows >= 0
-        scores = _scores(scorer, idx)  # (b, N) float tensor, a private copy
+        scores = _scores(scorer, idx)  # (b, N) float tensor, only read
         dev = scores.device
         safe = torch.from_numpy(np.maximum(rows, 0)).to(dev)  # (b,)
         target = scores.gather(1, safe[:, None])  # (b, 1)
         full_b = (scores >= target).sum(1) - 1  # items other than the target scoring >= it
         neg = scores.gather(1, torch.from_numpy(negatives[idx]).to(dev))  # (b, K)
         sampled_b = (neg >= target).sum(1)
-        if seen is not None:
-            offsets, hist = seen
-            starts, ends = offsets[idx], offsets[idx + 1]
-            lengths = ends - starts  # (b,)
-            which = np.repeat(np.arange(len(idx)), lengths)  # (e,) batch row of each event
-            first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (e,)
-            cols = hist[first + np.arange(len(which))]  # (e,) catalogue rows
-            drop = (cols >= 0) & (cols != rows[which])  # the target is never removed
-            scores[
-                torch.from_numpy(which[drop]).to(dev), torch.from_numpy(cols[drop]).to(dev)
-            ] = -torch.inf
-        unseen_b = (scores >= target).sum(1) - 1
+        unseen_b = full_b
+        if seen is not None:  # less the seen items full_b counted, each item once
+            which, cols = _seen_pairs(seen, idx, rows, scores.shape[1])  # (e,) each
+            which_t, cols_t = torch.from_numpy(which).to(dev), torch.from_numpy(cols).to(dev)
+            above = scores[which_t, cols_t] >= target[which_t, 0]  # (e,)
+            unseen_b = full_b - torch.bincount(which_t[above], minlength=len(idx))
         for out, vals in ((full, full_b), (unseen, unseen_b), (sampled, sampled_b)):
             out[idx[known]] = vals.cpu().numpy()[known]
     return full, unseen, sampled
 
 
+def _seen_pairs(
+    seen: tuple[np.ndarray, np.ndarray], idx: np.ndarray, rows: np.ndarray, n_items: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct (batch row, catalogue row) pairs of the histories of users ``idx`` (B,),
+    leaving out unknown items and each user's own target ``rows`` (B,): never removed."""
+    offsets, hist = seen
+    starts, ends = offsets[idx], offsets[idx + 1]
+    lengths = ends - starts  # (b,)
+    which = np.repeat(np.arange(len(idx)), lengths)  # (e,) batch row of each event
+    first = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)  # (e,)
+    cols = hist[first + np.arange(len(which))]  # (e,) catalogue rows
+    keep = (cols >= 0) & (cols != rows[which])
+    pairs = np.unique(which[keep] * np.int64(n_items) + cols[keep])  # an item seen twice: once
+    return pairs // n_items, pairs % n_items
+
+
 def _scores(scorer: Scorer, idx: np.ndarray) -> torch.Tensor:
     raw = scorer(idx)
     if isinstance(raw, torch.Tensor):
-        return raw.float().clone()
-    return torch.from_numpy(np.array(raw, dtype=np.float32))  # a writable copy
+        return raw.float()
+    return torch.from_numpy(np.asarray(raw, dtype=np.float32))
 
 
 def metrics_from_ranks(ranks: np.ndarray, ks: Sequence[int] = (10, 20)) -> dict[str, float]:
@@ -145,18 +155,24 @@ def all_ranks(
 def user_vectors_for(
     model: Recommender, vocab: Vocab, histories: EvalSet, batch_size: int = 256
 ) -> np.ndarray:
-    """User vectors for every history of an eval set: (U, D) float32."""
+    """User vectors for every history of an eval set: (U, D) float32.
+
+    Histories are encoded shortest first, so each batch pads only to its own longest (padding
+    never changes a vector: `models.user_encoder`); on Amazon, where most histories are a few
+    events and a random batch of 256 almost always holds one of ``max_len``, this runs the
+    encoder over a fraction of the positions."""
     model.eval()
     max_len = model.config.user.max_len
-    out = []
     seqs = histories.history
-    for lo in range(0, len(seqs), batch_size):
-        batch = [seqs.sequence(i) for i in range(lo, min(len(seqs), lo + batch_size))]
-        ids, surfaces, mask = vocab.batch(batch, max_len)  # (B, T) each, on the CPU
-        device = model.item_cat.device  # training may run on a GPU
+    out = np.zeros((len(seqs), model.dim), np.float32)
+    order = np.argsort(np.minimum(seqs.lengths, max_len), kind="stable")  # (U,)
+    device = model.item_cat.device  # training may run on a GPU
+    for lo in range(0, len(order), batch_size):
+        rows = order[lo : lo + batch_size]
+        ids, surfaces, mask = vocab.batch([seqs.sequence(int(i)) for i in rows], max_len)
         vecs = model.user_vectors(ids.to(device), surfaces.to(device), mask.to(device))
-        out.append(vecs.cpu().numpy())
-    return np.concatenate(out) if out else np.zeros((0, model.dim), np.float32)
+        out[rows] = vecs.float().cpu().numpy()
+    return out
 
 
 def evaluate_model(

@@ -66,6 +66,9 @@ def test_seen_items_removed_ranking_matches_brute_force() -> None:
     targets[3] = histories[3][0] if histories[3] else targets[3]  # a target seen before
     histories[4] = [int(targets[4])]  # the target is the only history item: nothing removed
     targets[5] = -1  # unknown target: a miss
+    targets[6], histories[6] = 0, [1, 2, 2, 0]  # an item seen twice is removed once
+    scores[6] = -np.inf  # and removed when everything ties at -inf (the target too)
+    scores[7, targets[7]] = -np.inf  # a target scoring below every item
     offsets = np.zeros(n_users + 1, dtype=np.int64)
     np.cumsum([len(h) for h in histories], out=offsets[1:])
     flat = np.array([x for h in histories for x in h], dtype=np.int64)
