@@ -26,6 +26,7 @@ from models.evaluate import (
     metrics_from_ranks,
     rank_targets,
     sample_negatives,
+    user_vectors_for,
 )
 from models.item_encoder import FIRST_ITEM_ID
 from models.matryoshka import truncate
@@ -95,6 +96,23 @@ def test_seen_items_removed_ranking_matches_brute_force() -> None:
         lambda idx: torch.from_numpy(scores[idx]), targets, negatives, seen=(offsets, flat)
     )
     np.testing.assert_array_equal(torch_ranks[1], unseen)
+
+
+def test_user_vectors_come_back_in_the_users_order_whatever_their_lengths() -> None:
+    """Histories are encoded shortest first in batches; each user's vector must be the one
+    its history gives alone (histories of 3 to 9 events, some longer than max_len)."""
+    corpus = ring_corpus()
+    model, _, vocab = build_model(corpus, TrainConfig(dim=16, max_len=6, progress=False))
+    model.eval()
+    histories = corpus.test.history
+    assert len(set(np.minimum(histories.lengths, 6).tolist())) > 2  # the order matters
+    got = user_vectors_for(model, vocab, corpus.test, batch_size=7)
+    with torch.inference_mode():
+        alone = [
+            model.user_vectors(*vocab.batch([histories.sequence(u)], 6))[0].numpy()
+            for u in range(len(histories))
+        ]
+    np.testing.assert_allclose(got, np.stack(alone), atol=1e-5)
 
 
 def test_cooccurrence_scores_match_their_definition() -> None:
