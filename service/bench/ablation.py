@@ -85,6 +85,7 @@ ROWS: dict[str, dict[str, object]] = {
     "post-norm": dict(norm="post"),
     "pre-norm": dict(norm="pre"),
     "full softmax": dict(loss="full"),
+    "sampled softmax": dict(loss="sampled"),  # today's negatives at any size (vs the size rule)
     "gated residual (LiGR)": dict(gated=True, norm="pre"),  # LiGR's gates sit on a pre-norm block
     "1 layer": dict(num_layers=1),
     "3 layers": dict(num_layers=3),
