@@ -100,7 +100,7 @@ def test_seen_items_removed_ranking_matches_brute_force() -> None:
 
 def test_user_vectors_come_back_in_the_users_order_whatever_their_lengths() -> None:
     """Histories are encoded shortest first in batches; each user's vector must be the one
-    its history gives alone (histories of 3 to 9 events, some longer than max_len)."""
+    its history gives alone (histories of 4 to 10 events, most longer than max_len 6)."""
     corpus = ring_corpus()
     model, _, vocab = build_model(corpus, TrainConfig(dim=16, max_len=6, progress=False))
     model.eval()
