@@ -13,7 +13,12 @@ What it does, in order:
 2. **In-process limit**: the peers' encode + search (`peers.pipeline.Pipeline`) called directly
    in batches of `--batch` histories, no HTTP, on the same thread settings, the item-vector
    table held as the service holds it: histories/s, the fastest of three passes.
-3. **Load ladder** against the real uniserve (`uniserve serve`, one worker process unless
+3. **The app without HTTP** (`app_ceiling`): uniserve's own app in this process, driven by
+   direct ASGI calls with 16 retrieves in flight (closed loop, cache misses): every middleware,
+   validation, cache, batcher, encoder, index and response, no HTTP server. What one uniserve
+   process would serve if HTTP cost nothing; the gap to the in-process limit is the app's own
+   Python per request, on this machine (BENCHMARKS.md, "Where one process's time goes").
+4. **Load ladder** against the real uniserve (`uniserve serve`, one worker process unless
    `--workers`), pushed to its knee (`load.find_knee`): from 50 req/s up by x1.5 (`--quick`:
    x2) until a step is not sustained (p99 over 50 ms, over 0.1% of requests refused, or any
    error), then bisected between the last good and first bad rate; `--rates` runs a fixed
@@ -22,10 +27,10 @@ What it does, in order:
    carries a fresh 50-event history (a cache miss); after each step the client waits until a
    lone request is answered within the bound again (`load.drain`), so a backlog is not carried
    into the next step.
-4. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); what the
+5. **Overload**: twice uniserve's best sustainable rate, then half of it (recovery); what the
    answers were (429s and their latency, timeouts), p99, and the server's RSS before and after.
-5. **Cache hits**: the same requests repeated (after one warming pass) at the best rate.
-6. **Peers**, one after the other, each through steps 3 and 4 with the same client, the same
+6. **Cache hits**: the same requests repeated (after one warming pass) at the best rate.
+7. **Peers**, one after the other, each through steps 4 and 5 with the same client, the same
    histories in the same order (`BodyStream.again`) and the same thread settings: the **naive
    service** (`peers/naive.py`: a sync FastAPI endpoint, one encode + search per request,
    stdlib JSON, the way most teams first write it; `--skip-naive` leaves it out) and, with
@@ -52,12 +57,13 @@ v2 JSON (its own protocol), made from the same bodies before each step, not whil
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import json
 import os
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -112,6 +118,93 @@ def inprocess_limit(
                 "passes": passes,
             }
     return best
+
+
+APP_IN_FLIGHT = 16  # about what uniserve holds in flight near its knee (BENCHMARKS.md)
+
+
+def app_ceiling(
+    data_dir: Path,
+    bodies: Sequence[bytes],
+    batch: int,
+    threads: int,
+    in_flight: int = APP_IN_FLIGHT,
+    passes: int = 2,
+) -> dict[str, Any]:
+    """Requests/s of uniserve's own app in this process with no HTTP: `create_app` over
+    `data_dir` with the service's defaults, driven by direct ASGI calls (every middleware, the
+    fast lane's parsing and validation, cache, batchers, encoder, index, response JSON), closed
+    loop with `in_flight` requests at a time; `bodies` split into `passes` passes of distinct
+    bodies (all cache misses), the fastest pass kept. What one uniserve process would serve if
+    HTTP cost nothing: below the in-process limit by what the app's own Python costs per
+    request, the part of uniserve's time no serving layer can take away."""
+    from service.api.app import create_app
+    from service.settings import Settings
+
+    settings = Settings(
+        data_dir=data_dir,
+        bootstrap=False,
+        index_poll_seconds=0,
+        torch_threads=threads,
+        faiss_threads=threads,
+        batch_max_size=batch,
+        admission="fixed",  # closed loop: never more than in_flight pending, nothing to shed
+        max_pending_requests=max(in_flight, 1),
+    )
+    app = create_app(settings)
+    warm, bodies = bodies[0], bodies[1:]  # the warm-up's body is not sent again (a cache hit)
+    size = len(bodies) // passes
+    statuses: dict[int, int] = {}
+
+    async def call(body: bytes) -> int:
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "POST", "scheme": "http", "path": "/v1/retrieve",
+            "raw_path": b"/v1/retrieve", "query_string": b"", "root_path": "",
+            "headers": [(b"content-type", b"application/json"),
+                        (b"content-length", str(len(body)).encode())],
+            "client": ("127.0.0.1", 0), "server": ("127.0.0.1", 0),
+        }  # fmt: skip
+        answer = {"status": 0}
+        messages = [{"type": "http.request", "body": body, "more_body": False}]
+
+        async def receive() -> dict[str, Any]:
+            if messages:
+                return messages.pop()
+            await asyncio.Event().wait()  # no disconnect while the app answers
+            raise AssertionError
+
+        async def send(message: MutableMapping[str, Any]) -> None:
+            if message["type"] == "http.response.start":
+                answer["status"] = message["status"]
+
+        await app(scope, receive, send)
+        return answer["status"]
+
+    async def one_pass(chunk: Sequence[bytes]) -> float:
+        queue = iter(chunk)
+
+        async def worker() -> None:
+            for body in queue:
+                status = await call(body)
+                statuses[status] = statuses.get(status, 0) + 1
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker() for _ in range(in_flight)))
+        return len(chunk) / (time.perf_counter() - started)
+
+    async def run() -> float:
+        async with app.router.lifespan_context(app):
+            await call(warm)  # warm-up: the first batch and search
+            return max([await one_pass(bodies[i * size : (i + 1) * size]) for i in range(passes)])
+
+    rps = run_load(run())
+    return {
+        "rps": rps,
+        "in_flight": in_flight,
+        "requests": size * passes,
+        "statuses": {str(k): n for k, n in sorted(statuses.items())},
+    }
 
 
 # ------------------------------------------------------------------------------ peers
@@ -208,9 +301,10 @@ def plot_latency(result: dict[str, Any], path: Path) -> bool:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="uniserve bench service",
-        description="Throughput at a p99 bound of uniserve vs the in-process limit, a naive "
-        "service and, with --peers, PyTriton, Ray Serve and LitServe serving the same model, "
-        "index and encode + search (module docstring of service/bench/service.py).",
+        description="Throughput at a p99 bound of uniserve vs the in-process limit, uniserve's "
+        "own app without HTTP, a naive service and, with --peers, PyTriton, Ray Serve and "
+        "LitServe serving the same model, index and encode + search (module docstring of "
+        "service/bench/service.py).",
     )
     p.add_argument("--items", type=int, default=1_000_000, help="catalogue size (default 1M)")
     p.add_argument("--index-type", default="HNSW32", help="faiss factory string (HNSW32)")
@@ -315,6 +409,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{limit['search_ms_per_batch']:.1f} ms per batch)",
         flush=True,
     )
+    app = app_ceiling(data_dir, source.again().take(2 * 2000 + 1), args.batch, args.threads)
+    print(
+        f"[in-process app] {app['rps']:.0f} req/s through uniserve's app without HTTP "
+        f"({app['in_flight']} in flight, {100 * app['rps'] / limit['rps']:.0f}% of the limit; "
+        f"answers {app['statuses']})",
+        flush=True,
+    )
     # no HTTP service of the pipeline outruns it: twice the in-process limit bounds the climb
     search = KneeSearch(
         growth=2.0 if args.quick else 1.5, refine=3 if args.quick else 4, cap=2 * limit["rps"]
@@ -334,6 +435,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "p99_bound_ms": P99_BOUND_MS,
         "inprocess_limit_rps": round(limit["rps"], 1),
         "inprocess": limit,
+        "inprocess_app_rps": round(app["rps"], 1),
+        "inprocess_app": app,
         "ladder": "fixed" if rates is not None else asdict(search),
         "peer_options": asdict(options),
         "uniserve_workers": uniserve_workers,
@@ -430,6 +533,10 @@ def print_summary(r: dict[str, Any]) -> None:
     print("\nsummary")
     print(f"  items {r['items']:,} ({r['index_type']}), {r['threads']} thread(s) per process")
     print(f"  in-process limit            {limit:8.1f} req/s")
+    app = r["inprocess_app_rps"]
+    print(
+        f"  uniserve's app, no HTTP     {app:8.1f} req/s  ({100 * app / limit:.0f}% of the limit)"
+    )
     print(
         f"  uniserve max at p99<=50ms   {svc:8.1f} req/s  ({100 * svc / limit:.0f}% of the limit)"
     )

@@ -6,8 +6,9 @@ must hold the items `Pipeline.encode_and_search` finds in-process, in order, wit
 scores. The benchmark's load client then sends it a short step and every request must succeed
 (each peer's framing, Ray Serve's chunked answers included). A peer whose framework is not
 installed is skipped with its import error (PyTriton needs its own venv:
-scripts/setup_triton_venv.sh). Also the pure parts of the run: the common comparison rate and
-the `--peers` list. No timing is asserted.
+scripts/setup_triton_venv.sh). Also the app ceiling (uniserve's app driven without HTTP), and
+the pure parts of the run: the common comparison rate and the `--peers` list. No timing is
+asserted.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from service.bench.load import Client, StepResult, run_step
 from service.bench.peers import PEERS, Peer, PeerOptions
 from service.bench.peers.pipeline import Pipeline, history_of
 from service.bench.servers import Server, server
-from service.bench.service import common_rate, parse_peers
+from service.bench.service import app_ceiling, common_rate, parse_peers
 
 K = 10
 REQUESTS = 12
@@ -109,6 +110,20 @@ def test_a_peer_whose_framework_is_missing_reports_the_import_error() -> None:
     assert reason is not None
     assert "No module named 'no_such_framework'" in reason and "pip it" in reason
     assert PEERS["naive"].unavailable() is None  # this interpreter runs the naive service
+
+
+def test_the_app_without_http_answers_every_body_through_the_real_app(
+    uniserve_data_dir: Path, bodies: list[bytes]
+) -> None:
+    """`bench service`'s app ceiling drives uniserve's own app (no HTTP) over the session's
+    model and index, and reports the answers as the app gave them: an invalid body among the
+    retrieves is a 422, not a success."""
+    invalid = b'{"k": 3}'  # neither a user nor events
+    sent = [bodies[0], *bodies[1:6], invalid, *bodies[6:10]]  # the first warms up, unsent
+    got = app_ceiling(uniserve_data_dir, sent, batch=4, threads=1, in_flight=3, passes=2)
+    assert got["requests"] == 10 and got["in_flight"] == 3
+    assert got["statuses"] == {"200": 9, "422": 1}
+    assert got["rps"] > 0
 
 
 def step(rate: float, p99_ms: float) -> StepResult:
