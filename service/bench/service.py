@@ -63,6 +63,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, MutableMapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -149,12 +150,12 @@ def app_ceiling(
         faiss_threads=threads,
         batch_max_size=batch,
         admission="fixed",  # closed loop: never more than in_flight pending, nothing to shed
-        max_pending_requests=max(in_flight, 1),
+        max_pending_requests=in_flight,
     )
     app = create_app(settings)
     warm, bodies = bodies[0], bodies[1:]  # the warm-up's body is not sent again (a cache hit)
     size = len(bodies) // passes
-    statuses: dict[int, int] = {}
+    statuses: Counter[int] = Counter()
 
     async def call(body: bytes) -> int:
         scope = {
@@ -186,8 +187,7 @@ def app_ceiling(
 
         async def worker() -> None:
             for body in queue:
-                status = await call(body)
-                statuses[status] = statuses.get(status, 0) + 1
+                statuses[await call(body)] += 1
 
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(in_flight)))
