@@ -103,11 +103,17 @@ class Settings(BaseSettings):
     # for (lower: less queueing under overload, more 429s near capacity; higher: the reverse).
     # 35 keeps p99 near 50 ms at twice the sustainable rate; with 50 it reached 76-104 ms and
     # the 429s' p99 up to 30 ms (interleaved runs, BENCHMARKS.md "Adaptive admission").
+    # admission_lag_ms: how late the event loop may run while the adaptive limit is reached
+    # (0: not watched). Every request, a 429 included, waits for the loop before anything of it
+    # runs, so when more than 2% of the loop's ticks (every 2 ms) run later than this, the limit
+    # steps down, though never below what completes the measured throughput with no queueing.
+    # 3 keeps the 429s' p99 under 10 ms (a 429 waits about two of the loop's turns).
     # admission_min_limit / admission_max_limit: its bounds (a lower ceiling caps the requests
     # in progress and their memory whatever is measured).
     admission: Literal["adaptive", "fixed"] = "adaptive"
     max_pending_requests: Annotated[int, Field(ge=1, le=100_000)] = 40
     admission_target_ms: Annotated[float, Field(gt=0.0, le=10_000.0)] = 35.0
+    admission_lag_ms: Annotated[float, Field(ge=0.0, le=10_000.0)] = 3.0
     admission_min_limit: Annotated[int, Field(ge=1, le=100_000)] = 4
     admission_max_limit: Annotated[int, Field(ge=1, le=100_000)] = 1024
 

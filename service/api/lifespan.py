@@ -28,6 +28,7 @@ from fastapi import FastAPI
 from index import RejectReason
 from service.api.metrics import IndexSnapshot, Metrics
 from service.api.online import close_online, load_configured_shadow, make_online
+from service.api.shedding import watch_loop
 from service.api.state import AppState
 from service.core.catalogue import LiveCatalogue
 from service.core.engine import Admission, Engine
@@ -190,6 +191,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
                 background.start_soon(feed.listen, state.catalogue.poll_once)
             if metrics.workers is not None:
                 background.start_soon(metrics.workers.publish_forever)
+            background.start_soon(watch_loop, state.pending, metrics.loop_lag.observe)
             yield
             background.cancel_scope.cancel()
     finally:

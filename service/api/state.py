@@ -51,6 +51,7 @@ class AppState:
                 initial=settings.max_pending_requests,
                 lowest=settings.admission_min_limit,
                 highest=settings.admission_max_limit,
+                lag_budget=settings.admission_lag_ms / 1000 or None,
             )
         )
 

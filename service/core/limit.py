@@ -37,10 +37,27 @@ not cause. In a window in which it was reached:
 The limit thus falls below the Little's-law size of the demonstrated completion rate only after
 a check showed that fewer requests in progress complete about as many, which keeps latency from
 outside from collapsing throughput (a law that only follows latency does: the simulated
-co-tenant in `tests/core/test_limit.py` takes one to under a fifth of its throughput). Tested
-there on simulated slow and fast batching services (the knee of each, found by trying fixed
-limits), with latency added from outside, a machine slowed under load and load that comes and
-goes.
+co-tenant in `tests/core/test_limit.py` takes one to under a fifth of its throughput), or when
+the event loop runs late:
+
+- **The loop's lateness.** Every request, a 429 included, waits for the event loop before
+  anything of it runs, and under overload the loop runs late in bursts: a batch of answers
+  completing at once, a crowd of admitted requests being parsed. So at twice the sustainable
+  rate a 429 took 10-18 ms p99 while the limit sat at its Little's-law size, and a limit of 16
+  instead of about 40 gave 3 ms 429s and as many answers (BENCHMARKS.md, "Fast 429s need an
+  idle loop"). `note_lag(seconds)` takes how late a periodic tick of the loop ran
+  (`service.api.shedding.watch_loop`). In a window in which the limit was reached and more
+  than `LATE_SHARE` of the ticks ran later than `lag_budget`, a lag ceiling drops to `LAG_CUT`
+  x the limit, and the limit never exceeds it; in one with no late tick it grows by
+  `LAG_GROW`. The ceiling never falls below `LAG_FLOOR` of the Little's-law size (what completes
+  the demonstrated rate in a third of the budget), so lateness the limit cannot remove
+  (rejections alone filling the loop far beyond twice the load, a co-tenant taking the CPU)
+  costs a bounded share of the answers instead of collapsing them: with no floor, at four
+  times the load, the limit sank to its lowest and the answers to 60% (BENCHMARKS.md).
+
+Tested there on simulated slow and fast batching services (the knee of each, found by trying
+fixed limits), with latency added from outside, a machine slowed under load, load that comes and
+goes, and a loop that runs late in proportion to the batches it answers, or from outside.
 """
 
 from __future__ import annotations
@@ -51,6 +68,11 @@ SHRINK = 0.5  # the most the gradient lowers it in one window
 CUT = 0.8  # a check runs one window at this fraction of the limit
 HELD = 0.9  # ...and the cut stands when the completion rate kept this fraction
 RAISE = 1.25  # the budget's step when a check shows the latency is not queueing
+LATE_SHARE = 0.02  # a window's loop ran late when more of its ticks than this were late
+LAG_CUT = 0.8  # ...and the lag ceiling drops to this fraction of the limit
+LAG_GROW = 1.1  # a window with no late tick raises the lag ceiling by this factor
+LAG_FLOOR = 1 / 3  # ...which never falls below this fraction of the Little's-law size
+MIN_TICKS = 20  # a window with fewer ticks of the loop says nothing of its lateness
 
 
 class PendingLimit:
@@ -73,6 +95,9 @@ class PendingLimit:
         """One request answered (`started`, `now`: its entry and answer, in seconds)."""
         self.pending -= 1
 
+    def note_lag(self, seconds: float) -> None:
+        """How late a tick of the event loop ran; a fixed limit does not use it."""
+
     def describe(self) -> str:
         return f"UNISERVE_MAX_PENDING_REQUESTS={self.limit}"
 
@@ -81,7 +106,8 @@ class AdaptiveLimit:
     """A limit sized from the completion rate and latency this process measures (the law is in
     the module docstring): `target` is the mean latency (seconds) of admitted requests it sizes
     for, `initial` where it starts, [`lowest`, `highest`] its bounds; `window` seconds (and at
-    least `min_answers` answers) per measurement."""
+    least `min_answers` answers) per measurement; `lag_budget` how late (seconds) the event
+    loop may run (None: its lateness is not used)."""
 
     def __init__(
         self,
@@ -93,12 +119,15 @@ class AdaptiveLimit:
         window: float = 0.5,
         min_answers: int = 20,
         check_every: int = 3,
+        lag_budget: float | None = 0.003,
     ) -> None:
         if not target > 0 or not window >= 0 or min_answers < 1 or check_every < 1:
             raise ValueError(
                 f"need target > 0, window >= 0, min_answers >= 1 and check_every >= 1, got "
                 f"{target}, {window}, {min_answers}, {check_every}"
             )
+        if lag_budget is not None and not lag_budget > 0:
+            raise ValueError(f"need lag_budget > 0 (or None), got {lag_budget}")
         if not 1 <= lowest <= initial <= highest:
             raise ValueError(
                 f"need 1 <= lowest <= initial <= highest, got {lowest}, {initial}, {highest}"
@@ -109,6 +138,7 @@ class AdaptiveLimit:
         self.window = window
         self.min_answers = min_answers
         self.check_every = check_every
+        self.lag_budget = lag_budget
         self.pending = 0
         self.value = float(initial)  # the limit, fractional between windows
         self.capacity = 0.0  # answers/s: the highest rate demonstrated with the limit reached
@@ -120,6 +150,9 @@ class AdaptiveLimit:
         self._over: list[float] = []  # rates of the windows in a row over the target at the size
         self._check: tuple[float, float] | None = None  # a check runs: (rate before, limit)
         self._wait = check_every  # windows over the target before the next check
+        self.lag_ceiling = float(highest)  # the limit's ceiling while the loop runs late
+        self._ticks = 0  # ticks of the loop in the current window
+        self._late = 0  # ...of which ran later than lag_budget
 
     @property
     def limit(self) -> int:
@@ -145,6 +178,13 @@ class AdaptiveLimit:
         if self._answers >= self.min_answers and seconds >= self.window:
             self._close(self._answers / max(seconds, 1e-9), self._latency / self._answers, seconds)
             self._start, self._answers, self._latency, self._reached = now, 0, 0.0, False
+            self._ticks = self._late = 0
+
+    def note_lag(self, seconds: float) -> None:
+        """How late (seconds) a periodic tick of the event loop ran."""
+        self._ticks += 1
+        if self.lag_budget is not None and seconds > self.lag_budget:
+            self._late += 1
 
     def describe(self) -> str:
         return (
@@ -153,7 +193,19 @@ class AdaptiveLimit:
         )
 
     def _bounded(self, value: float) -> float:
-        return min(float(self.highest), max(float(self.lowest), value))
+        """`value` within the bounds and under the lag ceiling."""
+        return min(float(self.highest), max(float(self.lowest), min(value, self.lag_ceiling)))
+
+    def _follow_lag(self, seconds: float) -> None:
+        """Move the lag ceiling by the lateness of a window of `seconds` in which the limit was
+        reached (one spanning a pause in the traffic says nothing of it)."""
+        if self.lag_budget is None or self._ticks < MIN_TICKS or seconds > 2 * self.window:
+            return
+        if self._late > LATE_SHARE * self._ticks:
+            floor = LAG_FLOOR * self.capacity * self.budget
+            self.lag_ceiling = max(float(self.lowest), floor, LAG_CUT * self.value)
+        elif self._late == 0:
+            self.lag_ceiling = min(float(self.highest), LAG_GROW * self.lag_ceiling)
 
     def _close(self, rate: float, latency: float, seconds: float) -> None:
         """The end of a window of `seconds`: `rate` answers/s, `latency` their mean (seconds)."""
@@ -166,6 +218,7 @@ class AdaptiveLimit:
             self._over.clear()
             return  # the limit did not bind: the window says nothing about it
         self.capacity = max(self.capacity, rate)
+        self._follow_lag(seconds)
         size = self.capacity * self.budget  # Little's law: what completes within the budget
         value = self.value
         if latency <= WELL_UNDER * self.target:
@@ -173,7 +226,7 @@ class AdaptiveLimit:
         elif latency > self.target:
             value = value * max(self.target / latency, SHRINK)
         self.value = self._bounded(max(value, size))
-        if latency <= self.target or self.value > size * (1 + 1e-9):
+        if latency <= self.target or self.value > size * (1 + 1e-9) or self.lag_ceiling < size:
             self._over.clear()
             return
         self._over.append(rate)  # over the target at the Little's-law size: check a cut

@@ -6,6 +6,7 @@ blocked encoder and released by the test, never by sleeping a duration."""
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -171,3 +172,32 @@ async def test_the_adaptive_limit_is_applied_and_moves_with_what_it_measures(
         assert shed.status_code == 429
         assert "the limit now 2 " in shed.json()["error"]
         assert limit.pending == 0
+
+
+async def test_the_loop_watcher_reports_a_late_loop_to_the_limit_and_metrics(
+    serve: ServeFn, uniserve_data_dir: Path
+) -> None:
+    """The lifespan ticks on the event loop: a tick held up 50 ms (the loop blocked on purpose)
+    reaches the adaptive limit as a late tick and `uniserve_event_loop_lag_seconds` as one
+    over 10 ms."""
+    settings = Settings(data_dir=uniserve_data_dir, bootstrap=False)
+    async with serve(settings) as served:
+        limit = served.state.pending
+        assert isinstance(limit, AdaptiveLimit) and limit.lag_budget == 0.003
+
+        def over_10ms(metrics: str) -> float:
+            samples = {
+                line.split(" ")[0]: float(line.split(" ")[1])
+                for line in metrics.splitlines()
+                if line.startswith("uniserve_event_loop_lag_seconds_")
+            }
+            bucket = 'uniserve_event_loop_lag_seconds_bucket{le="0.01"}'
+            return samples["uniserve_event_loop_lag_seconds_count"] - samples[bucket]
+
+        await wait_until(lambda: limit._ticks > 0)  # the watcher is ticking
+        before = over_10ms((await served.client.get("/metrics")).text)
+        late = limit._late
+        time.sleep(0.05)  # blocks the loop: the tick due meanwhile runs ~50 ms late
+        await wait_until(lambda: limit._late > late)
+        text = (await served.client.get("/metrics")).text
+        assert over_10ms(text) >= before + 1

@@ -4,8 +4,10 @@ queue for a batching worker whose batch takes `per_batch + per_item * size` seco
 `overhead` seconds outside the queue (reading, answering). Latency grows with the requests let
 in, as in uniserve; the "fast" machine is the "slow" one 1.6x faster, as two machines of one
 kind here differed. The knee, the limit at which the mean latency reaches the target, is found
-for each by trying fixed limits, and the adaptive limit is checked against it. Simulated time
-only: nothing here waits or reads a clock."""
+for each by trying fixed limits, and the adaptive limit is checked against it. Where a `Loop` is
+given, the event loop is simulated too: answering a batch keeps it busy in proportion to the
+batch, each 429 a little, and a tick every 2 ms (and each refused request) waits for it. Simulated
+time only: nothing here waits or reads a clock."""
 
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from service.core.limit import AdaptiveLimit, Limit, PendingLimit
+from service.core.limit import LAG_FLOOR, LATE_SHARE, AdaptiveLimit, Limit, PendingLimit
 
 TARGET = 0.05  # seconds: the mean latency the adaptive limit is sized for (the default)
 
@@ -40,6 +42,18 @@ class Machine:
         )
 
 
+@dataclass(frozen=True)
+class Loop:
+    """The event loop: busy `per_answer` seconds per request of a batch that completes (its
+    answers are sent in one burst), `per_refusal` per 429; `outside(t)` seconds of lateness
+    from elsewhere (a co-tenant). A tick every `tick` seconds reports how late it ran."""
+
+    per_answer: float = 0.00015
+    per_refusal: float = 0.00005
+    tick: float = 0.002
+    outside: Callable[[float], float] = lambda t: 0.0
+
+
 SLOW = Machine(per_batch=0.004, per_item=0.0012, overhead=0.003)  # 792/s at full batches
 FAST = SLOW.faster(1.6)  # 1,267/s
 MACHINES = {"slow": SLOW, "fast": FAST}
@@ -50,6 +64,8 @@ class Run:
     answers: list[tuple[float, float]] = field(default_factory=list)  # (answered at, latency)
     refused: list[float] = field(default_factory=list)  # arrival times
     limits: list[tuple[float, int]] = field(default_factory=list)  # (time, limit), sampled
+    ticks: list[tuple[float, float]] = field(default_factory=list)  # (time, lateness)
+    waits: list[tuple[float, float]] = field(default_factory=list)  # (time, a 429's loop wait)
 
     def rate(self, start: float, end: float) -> float:
         return sum(start <= t < end for t, _ in self.answers) / (end - start)
@@ -61,6 +77,16 @@ class Run:
 
     def refusals(self, start: float, end: float) -> int:
         return sum(start <= t < end for t in self.refused)
+
+    def late_share(self, start: float, end: float, budget: float = 0.003) -> float:
+        """The share of the loop's ticks in [start, end) that ran later than `budget`."""
+        late = [lag > budget for t, lag in self.ticks if start <= t < end]
+        return sum(late) / len(late)
+
+    def wait_p99(self, start: float, end: float) -> float:
+        """The 99th percentile of how long the 429s in [start, end) waited for the loop."""
+        waits = sorted(w for t, w in self.waits if start <= t < end)
+        return waits[int(0.99 * (len(waits) - 1))]
 
     def limit(self, start: float, end: float) -> tuple[int, int]:
         """The lowest and highest limit in force in [start, end)."""
@@ -75,6 +101,7 @@ def simulate(
     *,
     outside: Callable[[float], float] = lambda t: 0.0,
     slowdown: Callable[[float], float] = lambda t: 1.0,
+    loop: Loop | None = None,
     seed: int = 0,
 ) -> Run:
     """`phases`: (seconds, requests/s) of Poisson arrivals, one after the other. At time t an
@@ -87,13 +114,17 @@ def simulate(
     def at(t: float, kind: int, payload: object = None) -> None:
         heapq.heappush(events, (t, len(events) + rng.random(), kind, payload))
 
-    ARRIVE, QUEUE, BATCH_DONE, ANSWER = range(4)
+    ARRIVE, QUEUE, BATCH_DONE, ANSWER, TICK = range(5)
     now = 0.0
     for seconds, rate in phases:
         end = now + seconds
         while (now := now + rng.expovariate(rate)) < end:
             at(now, ARRIVE)
         now = end
+    if loop is not None:
+        for i in range(int(now / loop.tick)):
+            at(i * loop.tick, TICK)
+    busy_until = 0.0  # the loop is busy with earlier work until then
     queue: list[float] = []  # entry times of the admitted requests waiting for a batch
     busy = False
     run = Run()
@@ -112,17 +143,27 @@ def simulate(
         if t - sampled >= 0.1:
             run.limits.append((t, limit.limit))
             sampled = t
-        if kind == ARRIVE:
+        if kind == TICK:
+            assert loop is not None
+            late = max(0.0, busy_until - t) + loop.outside(t)
+            limit.note_lag(late)
+            run.ticks.append((t, late))
+        elif kind == ARRIVE:
             if limit.try_enter():
                 at(t + machine.overhead / 2 + outside(t), QUEUE, t)
             else:
                 run.refused.append(t)
+                if loop is not None:
+                    run.waits.append((t, max(0.0, busy_until - t) + loop.outside(t)))
+                    busy_until = max(busy_until, t) + loop.per_refusal
         elif kind == QUEUE:
             queue.append(payload)  # type: ignore[arg-type]
             if not busy:
                 start_batch(t)
         elif kind == BATCH_DONE:
             busy = False
+            if loop is not None:
+                busy_until = max(busy_until, t) + loop.per_answer * len(payload)  # type: ignore[arg-type]
             for entered in payload:  # type: ignore[attr-defined]
                 at(t + machine.overhead / 2, ANSWER, entered)
             if queue:
@@ -267,3 +308,54 @@ def test_an_unreached_limit_does_not_move() -> None:
     assert run.latency(12.0, 20.0) > 2 * TARGET
     assert run.limit(0.0, 20.0) == (64, 64)
     assert not run.refused
+
+
+def test_a_loop_running_late_lowers_the_limit_until_it_is_on_time() -> None:
+    """The fast machine at twice its capacity, its loop busy 0.15 ms per answer of a batch: at
+    the Little's-law size the answer bursts make the loop late (over 3 ms) in more than 2% of
+    its ticks, and a 429 waits longer. Watching the loop, the limit steps down until it is on
+    time, the 429s wait less, and at least 90% of the answers remain."""
+    phases = [(20.0, 2 * FAST.capacity)]
+    watched = simulate(AdaptiveLimit(TARGET), FAST, phases, loop=Loop())
+    unwatched = simulate(AdaptiveLimit(TARGET, lag_budget=None), FAST, phases, loop=Loop())
+    assert unwatched.late_share(10.0, 20.0) > 2 * LATE_SHARE
+    assert watched.late_share(10.0, 20.0) <= LATE_SHARE
+    assert watched.limit(10.0, 20.0)[1] < unwatched.limit(10.0, 20.0)[0]
+    assert watched.wait_p99(10.0, 20.0) < 0.8 * unwatched.wait_p99(10.0, 20.0)
+    assert watched.rate(10.0, 20.0) >= 0.9 * unwatched.rate(10.0, 20.0)
+
+
+@pytest.mark.parametrize("name", list(MACHINES))
+def test_lateness_from_outside_lowers_the_limit_to_its_floor_and_no_further(name: str) -> None:
+    """Overloaded (1.5x), the loop 5 ms late a tenth of the time whatever is admitted (a
+    co-tenant): the limit cannot make it on time, so it goes down to a third of its
+    Little's-law size (a little under a third of the knee) and stays there, keeping at least
+    70% of the answers; when the co-tenant is gone it comes back to where it settles without
+    one."""
+    machine = MACHINES[name]
+    co_tenant = Loop(outside=lambda t: 0.005 if t < 20.0 and int(t * 50) % 10 == 0 else 0.0)
+    run = simulate(AdaptiveLimit(TARGET), machine, [(40.0, 1.5 * machine.capacity)], loop=co_tenant)
+    assert run.late_share(10.0, 20.0) > 2 * LATE_SHARE  # nothing the limit does removes it
+    floor = LAG_FLOOR * knee(machine)
+    low, high = run.limit(10.0, 20.0)
+    assert 0.7 * floor <= low <= high <= min(low + 1, floor + 1), (floor, low, high)
+    assert run.rate(10.0, 20.0) >= 0.7 * run.rate(35.0, 40.0)
+    alone = simulate(AdaptiveLimit(TARGET), machine, [(40.0, 1.5 * machine.capacity)], loop=Loop())
+    settled = alone.limit(35.0, 40.0)
+    low, high = run.limit(35.0, 40.0)
+    assert 0.85 * settled[0] <= low <= high <= 1.15 * settled[1], (settled, low, high)
+
+
+def test_lateness_is_only_heeded_while_the_limit_is_reached() -> None:
+    """Under capacity the loop's lateness (from outside) moves nothing; a fixed limit ignores
+    it; a budget must be positive."""
+    late = Loop(outside=lambda t: 0.01)
+    adaptive = AdaptiveLimit(TARGET, initial=64)
+    run = simulate(adaptive, SLOW, [(10.0, 0.3 * SLOW.capacity)], loop=late)
+    assert run.late_share(0.0, 10.0) == 1.0
+    assert run.limit(0.0, 10.0) == (64, 64) and adaptive.lag_ceiling == adaptive.highest
+    fixed = PendingLimit(8)
+    fixed.note_lag(1.0)
+    assert fixed.limit == 8
+    with pytest.raises(ValueError, match="lag_budget > 0"):
+        AdaptiveLimit(TARGET, lag_budget=0.0)
