@@ -103,10 +103,11 @@ class Settings(BaseSettings):
     # for (lower: less queueing under overload, more 429s near capacity; higher: the reverse).
     # 35 keeps p99 near 50 ms at twice the sustainable rate; with 50 it reached 76-104 ms and
     # the 429s' p99 up to 30 ms (interleaved runs, BENCHMARKS.md "Adaptive admission").
-    # admission_lag_ms: how late the event loop may run while the adaptive limit is reached
-    # (0: not watched). Every request, a 429 included, waits for the loop before anything of it
-    # runs, so when more than 2% of the loop's ticks (every 2 ms) run later than this, the limit
-    # steps down, though never below what completes the measured throughput with no queueing.
+    # admission_lag_ms: how late the event loop may run while the adaptive limit sheds load
+    # (refuses over 5% of requests; 0: not watched). Every request, a 429 included, waits for
+    # the loop before anything of it runs, so when more than 2% of the loop's ticks (every 2 ms)
+    # run later than this, the limit steps down, though never below a third of what it would
+    # be sized at for the target.
     # 3 keeps the 429s' p99 under 10 ms (a 429 waits about two of the loop's turns).
     # admission_min_limit / admission_max_limit: its bounds (a lower ceiling caps the requests
     # in progress and their memory whatever is measured).

@@ -146,8 +146,8 @@ class Metrics:
         self.loop_lag = Histogram(
             "uniserve_event_loop_lag_seconds",
             "How late a tick of the event loop ran (every 2 ms): what a request, 429s included, "
-            "waits before its first line runs. The adaptive limit keeps the late share under "
-            "UNISERVE_ADMISSION_LAG_MS while it is reached.",
+            "waits before its first line runs. While shedding load the adaptive limit keeps the "
+            "share of ticks later than UNISERVE_ADMISSION_LAG_MS under 2%.",
             buckets=(0.0005, 0.001, 0.002, 0.003, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=self.registry,
         )

@@ -46,14 +46,19 @@ the event loop runs late:
   rate a 429 took 10-18 ms p99 while the limit sat at its Little's-law size, and a limit of 16
   instead of about 40 gave 3 ms 429s and as many answers (BENCHMARKS.md, "Fast 429s need an
   idle loop"). `note_lag(seconds)` takes how late a periodic tick of the loop ran
-  (`service.api.shedding.watch_loop`). In a window in which the limit was reached and more
-  than `LATE_SHARE` of the ticks ran later than `lag_budget`, a lag ceiling drops to `LAG_CUT`
-  x the limit, and the limit never exceeds it; in one with no late tick it grows by
-  `LAG_GROW`. The ceiling never falls below `LAG_FLOOR` of the Little's-law size (what completes
+  (`service.api.shedding.watch_loop`). In a window in which the limit refused more than
+  `SHEDDING` of the requests and more than `LATE_SHARE` of the ticks ran later than
+  `lag_budget`, a lag ceiling drops to `LAG_CUT` x the limit, and the limit never exceeds it;
+  in one in which the limit was reached with no late tick, the ceiling grows by `LAG_GROW`.
+  Near the knee, where the limit refuses a few requests now and then, the loop's lateness is
+  the admitted requests' own latency, which the target governs; heeding it there too shed
+  requests the process could serve (a full run found its knee with 40 429s in 6,940 requests,
+  BENCHMARKS.md). The ceiling never falls below `LAG_FLOOR` of the Little's-law size (what completes
   the demonstrated rate in a third of the budget), so lateness the limit cannot remove
   (rejections alone filling the loop far beyond twice the load, a co-tenant taking the CPU)
-  costs a bounded share of the answers instead of collapsing them: with no floor, at four
-  times the load, the limit sank to its lowest and the answers to 60% (BENCHMARKS.md).
+  costs a bounded share of the answers instead of collapsing them: with only the
+  bandwidth-delay size as a floor (the capacity times the lowest mean latency seen), at about
+  four times the load the answers fell to two thirds (BENCHMARKS.md).
 
 Tested there on simulated slow and fast batching services (the knee of each, found by trying
 fixed limits), with latency added from outside, a machine slowed under load, load that comes and
@@ -73,6 +78,7 @@ LAG_CUT = 0.8  # ...and the lag ceiling drops to this fraction of the limit
 LAG_GROW = 1.1  # a window with no late tick raises the lag ceiling by this factor
 LAG_FLOOR = 1 / 3  # ...which never falls below this fraction of the Little's-law size
 MIN_TICKS = 20  # a window with fewer ticks of the loop says nothing of its lateness
+SHEDDING = 0.05  # ...and only one refusing more than this share of the requests is cut for it
 
 
 class PendingLimit:
@@ -153,6 +159,7 @@ class AdaptiveLimit:
         self.lag_ceiling = float(highest)  # the limit's ceiling while the loop runs late
         self._ticks = 0  # ticks of the loop in the current window
         self._late = 0  # ...of which ran later than lag_budget
+        self._refused = 0  # requests refused in the current window
 
     @property
     def limit(self) -> int:
@@ -161,6 +168,7 @@ class AdaptiveLimit:
     def try_enter(self) -> bool:
         if self.pending >= self.value:
             self._reached = True
+            self._refused += 1
             return False
         self.pending += 1
         if self.pending >= self.value:
@@ -178,7 +186,7 @@ class AdaptiveLimit:
         if self._answers >= self.min_answers and seconds >= self.window:
             self._close(self._answers / max(seconds, 1e-9), self._latency / self._answers, seconds)
             self._start, self._answers, self._latency, self._reached = now, 0, 0.0, False
-            self._ticks = self._late = 0
+            self._ticks = self._late = self._refused = 0
 
     def note_lag(self, seconds: float) -> None:
         """How late (seconds) a periodic tick of the event loop ran."""
@@ -201,7 +209,8 @@ class AdaptiveLimit:
         reached (one spanning a pause in the traffic says nothing of it)."""
         if self.lag_budget is None or self._ticks < MIN_TICKS or seconds > 2 * self.window:
             return
-        if self._late > LATE_SHARE * self._ticks:
+        shedding = self._refused > SHEDDING * (self._refused + self._answers)
+        if self._late > LATE_SHARE * self._ticks and shedding:
             floor = LAG_FLOOR * self.capacity * self.budget
             self.lag_ceiling = max(float(self.lowest), floor, LAG_CUT * self.value)
         elif self._late == 0:

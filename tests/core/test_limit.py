@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 
 import pytest
 
+import service.core.limit as limit_module
 from service.core.limit import LAG_FLOOR, LATE_SHARE, AdaptiveLimit, Limit, PendingLimit
 
 TARGET = 0.05  # seconds: the mean latency the adaptive limit is sized for (the default)
@@ -359,3 +360,18 @@ def test_lateness_is_only_heeded_while_the_limit_is_reached() -> None:
     assert fixed.limit == 8
     with pytest.raises(ValueError, match="lag_budget > 0"):
         AdaptiveLimit(TARGET, lag_budget=0.0)
+
+
+def test_near_the_knee_lateness_refuses_nothing_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At 85% of the fast machine's capacity the limit is reached now and then, and the loop
+    runs late in some windows, from the admitted requests' own answers: the watched limit
+    refuses exactly what the unwatched one does, since it heeds lateness only in windows that
+    refuse more than SHEDDING of the requests. Heeding it in every window where the limit was
+    reached refuses several times as many."""
+    phases = [(20.0, 0.85 * FAST.capacity)]
+    watched = simulate(AdaptiveLimit(TARGET), FAST, phases, loop=Loop())
+    unwatched = simulate(AdaptiveLimit(TARGET, lag_budget=None), FAST, phases, loop=Loop())
+    assert watched.refusals(5.0, 20.0) == unwatched.refusals(5.0, 20.0)
+    monkeypatch.setattr(limit_module, "SHEDDING", 0.0)
+    ungated = simulate(AdaptiveLimit(TARGET), FAST, phases, loop=Loop())
+    assert ungated.refusals(5.0, 20.0) > 5 * unwatched.refusals(5.0, 20.0)
