@@ -17,9 +17,9 @@ How many may be in progress is `state.pending`, a `service.core.limit` object: b
 (`UNISERVE_ADMISSION=adaptive`) sized from the completion rate and latency this process
 measures, so it sheds at the knee of whatever machine it runs on; `fixed`:
 `UNISERVE_MAX_PENDING_REQUESTS`. The middleware reports each admitted request's entry and answer
-times to it, and `watch_loop` how late the event loop runs (the adaptive limit keeps that under
-`UNISERVE_ADMISSION_LAG_MS`, since a 429 waits for the loop like any request); either way a
-rejection is decided from a counter, before the body is read.
+times to it, and `watch_loop` how late the event loop runs (while shedding load, the adaptive
+limit keeps that under `UNISERVE_ADMISSION_LAG_MS`, since a 429 waits for the loop like any
+request); either way a rejection is decided from a counter, before the body is read.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ COMPUTE_ROUTES = frozenset(
     {"/v1/retrieve", "/v1/users/embed", "/v1/rank", "/v1/items/embed", "/v1/shard/search"}
 )
 _RETRY_AFTER = {"Retry-After": "1"}  # seconds: a shed request may be retried soon
-TICK_S = 0.002  # how often `watch_loop` ticks: 500 wake-ups a second, well under 1% of a core
+TICK_S = 0.002  # how often `watch_loop` ticks (500 wake-ups a second)
 
 
 @dataclass(frozen=True)

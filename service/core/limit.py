@@ -52,11 +52,11 @@ the event loop runs late:
   in one in which the limit was reached with no late tick, the ceiling grows by `LAG_GROW`.
   Near the knee, where the limit refuses a few requests now and then, the loop's lateness is
   the admitted requests' own latency, which the target governs; heeding it there too shed
-  requests the process could serve (a full run found its knee with 40 429s in 6,940 requests,
-  BENCHMARKS.md). The ceiling never falls below `LAG_FLOOR` of the Little's-law size (what completes
-  the demonstrated rate in a third of the budget), so lateness the limit cannot remove
-  (rejections alone filling the loop far beyond twice the load, a co-tenant taking the CPU)
-  costs a bounded share of the answers instead of collapsing them: with only the
+  requests the process could serve (a full run lost its knee to 40 429s in 6,940 requests,
+  BENCHMARKS.md). The ceiling never falls below `LAG_FLOOR` of the Little's-law size (what
+  completes the demonstrated rate in a third of the budget), so lateness the limit cannot
+  remove (rejections alone filling the loop far beyond twice the load, a co-tenant taking the
+  CPU) costs a bounded share of the answers instead of collapsing them: with only the
   bandwidth-delay size as a floor (the capacity times the lowest mean latency seen), at about
   four times the load the answers fell to two thirds (BENCHMARKS.md).
 
@@ -78,7 +78,7 @@ LAG_CUT = 0.8  # ...and the lag ceiling drops to this fraction of the limit
 LAG_GROW = 1.1  # a window with no late tick raises the lag ceiling by this factor
 LAG_FLOOR = 1 / 3  # ...which never falls below this fraction of the Little's-law size
 MIN_TICKS = 20  # a window with fewer ticks of the loop says nothing of its lateness
-SHEDDING = 0.05  # ...and only one refusing more than this share of the requests is cut for it
+SHEDDING = 0.05  # the ceiling drops only in a window refusing more than this share of requests
 
 
 class PendingLimit:
