@@ -204,15 +204,15 @@ class AdaptiveLimit:
         """`value` within the bounds and under the lag ceiling."""
         return min(float(self.highest), max(float(self.lowest), min(value, self.lag_ceiling)))
 
-    def _follow_lag(self, seconds: float) -> None:
+    def _follow_lag(self, seconds: float, size: float) -> None:
         """Move the lag ceiling by the lateness of a window of `seconds` in which the limit was
-        reached (one spanning a pause in the traffic says nothing of it)."""
+        reached (one spanning a pause in the traffic says nothing of it); `size` is the
+        Little's-law size."""
         if self.lag_budget is None or self._ticks < MIN_TICKS or seconds > 2 * self.window:
             return
         shedding = self._refused > SHEDDING * (self._refused + self._answers)
         if self._late > LATE_SHARE * self._ticks and shedding:
-            floor = LAG_FLOOR * self.capacity * self.budget
-            self.lag_ceiling = max(float(self.lowest), floor, LAG_CUT * self.value)
+            self.lag_ceiling = max(float(self.lowest), LAG_FLOOR * size, LAG_CUT * self.value)
         elif self._late == 0:
             self.lag_ceiling = min(float(self.highest), LAG_GROW * self.lag_ceiling)
 
@@ -227,8 +227,8 @@ class AdaptiveLimit:
             self._over.clear()
             return  # the limit did not bind: the window says nothing about it
         self.capacity = max(self.capacity, rate)
-        self._follow_lag(seconds)
         size = self.capacity * self.budget  # Little's law: what completes within the budget
+        self._follow_lag(seconds, size)
         value = self.value
         if latency <= WELL_UNDER * self.target:
             value = max(value * min(self.target / max(latency, 1e-9), GROW), value + 1)
